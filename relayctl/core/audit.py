@@ -1,0 +1,89 @@
+"""The audit stream: every operator action with actor, target, before, after and reason."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import time
+from dataclasses import dataclass
+
+import redis
+
+from relayctl.core.keys import AUDIT_KEY
+
+AUDIT_MAXLEN = 100_000
+
+
+def default_actor() -> str:
+    """RELAYCTL_ACTOR, else the login name."""
+    actor = os.environ.get("RELAYCTL_ACTOR")
+    if actor:
+        return actor
+    try:
+        return getpass.getuser()
+    except Exception:
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: str
+    ts: float
+    actor: str
+    action: str
+    target: str
+    before: str
+    after: str
+    reason: str
+
+    @classmethod
+    def from_stream(cls, entry_id: str, fields: dict[str, str]) -> AuditEntry:
+        return cls(
+            id=entry_id,
+            ts=float(fields.get("ts", 0) or 0),
+            actor=fields.get("actor", ""),
+            action=fields.get("action", ""),
+            target=fields.get("target", ""),
+            before=fields.get("before", ""),
+            after=fields.get("after", ""),
+            reason=fields.get("reason", ""),
+        )
+
+    def as_dict(self) -> dict:
+        return {
+            "id": self.id, "ts": self.ts, "actor": self.actor, "action": self.action,
+            "target": self.target, "before": self.before, "after": self.after,
+            "reason": self.reason,
+        }
+
+
+def audit_fields(
+    actor: str, action: str, target: str, before: str, after: str, reason: str,
+    ts: float | None = None,
+) -> dict[str, str]:
+    return {
+        "ts": f"{time.time() if ts is None else ts:.3f}",
+        "actor": actor,
+        "action": action,
+        "target": target,
+        "before": before,
+        "after": after,
+        "reason": reason,
+    }
+
+
+def record(
+    client: redis.Redis, actor: str, action: str, target: str, before: str, after: str,
+    reason: str,
+) -> str:
+    """Append one audit entry (for actions that are not already a scripted write)."""
+    return client.xadd(
+        AUDIT_KEY, audit_fields(actor, action, target, before, after, reason),
+        maxlen=AUDIT_MAXLEN, approximate=True,
+    )
+
+
+def recent(client: redis.Redis, count: int = 50) -> list[AuditEntry]:
+    """The newest entries first; one XREVRANGE, bounded by count."""
+    rows = client.xrevrange(AUDIT_KEY, count=count)
+    return [AuditEntry.from_stream(i, f) for i, f in rows]

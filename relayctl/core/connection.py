@@ -1,0 +1,139 @@
+"""Redis connections: URL policy, TLS, redaction and a clear error when Redis is down."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis
+
+from relayctl.core.errors import RedisUnavailableError, UsageError
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+_SECRET_QUERY = {"password", "username", "user", "pass", "ssl_password", "token"}
+_URL_IN_TEXT = re.compile(r"\b(rediss?|unix|https?)://[^\s'\"]+")
+
+
+def redact_url(url: str) -> str:
+    """The one way a URL is shown: userinfo and secret query parameters become ***."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        netloc = f"***@{hostport}" if userinfo else hostport
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode(
+            [(k, "***" if k.lower() in _SECRET_QUERY else v) for k, v in pairs], safe="*"
+        )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def redact_text(text: str) -> str:
+    """Redact every URL found inside free text (exception messages, log lines)."""
+    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
+
+
+def is_loopback_host(host: str | None) -> bool:
+    if not host:
+        return True
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """A parsed, policy-checked Redis URL."""
+
+    url: str
+    scheme: str
+    host: str
+    port: int | None
+    tls: bool
+
+    @property
+    def display(self) -> str:
+        return redact_url(self.url)
+
+
+def parse_target(url: str | None = None, allow_plaintext: bool = False) -> RedisTarget:
+    """Check the URL's scheme and the plaintext policy before anything connects."""
+    url = url or os.environ.get("REDIS_URL") or DEFAULT_URL
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise UsageError(f"invalid Redis URL {redact_url(url)}: {exc}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("redis", "rediss", "unix"):
+        raise UsageError(
+            f"invalid Redis URL {redact_url(url)}: scheme must be redis://, rediss:// or unix://"
+        )
+    host = parts.hostname or ""
+    if scheme == "redis" and not is_loopback_host(host) and not allow_plaintext:
+        raise UsageError(
+            f"refusing plaintext Redis connection to non-loopback host {host}: "
+            "use rediss:// or pass --allow-plaintext"
+        )
+    return RedisTarget(url=url, scheme=scheme, host=host or "localhost", port=port,
+                       tls=scheme == "rediss")
+
+
+def connect(
+    url: str | None = None,
+    *,
+    allow_plaintext: bool = False,
+    socket_timeout: float = 5.0,
+    connect_timeout: float = 3.0,
+    decode_responses: bool = True,
+    check: bool = True,
+    max_connections: int | None = None,
+) -> redis.Redis:
+    """Open a client for the URL; with check=True, PING it and fail with exit 4 if down."""
+    target = parse_target(url, allow_plaintext)
+    kwargs: dict = {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": connect_timeout,
+        "decode_responses": decode_responses,
+        "health_check_interval": 15,
+    }
+    if max_connections is not None:
+        kwargs["max_connections"] = max_connections
+    try:
+        client = redis.Redis.from_url(target.url, **kwargs)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(
+            f"invalid Redis URL {target.display}: {redact_text(str(exc))}"
+        ) from None
+    if check:
+        ping(client, target.display)
+    return client
+
+
+def ping(client: redis.Redis, display: str) -> None:
+    """PING, translating connection failures into RedisUnavailableError."""
+    try:
+        client.ping()
+    except redis.AuthenticationError:
+        raise RedisUnavailableError(f"Redis at {display} rejected the credentials") from None
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        raise RedisUnavailableError(
+            f"cannot reach Redis at {display}: {describe_redis_error(exc)}"
+        ) from None
+
+
+def describe_redis_error(exc: BaseException) -> str:
+    """A short, credential-free description of a redis-py or socket error."""
+    text = redact_text(str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+    return text or type(exc).__name__

@@ -1,0 +1,133 @@
+"""Lua scripts of the job store. Each one is a single atomic step on the server.
+
+Every script checks key types before its first write, so a script either writes all of its
+keys or none (Redis does not roll back a script that fails half-way).
+"""
+
+from __future__ import annotations
+
+# ISO-8601 (UTC, 'Z' or +hh:mm offset) to epoch milliseconds, 0 when unparsable.
+ISO_MS = """
+local function days_from_civil(y, m, d)
+  if m <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local mp = (m + 9) % 12
+  local doy = math.floor((153 * mp + 2) / 5) + d - 1
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  return era * 146097 + doe - 719468
+end
+local function iso_ms(s)
+  if not s then return 0 end
+  local y, mo, d, h, mi, sec, rest =
+    string.match(s, '^(%d%d%d%d)-(%d%d)-(%d%d)[T ](%d%d):(%d%d):(%d%d)(.*)$')
+  if not y then return 0 end
+  local ms = 0
+  local frac, tz = string.match(rest, '^%.(%d+)(.*)$')
+  if frac then
+    ms = math.floor(tonumber(string.sub(frac .. '000', 1, 3)))
+    rest = tz
+  end
+  local offset = 0
+  if rest ~= '' and rest ~= 'Z' and rest ~= 'z' then
+    local sign, oh, om = string.match(rest, '^([+-])(%d%d):?(%d%d)$')
+    if not sign then return 0 end
+    offset = (tonumber(oh) * 60 + tonumber(om)) * 60000
+    if sign == '-' then offset = -offset end
+  end
+  local days = days_from_civil(tonumber(y), tonumber(mo), tonumber(d))
+  return days * 86400000 + tonumber(h) * 3600000 + tonumber(mi) * 60000
+    + tonumber(sec) * 1000 + ms - offset
+end
+"""
+
+TYPE_OK = """
+local function type_is(key, wanted)
+  local t = redis.call('TYPE', key)
+  if type(t) == 'table' then t = t['ok'] end
+  return t == 'none' or t == wanted
+end
+"""
+
+# KEYS: idempotency, old, new, index, queue
+# ARGV: use_idem, dual, ttl_ms, score, job_id, idem_ttl_ms, field, value, ...
+ENQUEUE = TYPE_OK + """
+local job_id = ARGV[5]
+if ARGV[1] == '1' then
+  if not type_is(KEYS[1], 'string') then
+    return redis.error_reply('WRONGTYPE idempotency key is not a string')
+  end
+  local existing = redis.call('GET', KEYS[1])
+  if existing then return {0, existing} end
+end
+if redis.call('EXISTS', KEYS[2]) == 1 or (ARGV[2] == '1' and redis.call('EXISTS', KEYS[3]) == 1) then
+  return redis.error_reply('ERR job id collision: ' .. job_id)
+end
+if not type_is(KEYS[5], 'list') then
+  return redis.error_reply('WRONGTYPE pending queue is not a list')
+end
+if ARGV[2] == '1' and not type_is(KEYS[4], 'zset') then
+  return redis.error_reply('WRONGTYPE workspace index is not a sorted set')
+end
+local fields = {}
+for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
+if ARGV[1] == '1' then
+  redis.call('SET', KEYS[1], job_id, 'PX', ARGV[6])
+end
+redis.call('HSET', KEYS[2], unpack(fields))
+local ttl = tonumber(ARGV[3])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+if ARGV[2] == '1' then
+  redis.call('HSET', KEYS[3], unpack(fields))
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[3], ttl) end
+  redis.call('ZADD', KEYS[4], ARGV[4], job_id)
+end
+redis.call('RPUSH', KEYS[5], job_id)
+return {1, job_id}
+"""
+
+# KEYS: old, new, index
+# ARGV: dual, workspace_id, job_id, field, value, ...
+# Returns {1, where} on success ('both', 'old', 'new', 'old+created'), {0, reason} otherwise.
+UPDATE = ISO_MS + TYPE_OK + """
+local ws = ARGV[2]
+local old_exists = redis.call('EXISTS', KEYS[1]) == 1
+local new_exists = redis.call('EXISTS', KEYS[2]) == 1
+if not old_exists and not new_exists then return {0, 'missing'} end
+if not type_is(KEYS[1], 'hash') or not type_is(KEYS[2], 'hash') then
+  return {0, 'invalid'}
+end
+if not type_is(KEYS[3], 'zset') then
+  return redis.error_reply('WRONGTYPE workspace index is not a sorted set')
+end
+if old_exists and redis.call('HGET', KEYS[1], 'workspace_id') ~= ws then
+  return {0, 'mismatch-old'}
+end
+if new_exists and redis.call('HGET', KEYS[2], 'workspace_id') ~= ws then
+  return {0, 'mismatch-new'}
+end
+local fields = {}
+for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
+local where = 'new'
+if old_exists then
+  redis.call('HSET', KEYS[1], unpack(fields))
+  where = 'old'
+end
+if new_exists then
+  redis.call('HSET', KEYS[2], unpack(fields))
+  if old_exists then where = 'both' end
+  if ARGV[1] == '1' then
+    local score = iso_ms(redis.call('HGET', KEYS[2], 'enqueued_at'))
+    redis.call('ZADD', KEYS[3], 'NX', score, ARGV[3])
+  end
+elseif ARGV[1] == '1' then
+  local record = redis.call('HGETALL', KEYS[1])
+  redis.call('HSET', KEYS[2], unpack(record))
+  local pttl = redis.call('PTTL', KEYS[1])
+  if pttl > 0 then redis.call('PEXPIRE', KEYS[2], pttl) end
+  local score = iso_ms(redis.call('HGET', KEYS[1], 'enqueued_at'))
+  redis.call('ZADD', KEYS[3], score, ARGV[3])
+  where = 'old+created'
+end
+return {1, where}
+"""
