@@ -38,7 +38,13 @@ def redact_url(url: str) -> str:
 
 def redact_text(text: str) -> str:
     """Redact every URL found inside free text (exception messages, log lines)."""
-    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
+
+    def one(match: re.Match[str]) -> str:
+        url = match.group(0)
+        trimmed = url.rstrip("?.,;:!)]}")
+        return redact_url(trimmed) + url[len(trimmed):]
+
+    return _URL_IN_TEXT.sub(one, text)
 
 
 def is_loopback_host(host: str | None) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -21,6 +22,7 @@ from relayctl.core.flags import FLAG_NAMES, FlagState, effective, env_pins, stor
 from relayctl.core.keys import KeySchema
 from relayctl.core.lua import ENQUEUE, UPDATE
 from relayctl.core.metrics import Metrics
+from relayctl.core.roundtrip import read_many
 from relayctl.core.validate import (
     is_valid_job_id,
     validate_job_id,
@@ -57,7 +59,7 @@ def iso_to_ms(value: str | None) -> int:
         return 0
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return int(round(moment.timestamp() * 1000))
+    return round(moment.timestamp() * 1000)
 
 
 @dataclass(frozen=True)
@@ -188,10 +190,8 @@ class JobStore:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
-            try:
+            with contextlib.suppress(redis.RedisError, OSError):
                 fleet.withdraw(self.client, self.instance)
-            except (redis.RedisError, OSError):
-                pass
 
     def __enter__(self) -> JobStore:
         return self
@@ -343,18 +343,18 @@ class JobStore:
         flags = self._flags
         s = self.schema
         if flags.read_prefers_new:
+            commands = [("HGETALL", s.new_key(ws, job_id))]
             if flags.read_fallback_old:
-                pipe = self.client.pipeline(transaction=False)
-                pipe.hgetall(s.new_key(ws, job_id))
-                pipe.hgetall(s.old_key(job_id))
-                new_rec, old_rec = pipe.execute()
-            else:
-                new_rec, old_rec = self.client.hgetall(s.new_key(ws, job_id)), None
-            job = self._accept(new_rec, ws, job_id, "new", "get")
-            if job is None and old_rec:
-                job = self._accept(old_rec, ws, job_id, "old", "get")
+                commands.append(("HGETALL", s.old_key(job_id)))
+            replies = read_many(self.client, commands)
+            _raise_transport(replies)
+            job = self._accept(_hash(replies[0]), ws, job_id, "new", "get")
+            if job is None and len(replies) == 2:
+                job = self._accept(_hash(replies[1]), ws, job_id, "old", "get")
         else:
-            job = self._accept(self.client.hgetall(s.old_key(job_id)), ws, job_id, "old", "get")
+            replies = read_many(self.client, [("HGETALL", s.old_key(job_id))])
+            _raise_transport(replies)
+            job = self._accept(_hash(replies[0]), ws, job_id, "old", "get")
         path = job.source if job else "miss"
         if path == "new":
             log.debug("get_job: Found job in new schema (job_id=%s, workspace=%s)", job_id, ws)
@@ -439,26 +439,25 @@ class JobStore:
         exhausted = len(entries) < batch
         if not fresh:
             return self._after_index(state, fallback) if exhausted else state
-        pipe = self.client.pipeline(transaction=False)
-        for member, _ in fresh:
-            if is_valid_job_id(member):
-                pipe.hgetall(s.new_key(ws, member))
-                if fallback:
-                    pipe.hgetall(s.old_key(member))
-        replies = iter(pipe.execute())
+        valid = [m for m, _ in fresh if is_valid_job_id(m)]
+        new_recs = dict(zip(valid, map(_hash, read_many(
+            self.client, [("HGETALL", s.new_key(ws, m)) for m in valid])), strict=True))
+        old_recs: dict[str, dict[str, str]] = {}
+        if fallback:
+            # an expired or lost new copy is still listed once, from its legacy record
+            lost = [m for m in valid if not new_recs[m]]
+            old_recs = dict(zip(lost, map(_hash, read_many(
+                self.client, [("HGETALL", s.old_key(m)) for m in lost])), strict=True))
         last = state
         for member, score in fresh:
             if len(jobs) >= limit:
                 return last
             last = replace(state, score=score, job_id=member)
-            if not is_valid_job_id(member):
+            if member not in new_recs:
                 continue
-            new_rec = next(replies)
-            old_rec = next(replies) if fallback else None
-            job = self._accept(new_rec, ws, member, "new", "list")
-            if job is None and old_rec:
-                # an expired or lost new copy is still listed once, from its legacy record
-                job = self._accept(old_rec, ws, member, "old", "list")
+            job = self._accept(new_recs[member], ws, member, "new", "list")
+            if job is None and old_recs.get(member):
+                job = self._accept(old_recs[member], ws, member, "old", "list")
             if job is not None and (status is None or job.status == status):
                 jobs.append(job)
         if exhausted:
@@ -476,26 +475,22 @@ class JobStore:
         s = self.schema
         ws = state.ws
         position = state.scan
-        next_pos, keys = self.client.scan(position, match=s.old_pattern, count=_SCAN_COUNT)
+        next_pos, keys = self.client.scan(
+            position, match=s.old_pattern, count=_SCAN_COUNT, _type="hash")
         keys = sorted(set(keys))
         if state.last_key is not None:
             keys = [k for k in keys if k > state.last_key]
         if keys:
-            pipe = self.client.pipeline(transaction=False)
-            for key in keys:
-                pipe.hmget(key, "workspace_id", "job_id", "status")
-            heads = pipe.execute(raise_on_error=False)
+            heads = read_many(
+                self.client, [("HMGET", k, "workspace_id", "job_id", "status") for k in keys])
             candidates = [
                 key for key, head in zip(keys, heads, strict=True)
                 if isinstance(head, list) and head[0] == ws and is_valid_job_id(head[1])
                 and (status is None or head[2] == status)
             ]
             if candidates:
-                pipe = self.client.pipeline(transaction=False)
-                for key in candidates:
-                    pipe.hgetall(key)
-                records = pipe.execute()
-                by_key = dict(zip(candidates, records, strict=True))
+                records = read_many(self.client, [("HGETALL", k) for k in candidates])
+                by_key = dict(zip(candidates, map(_hash, records), strict=True))
                 indexed: set[str] = set()
                 if plan == "new+old":
                     ids = [by_key[k].get("job_id", "") for k in candidates]
@@ -517,6 +512,18 @@ class JobStore:
         if next_pos == 0:
             return None
         return replace(state, scan=next_pos, last_key=None)
+
+
+def _hash(reply: object) -> dict[str, str]:
+    """A HGETALL reply, or {} for an error reply such as WRONGTYPE (a non-hash key)."""
+    return reply if isinstance(reply, dict) else {}
+
+
+def _raise_transport(replies: list[object]) -> None:
+    """Error replies other than WRONGTYPE are real failures and must not look like misses."""
+    for reply in replies:
+        if isinstance(reply, redis.ResponseError) and not str(reply).startswith("WRONGTYPE"):
+            raise reply
 
 
 def seed_legacy(

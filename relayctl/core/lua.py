@@ -60,7 +60,8 @@ if ARGV[1] == '1' then
   local existing = redis.call('GET', KEYS[1])
   if existing then return {0, existing} end
 end
-if redis.call('EXISTS', KEYS[2]) == 1 or (ARGV[2] == '1' and redis.call('EXISTS', KEYS[3]) == 1) then
+if redis.call('EXISTS', KEYS[2]) == 1
+    or (ARGV[2] == '1' and redis.call('EXISTS', KEYS[3]) == 1) then
   return redis.error_reply('ERR job id collision: ' .. job_id)
 end
 if not type_is(KEYS[5], 'list') then

@@ -1,0 +1,348 @@
+"""relayctl's command line: parse options, call core, render. No logic of its own."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+import redis
+
+from relayctl import __version__
+from relayctl.core import audit, fleet
+from relayctl.core.config import Config, load_config
+from relayctl.core.connection import (
+    connect,
+    describe_redis_error,
+    parse_target,
+    redact_text,
+)
+from relayctl.core.errors import RedisUnavailableError, RelayError, UsageError
+from relayctl.core.flags import DEFAULTS, FLAG_NAMES, check_flag_name, read_flags, set_flag, word
+
+EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, EXIT_STOPPED, EXIT_REDIS = 0, 1, 2, 3, 4
+
+
+@dataclass
+class Context:
+    """Global options shared by every command."""
+
+    redis_url: str | None
+    metrics_urls: list[str]
+    prometheus_url: str | None
+    actor: str
+    allow_plaintext: bool
+    config: Config
+    _client: redis.Redis | None = field(default=None, repr=False)
+
+    def client(self) -> redis.Redis:
+        if self._client is None:
+            self._client = connect(self.redis_url, allow_plaintext=self.allow_plaintext)
+        return self._client
+
+    @property
+    def redis_display(self) -> str:
+        return parse_target(self.redis_url, self.allow_plaintext).display
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def fail(message: str, code: int) -> None:
+    click.echo(f"relayctl: error: {redact_text(message)}", err=True)
+    sys.exit(code)
+
+
+def confirm_dangerous(action: str, yes: bool) -> None:
+    """Dangerous commands ask on a TTY and need --yes otherwise."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError(f"refusing to {action} without --yes (no TTY to confirm on)")
+    if not click.confirm(f"{action[0].upper()}{action[1:]}?", default=False):
+        raise UsageError("cancelled")
+
+
+def _split_env_list(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="relayctl")
+@click.option("--redis-url", envvar="REDIS_URL", default=None, show_default=False,
+              help="Redis URL [env REDIS_URL; default redis://127.0.0.1:6379/0].")
+@click.option("--metrics-url", multiple=True,
+              help="A /metrics endpoint to read (repeatable) [env RELAYCTL_METRICS_URL].")
+@click.option("--prometheus-url", envvar="RELAYCTL_PROMETHEUS_URL", default=None,
+              help="Prometheus server for windowed gates [env RELAYCTL_PROMETHEUS_URL].")
+@click.option("--actor", envvar="RELAYCTL_ACTOR", default=None,
+              help="Who is acting, for the audit log [env RELAYCTL_ACTOR; default login].")
+@click.option("--allow-plaintext", is_flag=True,
+              help="Allow redis:// to a non-loopback host.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="TOML file: key templates, thresholds, labelled workspaces.")
+@click.pass_context
+def cli(ctx: click.Context, redis_url: str | None, metrics_url: tuple[str, ...],
+        prometheus_url: str | None, actor: str | None, allow_plaintext: bool,
+        config_path: str | None) -> None:
+    """Run the Relay job store's zero-downtime Redis key-schema migration."""
+    urls = list(metrics_url) or _split_env_list(os.environ.get("RELAYCTL_METRICS_URL"))
+    ctx.obj = Context(
+        redis_url=redis_url, metrics_urls=urls, prometheus_url=prometheus_url,
+        actor=actor or audit.default_actor(), allow_plaintext=allow_plaintext,
+        config=load_config(config_path),
+    )
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@click.pass_context
+def flags(ctx: click.Context, as_json: bool) -> None:
+    """Show the migration flags (stored, effective here, and across the fleet)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    c: Context = ctx.obj
+    client = c.client()
+    state = read_flags(client)
+    changes = {e.target: e for e in reversed(audit.recent(client, 500))
+               if e.action == "flag.set"}
+    instances = fleet.live_instances(client)
+    rows = []
+    for name in FLAG_NAMES:
+        stored = state.stored.get(name)
+        last = changes.get(name)
+        agree = sum(1 for i in instances if i.flags.get(name) == word(state.stored.get(
+            name, DEFAULTS[name])))
+        rows.append({
+            "flag": name,
+            "stored": word(stored) if stored is not None else None,
+            "default": word(DEFAULTS[name]),
+            "effective_here": word(state.value(name)),
+            "pinned_here": name in state.pinned,
+            "changed_by": last.actor if last else None,
+            "changed_at": last.ts if last else None,
+            "reason": last.reason if last else None,
+            "fleet_agree": agree,
+            "fleet_pinned": [i.instance for i in instances if name in i.pinned],
+        })
+    if as_json:
+        emit_json({"redis": c.redis_display, "flags": rows, "fleet_size": len(instances)})
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Migration flags @ {c.redis_display}")
+    table.add_column("flag", no_wrap=True)
+    for col in ("stored", "here", "changed by", "when", "fleet"):
+        table.add_column(col)
+    for row in rows:
+        stored = row["stored"] or f"{row['default']} (default)"
+        when = time.strftime("%m-%d %H:%M", time.gmtime(row["changed_at"])) + "Z" \
+            if row["changed_at"] else "-"
+        pinned = f" pinned: {', '.join(row['fleet_pinned'])}" if row["fleet_pinned"] else ""
+        table.add_row(row["flag"], stored,
+                      row["effective_here"] + (" (pin)" if row["pinned_here"] else ""),
+                      row["changed_by"] or "-", when,
+                      f"{row['fleet_agree']}/{len(instances)}{pinned}")
+    Console().print(table)
+
+
+@flags.command("set")
+@click.argument("name")
+@click.argument("value", type=click.Choice(["on", "off"], case_sensitive=False))
+@click.option("--reason", required=True, help="Why; recorded in the audit stream.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def flags_set(c: Context, name: str, value: str, reason: str, yes: bool, as_json: bool) -> None:
+    """Change a flag (audited). Every instance picks it up within about a second."""
+    name = check_flag_name(name)
+    if not reason.strip():
+        raise UsageError("a reason is required to change a flag")
+    client = c.client()
+    confirm_dangerous(f"set {name}={value.lower()} on {c.redis_display}", yes)
+    change = set_flag(client, name, value, actor=c.actor, reason=reason)
+    if as_json:
+        emit_json({"flag": change.name, "before": change.before, "after": change.after,
+                   "actor": c.actor, "audit_id": change.audit_id})
+    else:
+        click.echo(f"{change.name}: {change.before} -> {change.after} "
+                   f"(by {c.actor}, audit {change.audit_id})")
+
+
+def _wait_for_signal(duration: float | None, tick: Callable[[], None] | None = None) -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    deadline = None if duration is None else time.monotonic() + duration
+    while not stop.is_set():
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+        stop.wait(1.0)
+        if tick is not None:
+            tick()
+
+
+@cli.command()
+@click.option("--rate", type=click.FloatRange(min=0.1), default=50.0, show_default=True,
+              help="Operations per second.")
+@click.option("--workspaces", type=click.IntRange(1, 500), default=4, show_default=True)
+@click.option("--duration", type=click.FloatRange(min=0), default=None,
+              help="Seconds to run (default: until interrupted).")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve /metrics on 127.0.0.1:PORT (0 picks a free port).")
+@click.option("--seed", type=int, default=None, help="Random seed for a reproducible mix.")
+@click.option("--json", "as_json", is_flag=True, help="Final stats as JSON.")
+@click.pass_obj
+def simulate(c: Context, rate: float, workspaces: int, duration: float | None,
+             metrics_port: int | None, seed: int | None, as_json: bool) -> None:
+    """Application traffic through JobStore against a real Redis."""
+    from relayctl.core.jobs import JobStore
+    from relayctl.core.metrics import Metrics
+    from relayctl.core.simulate import Simulator, workspace_names
+
+    client = c.client()
+    names = workspace_names(workspaces)
+    metrics = Metrics(labelled_workspaces=c.config.labelled_workspaces or names)
+    server = metrics.serve(metrics_port) if metrics_port is not None else None
+    with JobStore(client, schema=c.config.schema, metrics=metrics) as store:
+        sim = Simulator(store, rate=rate, workspaces=names, seed=seed)
+        if not as_json:
+            click.echo(f"simulating {rate:g} ops/s over {workspaces} workspaces "
+                       f"against {c.redis_display}")
+            if server:
+                click.echo(f"metrics: {server.url}")
+        sim.start()
+        try:
+            _wait_for_signal(duration)
+        finally:
+            sim.stop()
+            if server:
+                server.close()
+    if as_json:
+        emit_json({"stats": sim.stats.as_dict(), "flags": store.flags.as_dict()})
+    else:
+        click.echo("stats: " + ", ".join(f"{k}={v}" for k, v in sim.stats.as_dict().items()
+                                         if not isinstance(v, dict)))
+
+
+@cli.command()
+@click.option("--no-tui", is_flag=True, help="Run the embedded stack without the console.")
+@click.option("--speed", type=click.FloatRange(min=0.1, max=1000), default=1.0,
+              show_default=True, help="Traffic multiplier for a faster walkthrough.")
+@click.option("--duration", type=click.FloatRange(min=0), default=None,
+              help="Seconds to run (default: until interrupted).")
+@click.option("--redis-port", type=click.IntRange(0, 65535), default=0,
+              help="Port of the embedded Redis (0 picks a free one).")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=0,
+              help="Port of the demo's /metrics (0 picks a free one).")
+@click.pass_obj
+def demo(c: Context, no_tui: bool, speed: float, duration: float | None, redis_port: int,
+         metrics_port: int) -> None:
+    """Embedded fake Redis on loopback + simulator + /metrics (+ the console, later)."""
+    from relayctl.core.demo import seed_pre_migration, start_embedded_redis
+    from relayctl.core.jobs import JobStore
+    from relayctl.core.metrics import Metrics
+    from relayctl.core.simulate import Simulator, workspace_names
+
+    embedded = start_embedded_redis(redis_port)
+    names = workspace_names(5)
+    metrics = Metrics(labelled_workspaces=names)
+    server = metrics.serve(metrics_port)
+    try:
+        client = connect(embedded.url)
+        summary = seed_pre_migration(client, c.config.schema, names)
+        store = JobStore(client, schema=c.config.schema, metrics=metrics)
+        sim = Simulator(store, rate=20 * speed, workspaces=names, seed=1,
+                        known_jobs=summary.jobs[-2000:])
+        sim.start()
+        click.echo(f"relayctl demo {__version__}")
+        click.echo(f"  redis:   {embedded.url}   (embedded fakeredis, pre-migration data: "
+                   f"{summary.legacy} legacy jobs, {summary.in_both} also in the new schema, "
+                   f"{summary.invalid} invalid records)")
+        click.echo(f"  metrics: {server.url}")
+        click.echo(f"  traffic: {20 * speed:g} ops/s over {', '.join(names)}")
+        click.echo(f"  try:     relayctl --redis-url {embedded.url} flags")
+        if not no_tui:
+            click.echo("  (the console is not built yet; running without it)")
+        click.echo("Ctrl-C to stop.")
+        try:
+            _wait_for_signal(duration)
+        finally:
+            sim.stop()
+            store.close()
+            click.echo("stats: " + ", ".join(
+                f"{k}={v}" for k, v in sim.stats.as_dict().items() if not isinstance(v, dict)))
+    finally:
+        server.close()
+        embedded.close()
+
+
+@cli.group()
+def bench() -> None:
+    """Benchmarks that print ratios against baselines measured in the same run."""
+
+
+@bench.command("store")
+@click.option("--keys", type=click.IntRange(1000, 10_000_000), default=200_000,
+              show_default=True, help="Total jobs for the large list_jobs measurement.")
+@click.option("--samples", type=click.IntRange(100, 100_000), default=2000, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def bench_store_cmd(c: Context, keys: int, samples: int, as_json: bool) -> None:
+    """get_job vs raw HGETALL, dual-write vs single-schema enqueue, list_jobs at N vs N/100.
+
+    Writes only under a private bench:<run>: prefix and removes it afterwards.
+    """
+    from relayctl.core.bench import bench_store
+
+    progress = None if as_json else (lambda m: click.echo(f"... {m}", err=True))
+    result = bench_store(c.client(), keys=keys, samples=samples, progress=progress)
+    _render_bench(result.as_dict(), as_json)
+
+
+def _render_bench(data: dict, as_json: bool) -> None:
+    if as_json:
+        emit_json(data)
+        return
+    click.echo(f"bench {data['bench']}")
+    for k, v in data["measurements"].items():
+        click.echo(f"  {k:32s} {v:12.1f}")
+    for k, v in data["ratios"].items():
+        target = data["targets"].get(k, "")
+        click.echo(f"  ratio {k:26s} {v:8.2f}   target {target}")
+    for note in data["notes"]:
+        click.echo(f"  note: {note}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: map errors to one line on stderr and the exit codes of SPEC §10."""
+    logging.basicConfig(level=os.environ.get("RELAYCTL_LOG", "WARNING").upper(),
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        rv = cli.main(args=argv, prog_name="relayctl", standalone_mode=False)
+    except click.exceptions.Abort:
+        fail("aborted", EXIT_STOPPED)
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_USAGE)
+    except RedisUnavailableError as exc:
+        fail(str(exc), EXIT_REDIS)
+    except RelayError as exc:
+        fail(str(exc), exc.exit_code)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        fail(f"lost connection to Redis: {describe_redis_error(exc)}", EXIT_REDIS)
+    except redis.NoPermissionError as exc:
+        fail(f"Redis refused a command (permission): {describe_redis_error(exc)}", EXIT_USAGE)
+    except redis.RedisError as exc:
+        fail(f"Redis error: {describe_redis_error(exc)}", EXIT_PROBLEM)
+    sys.exit(rv if isinstance(rv, int) else EXIT_OK)

@@ -1,0 +1,56 @@
+"""Several read commands in one round trip without redis-py's pipeline bookkeeping.
+
+The hot read paths (get_job, list pages) send their commands packed together on one pooled
+connection; this costs the same as a single command, where `client.pipeline()` adds ~40 µs
+of Python per call. Error replies come back as exception values, like
+`pipeline.execute(raise_on_error=False)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+Command = tuple[Any, ...]
+
+
+def _as_dict(name: str, reply: Any) -> Any:
+    if name == "HGETALL" and isinstance(reply, list):
+        it = iter(reply)
+        return dict(zip(it, it, strict=True))
+    return reply
+
+
+def read_many(client: redis.Redis, commands: Sequence[Command]) -> list[Any]:
+    """Send read-only commands in one round trip; retry once on a dropped connection."""
+    if not commands:
+        return []
+    pool = getattr(client, "connection_pool", None)
+    if type(client) is not redis.Redis or pool is None:
+        pipe = client.pipeline(transaction=False)
+        for cmd in commands:
+            pipe.execute_command(*cmd)
+        return pipe.execute(raise_on_error=False)
+    for attempt in (0, 1):
+        conn = pool.get_connection()
+        try:
+            conn.send_packed_command(conn.pack_commands(commands))
+            replies: list[Any] = []
+            for cmd in commands:
+                try:
+                    replies.append(_as_dict(cmd[0], conn.read_response()))
+                except redis.ResponseError as exc:
+                    replies.append(exc)
+            return replies
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            conn.disconnect()
+            if attempt:
+                raise
+        except BaseException:
+            conn.disconnect()
+            raise
+        finally:
+            pool.release(conn)
+    raise AssertionError("unreachable")
