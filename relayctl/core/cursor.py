@@ -77,10 +77,16 @@ class CursorCodec:
             mac = _unb64(mac_txt)
         except (binascii.Error, ValueError):
             raise CursorError("invalid cursor: malformed") from None
+        # The decoder is lenient (ignores stray characters and unused low bits): accept only
+        # the exact encoding encode() produces, so a changed character is never accepted.
+        if _b64(body) != body_txt or _b64(mac) != mac_txt:
+            raise CursorError("invalid cursor: malformed")
         if not hmac.compare_digest(mac, self._mac(body)):
             raise CursorError("invalid cursor: signature does not match (forged or corrupted)")
         try:
             data = json.loads(body)
+            if not isinstance(data, dict):
+                raise CursorError("invalid cursor: malformed payload")
             if data.pop("v") != _VERSION:
                 raise CursorError("invalid cursor: unsupported version")
             state = CursorState(**data)

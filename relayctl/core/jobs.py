@@ -144,6 +144,7 @@ class JobStore:
         self._flags = effective(stored_flags(client), self.pins)
         self._publish_flag_gauges()
         self._stop = threading.Event()
+        self._published = False
         self._thread: threading.Thread | None = None
         if background:
             self._thread = threading.Thread(
@@ -168,6 +169,7 @@ class JobStore:
 
     def heartbeat(self) -> None:
         fleet.publish(self.client, self.instance, self._flags, self.started)
+        self._published = True
 
     def _background(self) -> None:
         next_beat = 0.0
@@ -190,6 +192,7 @@ class JobStore:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self._published:
             with contextlib.suppress(redis.RedisError, OSError):
                 fleet.withdraw(self.client, self.instance)
 

@@ -1,0 +1,3 @@
+from relayctl.cli import main
+
+main()

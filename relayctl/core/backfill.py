@@ -1,0 +1,591 @@
+"""The backfill engine: copy legacy records to the workspace-scoped schema (SPEC §4).
+
+One batch is a constant number of round trips: SCAN, one pipelined read (HMGET of the two
+identifying fields of each key plus the control key), and one Lua step that copies each
+record if absent (COPY keeps the TTL), indexes it, and advances the saved cursor and counters
+in the same atomic step, fenced by the lease token. A crash at any point therefore leaves
+either the whole batch applied and recorded, or none of it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import redis
+
+from relayctl.core import audit
+from relayctl.core.errors import RedisUnavailableError, UsageError
+from relayctl.core.flags import stored_flags
+from relayctl.core.keys import BACKFILL_PREFIX, KeySchema
+from relayctl.core.lua import ISO_MS, TYPE_OK
+from relayctl.core.metrics import Metrics
+from relayctl.core.validate import is_valid_job_id, is_valid_workspace_id, validate_workspace_id
+
+REASONS = ("exists", "invalid", "filtered", "error")
+UNFINISHED = ("running", "paused", "stopped", "partial", "lost", "failed")
+LEASE_TTL_MS = 15_000
+CHECKPOINT_EVERY = 5_000
+
+EXIT_DONE, EXIT_ERRORS, EXIT_USAGE, EXIT_STOPPED, EXIT_LOST = 0, 1, 2, 3, 4
+
+# KEYS: state, lease, then (old, new, index) per job
+# ARGV: token, cursor, now, scanned, invalid, filtered, then (job_id, ws) per job
+# Returns one code per job: m migrated, e exists, g gone/changed since read, x index error.
+COPY_BATCH = ISO_MS + TYPE_OK + """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then
+  return redis.error_reply('LEASE backfill lease lost to another owner')
+end
+local n = (#KEYS - 2) / 3
+local codes = {}
+local migrated, exists, gone, errors = 0, 0, 0, 0
+for i = 1, n do
+  local old, new, idx = KEYS[3 * i], KEYS[3 * i + 1], KEYS[3 * i + 2]
+  local job_id, ws = ARGV[5 + 2 * i], ARGV[6 + 2 * i]
+  if redis.call('EXISTS', new) == 1 then
+    exists = exists + 1
+    codes[i] = 'e'
+  elseif not type_is(old, 'hash') or redis.call('EXISTS', old) == 0
+      or redis.call('HGET', old, 'workspace_id') ~= ws
+      or redis.call('HGET', old, 'job_id') ~= job_id then
+    gone = gone + 1
+    codes[i] = 'g'
+  elseif not type_is(idx, 'zset') then
+    errors = errors + 1
+    codes[i] = 'x'
+  else
+    redis.call('COPY', old, new)
+    redis.call('ZADD', idx, iso_ms(redis.call('HGET', old, 'enqueued_at')), job_id)
+    migrated = migrated + 1
+    codes[i] = 'm'
+  end
+end
+redis.call('HSET', KEYS[1], 'cursor', ARGV[2], 'updated', ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'scanned', ARGV[4])
+redis.call('HINCRBY', KEYS[1], 'migrated', migrated)
+redis.call('HINCRBY', KEYS[1], 'skipped_exists', exists)
+redis.call('HINCRBY', KEYS[1], 'skipped_invalid', tonumber(ARGV[5]) + gone)
+redis.call('HINCRBY', KEYS[1], 'skipped_filtered', ARGV[6])
+redis.call('HINCRBY', KEYS[1], 'errors', errors)
+return table.concat(codes)
+"""
+
+# KEYS: lease, state   ARGV: token, ttl_ms, now
+RENEW = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('HSET', KEYS[2], 'heartbeat', ARGV[3])
+return 1
+"""
+
+# KEYS: lease   ARGV: token
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class BackfillKeys:
+    """Where the engine keeps its state, lease and control (relay:backfill:* by default)."""
+
+    prefix: str = BACKFILL_PREFIX
+
+    @property
+    def state(self) -> str:
+        return self.prefix + "state"
+
+    @property
+    def lease(self) -> str:
+        return self.prefix + "lease"
+
+    @property
+    def control(self) -> str:
+        return self.prefix + "control"
+
+
+@dataclass
+class BackfillOptions:
+    execute: bool = False
+    workspaces: tuple[str, ...] = ()
+    rps: float = 0.0
+    batch: int = 500
+    max_keys: int | None = None
+    fresh: bool = False
+    resume: bool = False
+    max_latency_ms: float | None = None
+    force: bool = False
+    retry_for_s: float = 30.0
+    actor: str = ""
+
+
+@dataclass
+class Progress:
+    """Counters of one run (cumulative across resumes when executing)."""
+
+    run_id: str = ""
+    status: str = "running"
+    mode: str = "dry-run"
+    cursor: int = 0
+    scanned: int = 0
+    migrated: int = 0
+    skipped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
+    started: float = 0.0
+    elapsed_s: float = 0.0
+    rate: float = 0.0
+    fraction: float = 0.0
+    eta_s: float | None = None
+    throttle_s: float = 0.0
+    latency_ms: float = 0.0
+    message: str = ""
+
+    @property
+    def errors(self) -> int:
+        return self.skipped["error"]
+
+    def as_dict(self) -> dict:
+        return {
+            "run_id": self.run_id, "status": self.status, "mode": self.mode,
+            "cursor": self.cursor, "scanned": self.scanned, "migrated": self.migrated,
+            "skipped": dict(self.skipped), "errors": self.errors,
+            "elapsed_s": round(self.elapsed_s, 3), "rate": round(self.rate, 1),
+            "fraction": round(self.fraction, 4),
+            "eta_s": None if self.eta_s is None else round(self.eta_s, 1),
+            "throttle_s": round(self.throttle_s, 4), "latency_ms": round(self.latency_ms, 3),
+            "message": self.message,
+        }
+
+
+def scan_fraction(cursor: int) -> float:
+    """How much of the keyspace a SCAN cursor has covered: SCAN walks reversed bits."""
+    if cursor == 0:
+        return 0.0
+    return int(f"{cursor:064b}"[::-1], 2) / 2**64
+
+
+def owner_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def read_state(client: redis.Redis, keys: BackfillKeys | None = None) -> dict[str, str]:
+    return client.hgetall((keys or BackfillKeys()).state)
+
+
+def lease_owner(client: redis.Redis, keys: BackfillKeys | None = None) -> str | None:
+    return client.get((keys or BackfillKeys()).lease)
+
+
+CONTROL_ACTIONS = {"pause": "pause", "resume": "run", "stop": "stop"}
+
+
+def send_control(client: redis.Redis, action: str, *, actor: str, reason: str,
+                 keys: BackfillKeys | None = None) -> dict[str, str]:
+    """pause / resume / stop a running engine from any process; audited."""
+    keys = keys or BackfillKeys()
+    if action not in CONTROL_ACTIONS:
+        raise UsageError(f"unknown backfill action {action!r}")
+    state = client.hgetall(keys.state)
+    alive = client.exists(keys.lease) == 1
+    if not alive:
+        raise UsageError(
+            "no backfill engine is running"
+            + (f" (last run {state.get('run_id')} is {state.get('status')}; start one with "
+               "`relayctl backfill --execute --resume`)" if state else "")
+        )
+    before = client.get(keys.control) or "run"
+    pipe = client.pipeline(transaction=True)
+    pipe.set(keys.control, CONTROL_ACTIONS[action])
+    pipe.xadd(audit.AUDIT_KEY, audit.audit_fields(actor, f"backfill.{action}", "backfill",
+                                                  before, CONTROL_ACTIONS[action], reason),
+              maxlen=audit.AUDIT_MAXLEN, approximate=True)
+    pipe.execute()
+    return state
+
+
+@dataclass
+class _Batch:
+    cursor: int
+    keys: list[str]
+    scan_ms: float
+    heads: list
+    control: str | None
+
+
+class LeaseLostError(RedisUnavailableError):
+    exit_code = 4
+
+
+class Backfill:
+    """One backfill run. `run()` returns the exit code of SPEC §4."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        options: BackfillOptions,
+        *,
+        schema: KeySchema | None = None,
+        metrics: Metrics | None = None,
+        keys: BackfillKeys | None = None,
+        on_event: Callable[[str, Progress], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.client = client
+        self.opt = options
+        self.schema = schema or KeySchema()
+        self.metrics = metrics or Metrics()
+        self.keys = keys or BackfillKeys()
+        self.on_event = on_event or (lambda _e, _p: None)
+        self.sleep = sleep
+        self.token = f"{owner_id()}:{uuid.uuid4().hex[:8]}"
+        self.progress = Progress(mode="execute" if options.execute else "dry-run")
+        self._copy = client.register_script(COPY_BATCH)
+        self._renew = client.register_script(RENEW)
+        self._release = client.register_script(RELEASE)
+        self._stop_signal = threading.Event()
+        self._lease_lost = threading.Event()
+        self._hb_stop = threading.Event()
+        self._workspaces = frozenset(validate_workspace_id(w) for w in options.workspaces)
+        if options.batch < 1 or options.batch > 100_000:
+            raise UsageError("--batch must be between 1 and 100000")
+        if options.rps < 0:
+            raise UsageError("--rps must be >= 0 (0 = unlimited)")
+        if options.max_keys is not None and options.max_keys < 1:
+            raise UsageError("--max-keys must be >= 1")
+        if options.fresh and options.resume:
+            raise UsageError("--fresh and --resume are mutually exclusive")
+
+    def request_stop(self) -> None:
+        """Finish the current batch, save, and exit 3 (SIGINT/SIGTERM)."""
+        self._stop_signal.set()
+
+    def _retrying(self, fn: Callable[[], object], what: str) -> object:
+        """Retry transport failures with backoff for up to retry_for_s, then exit 4."""
+        deadline = time.monotonic() + self.opt.retry_for_s
+        delay = 0.1
+        while True:
+            try:
+                return fn()
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise RedisUnavailableError(
+                        f"lost Redis during {what} for {self.opt.retry_for_s:g}s "
+                        f"({type(exc).__name__}); cursor {self.progress.cursor} is saved, "
+                        "rerun with --resume"
+                    ) from None
+                self.progress.message = f"Redis unavailable, retrying ({type(exc).__name__})"
+                self.on_event("retry", self.progress)
+                self.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            except redis.ResponseError as exc:
+                if str(exc).startswith("LEASE"):
+                    raise LeaseLostError(
+                        "backfill lease was taken over by another owner; stopping"
+                    ) from None
+                if "NOSCRIPT" in str(exc):
+                    continue
+                raise
+
+    def _acquire(self) -> dict[str, str]:
+        """Take the lease or refuse naming the owner; decide fresh vs resume."""
+        c, k = self.client, self.keys
+        if not c.set(k.lease, self.token, nx=True, px=LEASE_TTL_MS):
+            holder = c.get(k.lease) or "unknown"
+            state = c.hgetall(k.state)
+            since = state.get("started", "")
+            when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(float(since))) if since else "?"
+            raise UsageError(
+                f"a backfill is already running: owner {holder.rsplit(':', 1)[0]} since {when} "
+                f"(run {state.get('run_id', '?')}); use `relayctl backfill status`"
+            )
+        return c.hgetall(k.state)
+
+    def _start_state(self, saved: dict[str, str]) -> None:
+        c, k, p = self.client, self.keys, self.progress
+        scope = ",".join(sorted(self._workspaces))
+        resumable = saved.get("status") in UNFINISHED
+        if self.opt.resume and not resumable:
+            raise UsageError("--resume: there is no unfinished backfill to resume")
+        if resumable and not self.opt.fresh:
+            if saved.get("workspaces", "") != scope:
+                raise UsageError(
+                    f"the unfinished run {saved.get('run_id')} covers workspaces "
+                    f"[{saved.get('workspaces') or 'all'}], not [{scope or 'all'}]: "
+                    "pass the same --workspace options, or --fresh to start over"
+                )
+            p.run_id = saved["run_id"]
+            p.cursor = int(saved.get("cursor", 0))
+            p.scanned = int(saved.get("scanned", 0))
+            p.migrated = int(saved.get("migrated", 0))
+            for reason in REASONS:
+                field_name = "errors" if reason == "error" else f"skipped_{reason}"
+                p.skipped[reason] = int(saved.get(field_name, 0))
+            p.started = float(saved.get("started", time.time()))
+            p.message = f"resumed at cursor {p.cursor}"
+        else:
+            p.run_id = uuid.uuid4().hex[:12]
+            p.started = time.time()
+        now = f"{time.time():.3f}"
+        pipe = c.pipeline(transaction=True)
+        if p.run_id != saved.get("run_id"):
+            pipe.delete(k.state)
+        pipe.hset(k.state, mapping={
+            "run_id": p.run_id, "status": "running", "mode": "execute", "owner": owner_id(),
+            "token": self.token, "started": f"{p.started:.3f}", "heartbeat": now,
+            "updated": now, "workspaces": scope, "rps": str(self.opt.rps),
+            "batch": str(self.opt.batch), "max_keys": str(self.opt.max_keys or ""),
+            "cursor": str(p.cursor), "message": p.message, "finished": "",
+        })
+        pipe.persist(k.state)
+        pipe.delete(k.control)
+        pipe.execute()
+
+    def _heartbeat(self) -> None:
+        while not self._hb_stop.wait(2.0):
+            try:
+                if not self._renew(keys=[self.keys.lease, self.keys.state],
+                                   args=[self.token, LEASE_TTL_MS, f"{time.time():.3f}"]):
+                    self._lease_lost.set()
+                    return
+            except (redis.RedisError, OSError):
+                continue
+
+    def _read_batch(self, cursor: int) -> _Batch:
+        t0 = time.perf_counter()
+        next_cursor, keys = self.client.scan(cursor, match=self.schema.old_pattern,
+                                             count=self.opt.batch)
+        scan_ms = (time.perf_counter() - t0) * 1000
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hmget(key, "workspace_id", "job_id")
+        pipe.get(self.keys.control)
+        replies = pipe.execute(raise_on_error=False)
+        control = replies.pop()
+        return _Batch(int(next_cursor), keys, scan_ms, replies,
+                      control if isinstance(control, str) else None)
+
+    def _classify(self, batch: _Batch) -> tuple[list[tuple[str, str, str]], Counter, Counter]:
+        """(key, job_id, ws) to copy; skip counts by reason; scanned counts by label."""
+        jobs: list[tuple[str, str, str]] = []
+        skipped: Counter = Counter()
+        scanned: Counter = Counter()
+        label = self.metrics.label
+        for key, head in zip(batch.keys, batch.heads, strict=True):
+            ws, job_id = (head if isinstance(head, list) else (None, None))
+            lbl = label(ws) if is_valid_workspace_id(ws) else label(None)
+            scanned[lbl] += 1
+            if (not is_valid_workspace_id(ws) or not is_valid_job_id(job_id)
+                    or self.schema.old_key(job_id) != key):
+                skipped[("invalid", lbl)] += 1
+            elif self._workspaces and ws not in self._workspaces:
+                skipped[("filtered", lbl)] += 1
+            else:
+                jobs.append((key, job_id, ws))
+        return jobs, skipped, scanned
+
+    def _apply(self, batch: _Batch, jobs: list[tuple[str, str, str]],
+               skipped: Counter) -> str:
+        invalid = sum(v for (r, _), v in skipped.items() if r == "invalid")
+        filtered = sum(v for (r, _), v in skipped.items() if r == "filtered")
+        if not self.opt.execute:
+            if not jobs:
+                return ""
+            pipe = self.client.pipeline(transaction=False)
+            for _key, job_id, ws in jobs:
+                pipe.exists(self.schema.new_key(ws, job_id))
+            return "".join("e" if n else "m" for n in pipe.execute())
+        keys = [self.keys.state, self.keys.lease]
+        args: list[object] = [self.token, batch.cursor, f"{time.time():.3f}",
+                              len(batch.keys), invalid, filtered]
+        s = self.schema
+        for key, job_id, ws in jobs:
+            keys += [key, s.new_key(ws, job_id), s.index_key(ws)]
+            args += [job_id, ws]
+        return self._copy(keys=keys, args=args)
+
+    def _account(self, batch: _Batch, jobs: list[tuple[str, str, str]], codes: str,
+                 skipped: Counter, scanned: Counter) -> None:
+        p, m = self.progress, self.metrics
+        label = m.label
+        p.cursor = batch.cursor
+        p.scanned += len(batch.keys)
+        for lbl, n in scanned.items():
+            m.inc(m.backfill_scanned, lbl, amount=n)
+        for (reason, lbl), n in skipped.items():
+            p.skipped[reason] += n
+            m.inc(m.backfill_skipped, lbl, reason, amount=n)
+        for (_key, _job_id, ws), code in zip(jobs, codes, strict=True):
+            lbl = label(ws)
+            if code == "m":
+                p.migrated += 1
+                m.inc(m.backfill_migrated, lbl)
+            elif code == "e":
+                p.skipped["exists"] += 1
+                m.inc(m.backfill_skipped, lbl, "exists")
+            elif code == "g":
+                p.skipped["invalid"] += 1
+                m.inc(m.backfill_skipped, lbl, "invalid")
+            else:
+                p.skipped["error"] += 1
+                m.inc(m.backfill_errors, lbl)
+
+    def _set_status(self, status: str, message: str = "", finished: bool = False) -> None:
+        self.progress.status = status
+        self.progress.message = message
+        if not self.opt.execute:
+            return
+        fields = {"status": status, "message": message, "updated": f"{time.time():.3f}"}
+        if finished:
+            fields["finished"] = fields["updated"]
+        self._retrying(lambda: self.client.hset(self.keys.state, mapping=fields), "status")
+
+    def _wait_while_paused(self) -> str:
+        """Hold the lease and wait for resume or stop; returns the new control value."""
+        self._set_status("paused", "paused by operator")
+        self.on_event("paused", self.progress)
+        while True:
+            if self._stop_signal.is_set():
+                return "stop"
+            if self._lease_lost.is_set():
+                raise LeaseLostError("backfill lease lost while paused")
+            control = self._retrying(lambda: self.client.get(self.keys.control), "pause")
+            if control != "pause":
+                if control != "stop":
+                    self._set_status("running", "resumed by operator")
+                    self.on_event("resumed", self.progress)
+                return control or "run"
+            self.sleep(0.2)
+
+    def _preflight(self) -> None:
+        if self.opt.execute and not self.opt.force:
+            flags = stored_flags(self.client)
+            if not flags.get("AI_JOBS_NEW_SCHEMA", False):
+                raise UsageError(
+                    "refusing --execute while dual-write (AI_JOBS_NEW_SCHEMA) is off: records "
+                    "updated after their copy would go stale; turn it on first or pass --force"
+                )
+
+    def run(self) -> int:
+        """Run to completion, a stop, --max-keys, or lost Redis; return the exit code."""
+        p = self.progress
+        try:
+            self._retrying(self._preflight, "preflight")
+        except RedisUnavailableError:
+            raise
+        hb: threading.Thread | None = None
+        if self.opt.execute:
+            saved = self._retrying(self._acquire, "lease")
+            try:
+                self._retrying(lambda: self._start_state(saved), "start")
+            except BaseException:
+                self._release(keys=[self.keys.lease], args=[self.token])
+                raise
+            hb = threading.Thread(target=self._heartbeat, name="relayctl-backfill-lease",
+                                  daemon=True)
+            hb.start()
+        else:
+            p.run_id = "dry-run"
+            p.started = time.time()
+        self.on_event("start", p)
+        try:
+            return self._loop()
+        except RedisUnavailableError as exc:
+            p.status, p.message = "lost", str(exc)
+            self.on_event("lost", p)
+            raise
+        finally:
+            self._hb_stop.set()
+            if hb is not None:
+                hb.join(timeout=5)
+            if self.opt.execute:
+                try:
+                    if p.status == "lost":
+                        self.client.hset(self.keys.state, mapping={
+                            "status": "lost", "message": p.message})
+                    self._release(keys=[self.keys.lease], args=[self.token])
+                except (redis.RedisError, OSError):
+                    pass
+
+    def _loop(self) -> int:
+        p, opt = self.progress, self.opt
+        t_start = time.monotonic()
+        scanned_this_run = 0
+        next_checkpoint = (p.scanned // CHECKPOINT_EVERY + 1) * CHECKPOINT_EVERY
+        last_event = 0.0
+        throttle = 0.0
+        first = True
+        while True:
+            if self._lease_lost.is_set():
+                raise LeaseLostError("backfill lease lost (another owner took over)")
+            if self._stop_signal.is_set():
+                self._set_status("stopped", "stopped by signal; resumable")
+                self.on_event("stopped", p)
+                return EXIT_STOPPED
+            if not first and p.cursor == 0:
+                break
+            first = False
+            batch_t0 = time.perf_counter()
+            batch = self._retrying(lambda: self._read_batch(p.cursor), "scan")
+            control = batch.control
+            if control == "pause":
+                control = self._wait_while_paused()
+            if control == "stop":
+                self._set_status("stopped", "stopped by operator; resumable")
+                self.on_event("stopped", p)
+                return EXIT_STOPPED
+            jobs, skipped, scanned = self._classify(batch)
+            codes = self._retrying(lambda b=batch, j=jobs, s=skipped: self._apply(b, j, s),
+                                   "copy")
+            self._account(batch, jobs, codes, skipped, scanned)
+            duration = time.perf_counter() - batch_t0
+            self.metrics.observe(self.metrics.backfill_duration, duration)
+            scanned_this_run += len(batch.keys)
+            p.latency_ms = batch.scan_ms
+            elapsed = time.monotonic() - t_start
+            p.elapsed_s = elapsed
+            p.rate = scanned_this_run / elapsed if elapsed > 0 else 0.0
+            p.fraction = 1.0 if p.cursor == 0 else scan_fraction(p.cursor)
+            p.eta_s = (elapsed * (1 - p.fraction) / p.fraction) if p.fraction > 0 else None
+            if p.scanned >= next_checkpoint:
+                next_checkpoint = (p.scanned // CHECKPOINT_EVERY + 1) * CHECKPOINT_EVERY
+                self.on_event("checkpoint", p)
+            now = time.monotonic()
+            if now - last_event >= 0.5:
+                last_event = now
+                self.on_event("progress", p)
+            if p.cursor == 0:
+                break
+            if opt.max_keys is not None and scanned_this_run >= opt.max_keys:
+                self._set_status("partial", f"--max-keys {opt.max_keys} reached; resumable")
+                self.on_event("partial", p)
+                return EXIT_DONE
+            if opt.max_latency_ms is not None:
+                if batch.scan_ms > opt.max_latency_ms:
+                    throttle = min(max(throttle * 2, 0.01), 5.0)
+                else:
+                    throttle = throttle / 2 if throttle > 0.001 else 0.0
+                p.throttle_s = throttle
+            wait = throttle
+            if opt.rps > 0:
+                wait = max(wait, scanned_this_run / opt.rps - (time.monotonic() - t_start))
+            if wait > 0:
+                self.sleep(wait)
+        errors = p.errors
+        self._set_status("completed" if not errors else "completed_with_errors",
+                         f"{errors} errors" if errors else "done", finished=True)
+        self.on_event("done", p)
+        return EXIT_ERRORS if errors else EXIT_DONE
+
+
+def iter_status_fields(state: dict[str, str]) -> Iterable[tuple[str, str]]:
+    order = ("run_id", "status", "mode", "owner", "workspaces", "cursor", "scanned",
+             "migrated", "skipped_exists", "skipped_invalid", "skipped_filtered", "errors",
+             "started", "heartbeat", "updated", "finished", "message")
+    for name in order:
+        if name in state:
+            yield name, state[name]
