@@ -431,6 +431,21 @@ def bench_store_cmd(c: Context, keys: int, samples: int, as_json: bool) -> None:
     _render_bench(result.as_dict(), as_json)
 
 
+@bench.command("backfill")
+@click.option("--keys", type=click.IntRange(1000, 10_000_000), default=200_000,
+              show_default=True, help="Legacy jobs to seed (under a private prefix).")
+@click.option("--batch", type=click.IntRange(1, 100_000), default=1000, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def bench_backfill_cmd(c: Context, keys: int, batch: int, as_json: bool) -> None:
+    """relayctl's keys/s vs a server-side Lua probe and a naive per-key loop, same data."""
+    from relayctl.core.bench import bench_backfill
+
+    progress = None if as_json else (lambda m: click.echo(f"... {m}", err=True))
+    result = bench_backfill(c.client(), keys=keys, batch=batch, progress=progress)
+    _render_bench(result.as_dict(), as_json)
+
+
 def _render_bench(data: dict, as_json: bool) -> None:
     if as_json:
         emit_json(data)

@@ -10,6 +10,7 @@ either the whole batch applied and recorded, or none of it.
 from __future__ import annotations
 
 import os
+import queue
 import socket
 import threading
 import time
@@ -45,18 +46,21 @@ end
 local n = (#KEYS - 2) / 3
 local codes = {}
 local migrated, exists, gone, errors = 0, 0, 0, 0
+local index_ok = {}
 for i = 1, n do
   local old, new, idx = KEYS[3 * i], KEYS[3 * i + 1], KEYS[3 * i + 2]
   local job_id, ws = ARGV[5 + 2 * i], ARGV[6 + 2 * i]
+  if index_ok[idx] == nil then index_ok[idx] = type_is(idx, 'zset') end
+  local t = redis.call('TYPE', old)
+  if type(t) == 'table' then t = t['ok'] end
   if redis.call('EXISTS', new) == 1 then
     exists = exists + 1
     codes[i] = 'e'
-  elseif not type_is(old, 'hash') or redis.call('EXISTS', old) == 0
-      or redis.call('HGET', old, 'workspace_id') ~= ws
+  elseif t ~= 'hash' or redis.call('HGET', old, 'workspace_id') ~= ws
       or redis.call('HGET', old, 'job_id') ~= job_id then
     gone = gone + 1
     codes[i] = 'g'
-  elseif not type_is(idx, 'zset') then
+  elseif not index_ok[idx] then
     errors = errors + 1
     codes[i] = 'x'
   else
@@ -74,6 +78,23 @@ redis.call('HINCRBY', KEYS[1], 'skipped_invalid', tonumber(ARGV[5]) + gone)
 redis.call('HINCRBY', KEYS[1], 'skipped_filtered', ARGV[6])
 redis.call('HINCRBY', KEYS[1], 'errors', errors)
 return table.concat(codes)
+"""
+
+# KEYS: control, then the batch's legacy keys.  Read-only: returns the control value and,
+# per key, workspace_id and job_id ('' when missing; '\0' when the key is not a hash).
+READ_HEADS = TYPE_OK + """
+local out = {redis.call('GET', KEYS[1]) or ''}
+for i = 2, #KEYS do
+  if type_is(KEYS[i], 'hash') then
+    local head = redis.call('HMGET', KEYS[i], 'workspace_id', 'job_id')
+    out[#out + 1] = head[1] or ''
+    out[#out + 1] = head[2] or ''
+  else
+    out[#out + 1] = '\0'
+    out[#out + 1] = '\0'
+  end
+end
+return out
 """
 
 # KEYS: lease, state   ARGV: token, ttl_ms, now
@@ -217,6 +238,50 @@ class _Batch:
     control: str | None
 
 
+class _Prefetcher:
+    """Reads batch N+1 (SCAN + heads) on its own connection while batch N is copied."""
+
+    def __init__(self, read: Callable[[int], _Batch], cursor: int) -> None:
+        self._read = read
+        self._queue: queue.Queue = queue.Queue(maxsize=1)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(cursor,),
+                                        name="relayctl-backfill-prefetch", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: object) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, cursor: int) -> None:
+        first = True
+        while not self._stop.is_set() and (first or cursor != 0):
+            first = False
+            try:
+                batch = self._read(cursor)
+            except BaseException as exc:
+                self._put(exc)
+                return
+            if not self._put(batch):
+                return
+            cursor = batch.cursor
+
+    def next(self) -> _Batch:
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
 class LeaseLostError(RedisUnavailableError):
     exit_code = 4
 
@@ -245,6 +310,7 @@ class Backfill:
         self.token = f"{owner_id()}:{uuid.uuid4().hex[:8]}"
         self.progress = Progress(mode="execute" if options.execute else "dry-run")
         self._copy = client.register_script(COPY_BATCH)
+        self._heads = client.register_script(READ_HEADS)
         self._renew = client.register_script(RENEW)
         self._release = client.register_script(RELEASE)
         self._stop_signal = threading.Event()
@@ -360,14 +426,10 @@ class Backfill:
         next_cursor, keys = self.client.scan(cursor, match=self.schema.old_pattern,
                                              count=self.opt.batch)
         scan_ms = (time.perf_counter() - t0) * 1000
-        pipe = self.client.pipeline(transaction=False)
-        for key in keys:
-            pipe.hmget(key, "workspace_id", "job_id")
-        pipe.get(self.keys.control)
-        replies = pipe.execute(raise_on_error=False)
-        control = replies.pop()
-        return _Batch(int(next_cursor), keys, scan_ms, replies,
-                      control if isinstance(control, str) else None)
+        flat = self._heads(keys=[self.keys.control, *keys])
+        control = flat[0] or None
+        heads = list(zip(flat[1::2], flat[2::2], strict=True))
+        return _Batch(int(next_cursor), keys, scan_ms, heads, control)
 
     def _classify(self, batch: _Batch) -> tuple[list[tuple[str, str, str]], Counter, Counter]:
         """(key, job_id, ws) to copy; skip counts by reason; scanned counts by label."""
@@ -375,8 +437,7 @@ class Backfill:
         skipped: Counter = Counter()
         scanned: Counter = Counter()
         label = self.metrics.label
-        for key, head in zip(batch.keys, batch.heads, strict=True):
-            ws, job_id = (head if isinstance(head, list) else (None, None))
+        for key, (ws, job_id) in zip(batch.keys, batch.heads, strict=True):
             lbl = label(ws) if is_valid_workspace_id(ws) else label(None)
             scanned[lbl] += 1
             if (not is_valid_workspace_id(ws) or not is_valid_job_id(job_id)
@@ -419,20 +480,21 @@ class Backfill:
         for (reason, lbl), n in skipped.items():
             p.skipped[reason] += n
             m.inc(m.backfill_skipped, lbl, reason, amount=n)
-        for (_key, _job_id, ws), code in zip(jobs, codes, strict=True):
-            lbl = label(ws)
+        outcomes = Counter((code, label(ws)) for (_k, _j, ws), code in
+                           zip(jobs, codes, strict=True))
+        for (code, lbl), n in outcomes.items():
             if code == "m":
-                p.migrated += 1
-                m.inc(m.backfill_migrated, lbl)
+                p.migrated += n
+                m.inc(m.backfill_migrated, lbl, amount=n)
             elif code == "e":
-                p.skipped["exists"] += 1
-                m.inc(m.backfill_skipped, lbl, "exists")
+                p.skipped["exists"] += n
+                m.inc(m.backfill_skipped, lbl, "exists", amount=n)
             elif code == "g":
-                p.skipped["invalid"] += 1
-                m.inc(m.backfill_skipped, lbl, "invalid")
+                p.skipped["invalid"] += n
+                m.inc(m.backfill_skipped, lbl, "invalid", amount=n)
             else:
-                p.skipped["error"] += 1
-                m.inc(m.backfill_errors, lbl)
+                p.skipped["error"] += n
+                m.inc(m.backfill_errors, lbl, amount=n)
 
     def _set_status(self, status: str, message: str = "", finished: bool = False) -> None:
         self.progress.status = status
@@ -446,6 +508,9 @@ class Backfill:
 
     def _wait_while_paused(self) -> str:
         """Hold the lease and wait for resume or stop; returns the new control value."""
+        live = self._retrying(lambda: self.client.get(self.keys.control), "pause")
+        if live != "pause":
+            return live or "run"
         self._set_status("paused", "paused by operator")
         self.on_event("paused", self.progress)
         while True:
@@ -512,6 +577,15 @@ class Backfill:
                     pass
 
     def _loop(self) -> int:
+        prefetch = _Prefetcher(
+            lambda cursor: self._retrying(lambda: self._read_batch(cursor), "scan"),
+            self.progress.cursor)
+        try:
+            return self._batches(prefetch)
+        finally:
+            prefetch.close()
+
+    def _batches(self, prefetch: _Prefetcher) -> int:
         p, opt = self.progress, self.opt
         t_start = time.monotonic()
         scanned_this_run = 0
@@ -530,7 +604,7 @@ class Backfill:
                 break
             first = False
             batch_t0 = time.perf_counter()
-            batch = self._retrying(lambda: self._read_batch(p.cursor), "scan")
+            batch = prefetch.next()
             control = batch.control
             if control == "pause":
                 control = self._wait_while_paused()

@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
@@ -39,6 +39,8 @@ JOB_FIELDS = (
 )
 IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
 MAX_LIMIT = 1000
+MAX_TTL_SECONDS = 100 * 365 * 24 * 3600  # PEXPIRE must never fail after the first write
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _LIST_ROUNDS = 32
 _SCAN_COUNT = 1000
 
@@ -59,7 +61,8 @@ def iso_to_ms(value: str | None) -> int:
         return 0
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return round(moment.timestamp() * 1000)
+    # exact integer arithmetic, truncating sub-millisecond digits like the Lua iso_ms does
+    return (moment - _EPOCH) // timedelta(milliseconds=1)
 
 
 @dataclass(frozen=True)
@@ -164,8 +167,8 @@ class JobStore:
 
     def _publish_flag_gauges(self) -> None:
         for name in FLAG_NAMES:
-            self.metrics.safely(self.metrics.flag_state.labels(name).set,
-                                1.0 if self._flags.value(name) else 0.0)
+            self.metrics.safely(lambda n: self.metrics.flag_state.labels(n).set(
+                1.0 if self._flags.value(n) else 0.0), name)
 
     def heartbeat(self) -> None:
         fleet.publish(self.client, self.instance, self._flags, self.started)
@@ -228,8 +231,8 @@ class JobStore:
         job_id = validate_job_id(job_id) if job_id is not None else uuid.uuid4().hex
         if request_id is not None:
             validate_request_id(request_id)
-        if ttl_seconds is not None and ttl_seconds <= 0:
-            raise ValidationError("ttl_seconds must be positive")
+        if ttl_seconds is not None and not 0 < ttl_seconds <= MAX_TTL_SECONDS:
+            raise ValidationError(f"ttl_seconds must be in (0, {MAX_TTL_SECONDS}]")
         moment = time.time() if now is None else now
         record = {
             "job_id": job_id,
@@ -253,7 +256,7 @@ class JobStore:
         ]
         args: list[Any] = [
             "1" if request_id else "0", "1" if dual else "0",
-            int(ttl_seconds * 1000) if ttl_seconds else 0,
+            max(1, int(ttl_seconds * 1000)) if ttl_seconds else 0,
             int(iso_to_ms(record["enqueued_at"])), job_id, IDEMPOTENCY_TTL_MS,
         ]
         for name in JOB_FIELDS:
@@ -443,14 +446,14 @@ class JobStore:
         if not fresh:
             return self._after_index(state, fallback) if exhausted else state
         valid = [m for m, _ in fresh if is_valid_job_id(m)]
-        new_recs = dict(zip(valid, map(_hash, read_many(
-            self.client, [("HGETALL", s.new_key(ws, m)) for m in valid])), strict=True))
+        new_recs = dict(zip(valid, map(_hash, _raise_transport(read_many(
+            self.client, [("HGETALL", s.new_key(ws, m)) for m in valid]))), strict=True))
         old_recs: dict[str, dict[str, str]] = {}
         if fallback:
             # an expired or lost new copy is still listed once, from its legacy record
             lost = [m for m in valid if not new_recs[m]]
-            old_recs = dict(zip(lost, map(_hash, read_many(
-                self.client, [("HGETALL", s.old_key(m)) for m in lost])), strict=True))
+            old_recs = dict(zip(lost, map(_hash, _raise_transport(read_many(
+                self.client, [("HGETALL", s.old_key(m)) for m in lost]))), strict=True))
         last = state
         for member, score in fresh:
             if len(jobs) >= limit:
@@ -484,15 +487,16 @@ class JobStore:
         if state.last_key is not None:
             keys = [k for k in keys if k > state.last_key]
         if keys:
-            heads = read_many(
-                self.client, [("HMGET", k, "workspace_id", "job_id", "status") for k in keys])
+            heads = _raise_transport(read_many(
+                self.client, [("HMGET", k, "workspace_id", "job_id", "status") for k in keys]))
             candidates = [
                 key for key, head in zip(keys, heads, strict=True)
                 if isinstance(head, list) and head[0] == ws and is_valid_job_id(head[1])
                 and (status is None or head[2] == status)
             ]
             if candidates:
-                records = read_many(self.client, [("HGETALL", k) for k in candidates])
+                records = _raise_transport(
+                    read_many(self.client, [("HGETALL", k) for k in candidates]))
                 by_key = dict(zip(candidates, map(_hash, records), strict=True))
                 indexed: set[str] = set()
                 if plan == "new+old":
@@ -522,11 +526,12 @@ def _hash(reply: object) -> dict[str, str]:
     return reply if isinstance(reply, dict) else {}
 
 
-def _raise_transport(replies: list[object]) -> None:
+def _raise_transport(replies: list[Any]) -> list[Any]:
     """Error replies other than WRONGTYPE are real failures and must not look like misses."""
     for reply in replies:
         if isinstance(reply, redis.ResponseError) and not str(reply).startswith("WRONGTYPE"):
             raise reply
+    return replies
 
 
 def seed_legacy(

@@ -70,17 +70,21 @@ end
 if ARGV[2] == '1' and not type_is(KEYS[4], 'zset') then
   return redis.error_reply('WRONGTYPE workspace index is not a sorted set')
 end
+-- a TTL PEXPIRE would refuse must fail here, before the first write
+if not string.match(ARGV[3], '^%d+$') or #ARGV[3] > 15 then
+  return redis.error_reply('ERR invalid job ttl_ms: ' .. ARGV[3])
+end
+local ttl = tonumber(ARGV[3])
 local fields = {}
 for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
 if ARGV[1] == '1' then
   redis.call('SET', KEYS[1], job_id, 'PX', ARGV[6])
 end
 redis.call('HSET', KEYS[2], unpack(fields))
-local ttl = tonumber(ARGV[3])
-if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ARGV[3]) end
 if ARGV[2] == '1' then
   redis.call('HSET', KEYS[3], unpack(fields))
-  if ttl > 0 then redis.call('PEXPIRE', KEYS[3], ttl) end
+  if ttl > 0 then redis.call('PEXPIRE', KEYS[3], ARGV[3]) end
   redis.call('ZADD', KEYS[4], ARGV[4], job_id)
 end
 redis.call('RPUSH', KEYS[5], job_id)

@@ -68,6 +68,8 @@ def monitor(redis_url: str) -> Callable[[], contextlib.AbstractContextManager[Re
     @contextlib.contextmanager
     def record() -> Iterator[Recording]:
         rec = Recording()
+        stopper = redis.Redis.from_url(redis_url)
+        stopper.ping()  # connect (and handshake) before recording starts
         watcher = redis.Redis.from_url(redis_url, decode_responses=True)
         mon = watcher.monitor()
         mon.__enter__()  # sends MONITOR and waits for OK: recording is live from here on
@@ -88,7 +90,6 @@ def monitor(redis_url: str) -> Callable[[], contextlib.AbstractContextManager[Re
         try:
             yield rec
         finally:
-            stopper = redis.Redis.from_url(redis_url)
             stopper.echo(_STOP)
             stopper.close()
             finished = done.wait(10)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jobstore_kit import (
@@ -217,10 +216,3 @@ def test_update_of_another_workspaces_job_is_not_found_and_changes_nothing(
     assert metric(store, MISMATCH, operation="update", workspace_id="ws-a") == 2
     assert json.loads(r.hget(SCHEMA.old_key(b_job), "params")) == {}
     assert r.hget(SCHEMA.old_key(b_job), "status") == "pending"
-
-
-def test_a_wrong_type_key_under_the_job_keyspace_is_an_error_not_a_hidden_miss(r, make_store):
-    store = make_store()
-    r.set(SCHEMA.old_key("strjob"), "not a hash")
-    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
-        store.get_job("ws-a", "strjob")
