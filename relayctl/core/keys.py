@@ -77,3 +77,35 @@ class KeySchema:
     def is_old_key(self, key: str) -> bool:
         head, _, tail = self.old_job.partition("<job_id>")
         return key.startswith(head) and key.endswith(tail) and len(key) > len(head) + len(tail)
+
+    def classifier(self) -> KeyClassifier:
+        return KeyClassifier(self)
+
+
+class KeyClassifier:
+    """Sorts key names into old / new / index from the templates alone (one SCAN pass)."""
+
+    def __init__(self, schema: KeySchema) -> None:
+        self.old_head, _, self.old_tail = schema.old_job.partition("<job_id>")
+        head, _, rest = schema.new_job.partition("<ws>")
+        mid, _, tail = rest.partition("<job_id>")
+        self.new_head, self.new_mid, self.new_tail = head, mid, tail
+        self.idx_head, _, self.idx_tail = schema.index.partition("<ws>")
+
+    def classify(self, key: str) -> tuple[str, str | None] | None:
+        """('old', None) | ('new', ws) | ('index', ws) | None for any other key."""
+        if key.startswith(self.old_head) and key.endswith(self.old_tail) \
+                and len(key) > len(self.old_head) + len(self.old_tail):
+            body = key[len(self.old_head):len(key) - len(self.old_tail)]
+            if ":" not in body:
+                return ("old", None)
+        if key.startswith(self.new_head) and key.endswith(self.new_tail):
+            body = key[len(self.new_head):len(key) - len(self.new_tail)]
+            ws, sep, job = body.partition(self.new_mid)
+            if sep and ws and job and ":" not in ws:
+                return ("new", ws)
+        if key.startswith(self.idx_head) and key.endswith(self.idx_tail):
+            ws = key[len(self.idx_head):len(key) - len(self.idx_tail)]
+            if ws and ":" not in ws:
+                return ("index", ws)
+        return None

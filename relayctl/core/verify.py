@@ -1,0 +1,261 @@
+"""Parity of legacy and new records (SPEC §5): what the gates and the archive trust."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import redis
+
+from relayctl.core.errors import UsageError
+from relayctl.core.flags import FALLBACK_OLD, stored_flags
+from relayctl.core.jobs import iso_to_ms
+from relayctl.core.keys import VERIFY_KEY, KeySchema
+from relayctl.core.lua import ISO_MS, TYPE_OK
+from relayctl.core.roundtrip import read_many
+from relayctl.core.validate import is_valid_job_id, is_valid_workspace_id, validate_workspace_id
+
+KINDS = ("missing", "extra", "field_mismatch", "ttl_drift", "workspace_mismatch",
+         "index_missing")
+MAX_EXAMPLES = 20
+SCAN_COUNT = 1000
+
+# KEYS: (old, new, index) per job.  ARGV: (job_id, ws) per job.
+# Re-copies a legacy record over its new copy, but only if the legacy record is still the
+# same job of the same workspace; returns the number repaired.
+REPAIR = ISO_MS + TYPE_OK + """
+local repaired = 0
+for i = 1, #KEYS / 3 do
+  local old, new, idx = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+  local job_id, ws = ARGV[2 * i - 1], ARGV[2 * i]
+  local t = redis.call('TYPE', old)
+  if type(t) == 'table' then t = t['ok'] end
+  if t == 'hash' and type_is(idx, 'zset') and type_is(new, 'hash')
+      and redis.call('HGET', old, 'workspace_id') == ws
+      and redis.call('HGET', old, 'job_id') == job_id then
+    redis.call('DEL', new)
+    redis.call('COPY', old, new)
+    redis.call('ZADD', idx, iso_ms(redis.call('HGET', old, 'enqueued_at')), job_id)
+    repaired = repaired + 1
+  end
+end
+return repaired
+"""
+
+
+@dataclass
+class VerifyReport:
+    mode: str = "full"
+    workspaces: tuple[str, ...] = ()
+    checked: int = 0
+    invalid_legacy: int = 0
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    examples: dict[str, list[str]] = field(default_factory=lambda: {k: [] for k in KINDS})
+    repaired: int = 0
+    ttl_tolerance_s: float = 2.0
+    duration_s: float = 0.0
+    ts: float = 0.0
+
+    @property
+    def clean(self) -> bool:
+        return not any(self.counts.values())
+
+    def add(self, kind: str, key: str) -> None:
+        self.counts[kind] += 1
+        if len(self.examples[kind]) < MAX_EXAMPLES:
+            self.examples[kind].append(key)
+
+    def as_dict(self) -> dict:
+        return {
+            "mode": self.mode, "workspaces": list(self.workspaces), "checked": self.checked,
+            "invalid_legacy": self.invalid_legacy, "counts": dict(self.counts),
+            "examples": {k: v for k, v in self.examples.items() if v},
+            "repaired": self.repaired, "clean": self.clean,
+            "ttl_tolerance_s": self.ttl_tolerance_s,
+            "duration_s": round(self.duration_s, 3), "ts": self.ts,
+        }
+
+
+def _scan(client: redis.Redis, pattern: str, count: int = SCAN_COUNT) -> Iterator[list[str]]:
+    cursor = 0
+    while True:
+        cursor, keys = client.scan(cursor, match=pattern, count=count)
+        if keys:
+            yield keys
+        if int(cursor) == 0:
+            return
+
+
+def _reservoir(batches: Iterator[list[str]], n: int, rng: random.Random) -> list[str]:
+    """A uniform sample of n key names from a SCAN stream, in constant memory."""
+    sample: list[str] = []
+    seen = 0
+    for keys in batches:
+        for key in keys:
+            seen += 1
+            if len(sample) < n:
+                sample.append(key)
+            else:
+                j = rng.randrange(seen)
+                if j < n:
+                    sample[j] = key
+    return sample
+
+
+def _ttl_close(a: int, b: int, tolerance_ms: float) -> bool:
+    if a < 0 or b < 0:
+        return a < 0 and b < 0
+    return abs(a - b) <= tolerance_ms
+
+
+def run_verify(
+    client: redis.Redis,
+    schema: KeySchema | None = None,
+    *,
+    workspaces: tuple[str, ...] = (),
+    sample: int | None = None,
+    repair: bool = False,
+    force: bool = False,
+    ttl_tolerance_s: float = 2.0,
+    progress: Callable[[VerifyReport], None] | None = None,
+    store: bool = True,
+    seed: int | None = None,
+    now: Callable[[], float] = time.time,
+) -> VerifyReport:
+    """Compare every (or a sample of) legacy record with its new copy; optionally repair."""
+    s = schema or KeySchema()
+    wanted = frozenset(validate_workspace_id(w) for w in workspaces)
+    if sample is not None and sample < 1:
+        raise UsageError("--sample must be >= 1")
+    if repair and not force and not stored_flags(client).get(FALLBACK_OLD, True):
+        raise UsageError("refusing --repair: READ_FALLBACK_OLD is off, so the legacy schema is "
+                         "no longer authoritative (pass --force to repair anyway)")
+    report = VerifyReport(mode="sample" if sample else "full", workspaces=tuple(sorted(wanted)),
+                          ttl_tolerance_s=ttl_tolerance_s)
+    t0 = time.perf_counter()
+    repair_script = client.register_script(REPAIR) if repair else None
+    if sample:
+        keys = _reservoir(_scan(client, s.old_pattern), sample, random.Random(seed))
+        batches: Iterator[list[str]] = (keys[i:i + SCAN_COUNT]
+                                        for i in range(0, len(keys), SCAN_COUNT))
+    else:
+        batches = _scan(client, s.old_pattern)
+    for keys in batches:
+        _check_legacy(client, s, keys, wanted, report, repair_script, ttl_tolerance_s)
+        if progress is not None:
+            progress(report)
+    if not sample:
+        patterns = ([s.new_job.replace("<ws>", w).replace("<job_id>", "*") for w in sorted(wanted)]
+                    if wanted else [s.new_pattern])
+        for pattern in patterns:
+            for keys in _scan(client, pattern):
+                _check_extra(client, s, keys, wanted, report)
+                if progress is not None:
+                    progress(report)
+    report.duration_s = time.perf_counter() - t0
+    report.ts = now()
+    if store:
+        d = report.as_dict()
+        client.hset(VERIFY_KEY, mapping={
+            "ts": f"{report.ts:.3f}", "mode": report.mode, "checked": report.checked,
+            "clean": "1" if report.clean else "0", "counts": json.dumps(d["counts"]),
+            "examples": json.dumps(d["examples"]), "repaired": report.repaired,
+            "workspaces": ",".join(report.workspaces), "invalid_legacy": report.invalid_legacy,
+        })
+    return report
+
+
+def _check_legacy(client: redis.Redis, s: KeySchema, keys: list[str],
+                  wanted: frozenset[str], report: VerifyReport, repair_script,
+                  tolerance_s: float) -> None:
+    replies = read_many(client, [c for k in keys for c in (("HGETALL", k), ("PTTL", k))])
+    jobs: list[tuple[str, str, str, dict, int]] = []
+    for i, key in enumerate(keys):
+        record, pttl = replies[2 * i], replies[2 * i + 1]
+        if not isinstance(record, dict) or not record:
+            report.invalid_legacy += 1
+            continue
+        ws, job_id = record.get("workspace_id"), record.get("job_id")
+        if not is_valid_workspace_id(ws) or not is_valid_job_id(job_id) \
+                or s.old_key(job_id) != key:
+            report.invalid_legacy += 1
+            continue
+        if wanted and ws not in wanted:
+            continue
+        jobs.append((key, ws, job_id, record, pttl if isinstance(pttl, int) else -2))
+    if not jobs:
+        return
+    commands = []
+    for _key, ws, job_id, _rec, _ttl in jobs:
+        new = s.new_key(ws, job_id)
+        commands += [("HGETALL", new), ("PTTL", new), ("ZSCORE", s.index_key(ws), job_id)]
+    new_replies = read_many(client, commands)
+    to_repair: list[tuple[str, str, str]] = []
+    for i, (key, ws, job_id, record, pttl) in enumerate(jobs):
+        report.checked += 1
+        new_rec, new_ttl, score = new_replies[3 * i:3 * i + 3]
+        new_key = s.new_key(ws, job_id)
+        bad = True
+        if not isinstance(new_rec, dict) or not new_rec:
+            report.add("missing", new_key)
+        elif new_rec.get("workspace_id") != ws:
+            report.add("workspace_mismatch", new_key)
+        elif new_rec != record:
+            report.add("field_mismatch", new_key)
+        elif not _ttl_close(pttl, new_ttl if isinstance(new_ttl, int) else -2,
+                            tolerance_s * 1000):
+            report.add("ttl_drift", new_key)
+        elif score is None or float(score) != iso_to_ms(record.get("enqueued_at")):
+            report.add("index_missing", new_key)
+        else:
+            bad = False
+        if bad:
+            to_repair.append((key, ws, job_id))
+    if repair_script is not None and to_repair:
+        keys_arg: list[str] = []
+        args: list[str] = []
+        for key, ws, job_id in to_repair:
+            keys_arg += [key, s.new_key(ws, job_id), s.index_key(ws)]
+            args += [job_id, ws]
+        report.repaired += int(repair_script(keys=keys_arg, args=args))
+
+
+def _check_extra(client: redis.Redis, s: KeySchema, keys: list[str],
+                 wanted: frozenset[str], report: VerifyReport) -> None:
+    """New records without a legacy record (job id read from the record, not the key)."""
+    heads = read_many(client, [("HMGET", k, "job_id", "workspace_id") for k in keys])
+    candidates = []
+    for key, head in zip(keys, heads, strict=True):
+        if not isinstance(head, list):
+            report.add("workspace_mismatch", key)
+            continue
+        job_id, ws = head
+        if not is_valid_job_id(job_id) or s.new_key(ws or "", job_id) != key:
+            report.add("workspace_mismatch", key)
+            continue
+        if wanted and ws not in wanted:
+            continue
+        candidates.append((key, job_id))
+    if not candidates:
+        return
+    exists = read_many(client, [("EXISTS", s.old_key(j)) for _k, j in candidates])
+    for (key, _job), n in zip(candidates, exists, strict=True):
+        if n == 0:
+            report.add("extra", key)
+
+
+def last_verify(client: redis.Redis) -> dict | None:
+    raw = client.hgetall(VERIFY_KEY)
+    if not raw:
+        return None
+    try:
+        return {
+            "ts": float(raw["ts"]), "mode": raw.get("mode", ""), "clean": raw.get("clean") == "1",
+            "checked": int(raw.get("checked", 0)), "counts": json.loads(raw.get("counts", "{}")),
+            "repaired": int(raw.get("repaired", 0)),
+        }
+    except (KeyError, ValueError):
+        return None
