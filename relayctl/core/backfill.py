@@ -31,17 +31,25 @@ from relayctl.core.validate import is_valid_job_id, is_valid_workspace_id, valid
 
 REASONS = ("exists", "invalid", "filtered", "error")
 UNFINISHED = ("running", "paused", "stopped", "partial", "lost", "failed")
-LEASE_TTL_MS = 15_000
+# The lease outlives a crashed owner by at most this long; tests shorten it via the env var.
+LEASE_TTL_MS = int(os.environ.get("RELAYCTL_BACKFILL_LEASE_MS") or 15_000)
+HEARTBEAT_S = min(2.0, LEASE_TTL_MS / 3000)
 CHECKPOINT_EVERY = 5_000
 
 EXIT_DONE, EXIT_ERRORS, EXIT_USAGE, EXIT_STOPPED, EXIT_LOST = 0, 1, 2, 3, 4
 
 # KEYS: state, lease, then (old, new, index) per job
-# ARGV: token, cursor, now, scanned, invalid, filtered, then (job_id, ws) per job
+# ARGV: token, cursor, now, scanned, invalid, filtered, start cursor, then (job_id, ws) per job
 # Returns one code per job: m migrated, e exists, g gone/changed since read, x index error.
+# A batch already applied (its reply was lost and the call retried) is not applied again:
+# its recorded codes are returned, so no counter is incremented twice.
 COPY_BATCH = ISO_MS + TYPE_OK + """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then
   return redis.error_reply('LEASE backfill lease lost to another owner')
+end
+local last = redis.call('HMGET', KEYS[1], 'cursor', 'last_start', 'last_codes')
+if last[1] == ARGV[2] and last[2] == ARGV[7] then
+  return last[3] or ''
 end
 local n = (#KEYS - 2) / 3
 local codes = {}
@@ -49,7 +57,7 @@ local migrated, exists, gone, errors = 0, 0, 0, 0
 local index_ok = {}
 for i = 1, n do
   local old, new, idx = KEYS[3 * i], KEYS[3 * i + 1], KEYS[3 * i + 2]
-  local job_id, ws = ARGV[5 + 2 * i], ARGV[6 + 2 * i]
+  local job_id, ws = ARGV[6 + 2 * i], ARGV[7 + 2 * i]
   if index_ok[idx] == nil then index_ok[idx] = type_is(idx, 'zset') end
   local t = redis.call('TYPE', old)
   if type(t) == 'table' then t = t['ok'] end
@@ -70,14 +78,16 @@ for i = 1, n do
     codes[i] = 'm'
   end
 end
-redis.call('HSET', KEYS[1], 'cursor', ARGV[2], 'updated', ARGV[3])
+local result = table.concat(codes)
+redis.call('HSET', KEYS[1], 'cursor', ARGV[2], 'updated', ARGV[3], 'last_start', ARGV[7],
+  'last_codes', result)
 redis.call('HINCRBY', KEYS[1], 'scanned', ARGV[4])
 redis.call('HINCRBY', KEYS[1], 'migrated', migrated)
 redis.call('HINCRBY', KEYS[1], 'skipped_exists', exists)
 redis.call('HINCRBY', KEYS[1], 'skipped_invalid', tonumber(ARGV[5]) + gone)
 redis.call('HINCRBY', KEYS[1], 'skipped_filtered', ARGV[6])
 redis.call('HINCRBY', KEYS[1], 'errors', errors)
-return table.concat(codes)
+return result
 """
 
 # KEYS: control, then the batch's legacy keys.  Read-only: returns the control value and,
@@ -231,6 +241,7 @@ def send_control(client: redis.Redis, action: str, *, actor: str, reason: str,
 
 @dataclass
 class _Batch:
+    start: int
     cursor: int
     keys: list[str]
     scan_ms: float
@@ -316,6 +327,7 @@ class Backfill:
         self._stop_signal = threading.Event()
         self._lease_lost = threading.Event()
         self._hb_stop = threading.Event()
+        self._scan_complete = False
         self._workspaces = frozenset(validate_workspace_id(w) for w in options.workspaces)
         if options.batch < 1 or options.batch > 100_000:
             raise UsageError("--batch must be between 1 and 100000")
@@ -393,6 +405,8 @@ class Backfill:
                 p.skipped[reason] = int(saved.get(field_name, 0))
             p.started = float(saved.get("started", time.time()))
             p.message = f"resumed at cursor {p.cursor}"
+            # cursor 0 after a batch was applied: the scan ended before the status was saved
+            self._scan_complete = p.cursor == 0 and ("last_start" in saved or p.scanned > 0)
         else:
             p.run_id = uuid.uuid4().hex[:12]
             p.started = time.time()
@@ -412,7 +426,7 @@ class Backfill:
         pipe.execute()
 
     def _heartbeat(self) -> None:
-        while not self._hb_stop.wait(2.0):
+        while not self._hb_stop.wait(HEARTBEAT_S):
             try:
                 if not self._renew(keys=[self.keys.lease, self.keys.state],
                                    args=[self.token, LEASE_TTL_MS, f"{time.time():.3f}"]):
@@ -429,7 +443,7 @@ class Backfill:
         flat = self._heads(keys=[self.keys.control, *keys])
         control = flat[0] or None
         heads = list(zip(flat[1::2], flat[2::2], strict=True))
-        return _Batch(int(next_cursor), keys, scan_ms, heads, control)
+        return _Batch(cursor, int(next_cursor), keys, scan_ms, heads, control)
 
     def _classify(self, batch: _Batch) -> tuple[list[tuple[str, str, str]], Counter, Counter]:
         """(key, job_id, ws) to copy; skip counts by reason; scanned counts by label."""
@@ -462,7 +476,7 @@ class Backfill:
             return "".join("e" if n else "m" for n in pipe.execute())
         keys = [self.keys.state, self.keys.lease]
         args: list[object] = [self.token, batch.cursor, f"{time.time():.3f}",
-                              len(batch.keys), invalid, filtered]
+                              len(batch.keys), invalid, filtered, batch.start]
         s = self.schema
         for key, job_id, ws in jobs:
             keys += [key, s.new_key(ws, job_id), s.index_key(ws)]
@@ -577,6 +591,9 @@ class Backfill:
                     pass
 
     def _loop(self) -> int:
+        if self._scan_complete:
+            self.progress.fraction = 1.0
+            return self._finish()
         prefetch = _Prefetcher(
             lambda cursor: self._retrying(lambda: self._read_batch(cursor), "scan"),
             self.progress.cursor)
@@ -649,6 +666,10 @@ class Backfill:
                 wait = max(wait, scanned_this_run / opt.rps - (time.monotonic() - t_start))
             if wait > 0:
                 self.sleep(wait)
+        return self._finish()
+
+    def _finish(self) -> int:
+        p = self.progress
         errors = p.errors
         self._set_status("completed" if not errors else "completed_with_errors",
                          f"{errors} errors" if errors else "done", finished=True)
