@@ -201,7 +201,6 @@ def read_archive(path: str | Path, schema: KeySchema) -> Iterator[ArchivedKey]:
         raise ArchiveError(f"archive {p} was made for keys {header.get('pattern')!r}, "
                            f"not {schema.old_pattern!r}")
     manifest = hashlib.sha256()
-    count = 0
     for n, line in enumerate(lines, start=2):
         try:
             obj = json.loads(line)
@@ -211,7 +210,7 @@ def read_archive(path: str | Path, schema: KeySchema) -> Iterator[ArchivedKey]:
             raise ArchiveError(f"archive {p} line {n} is malformed")
         if "manifest" in obj:
             m = obj["manifest"]
-            if not isinstance(m, dict) or m.get("count") != count \
+            if not isinstance(m, dict) or m.get("count") != n - 2 \
                     or m.get("sha256") != manifest.hexdigest():
                 raise ArchiveError(f"archive {p} manifest does not match its records "
                                    "(tampered or truncated)")
@@ -231,7 +230,6 @@ def read_archive(path: str | Path, schema: KeySchema) -> Iterator[ArchivedKey]:
         if _record_hash(key, expire_at, dump) != digest:
             raise ArchiveError(f"archive {p} line {n}: checksum mismatch (tampered)")
         manifest.update(digest.encode())
-        count += 1
         yield ArchivedKey(key=key, expire_at_ms=expire_at, dump=dump)
     raise ArchiveError(f"archive {p} has no manifest (truncated)")
 

@@ -164,7 +164,8 @@ def test_the_fleet_heartbeat_shows_the_instance_with_effective_flags_and_pins(
     assert inst.pid > 0 and inst.version
     # a later toggle shows up in the next heartbeat
     set_flag(r, PREFERS_NEW, "on", actor="a", reason="x")
-    store.heartbeat() if store.refresh_flags() else None
+    store.refresh_flags()
+    store.heartbeat()
     assert seen()[0].flags[PREFERS_NEW] == "on"
     store.close()
     assert seen() == []

@@ -7,6 +7,8 @@ import time
 import pytest
 import redis
 from jobstore_kit import ALL_COMBOS, Combo, apply_flags, paginate
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from relayctl.core.jobs import JobStore
 from relayctl.core.keys import KeySchema
@@ -162,7 +164,7 @@ def test_an_unreachable_redis_is_an_error_not_an_empty_result(redis_server, tmp_
     own = type(redis_server)(binary=redis_server.binary, port=_free_port(), workdir=tmp_path)
     own.start()
     client = redis.Redis(host="127.0.0.1", port=own.port, decode_responses=True,
-                         socket_connect_timeout=0.5)
+                         socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0))
     store = JobStore(client, background=False, pins={})
     try:
         own.stop(kill=True)

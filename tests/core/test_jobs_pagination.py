@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import pytest
@@ -135,7 +136,7 @@ def test_the_index_part_comes_newest_first_with_ties_broken_by_job_id(r, make_st
         order = [(r.zscore(SCHEMA.index_key(ws), j.job_id), j.job_id) for j in listed]
         assert len(order) > 10
         ties = 0
-        for (s1, id1), (s2, id2) in zip(order, order[1:], strict=False):
+        for (s1, id1), (s2, id2) in itertools.pairwise(order):
             assert s1 > s2 or (s1 == s2 and id1 > id2), (s1, id1, s2, id2)
             ties += s1 == s2
         assert ties, "the dataset must contain equal scores"

@@ -16,6 +16,7 @@ from relayctl.core.validate import (
     validate_workspace_id,
 )
 
+
 @pytest.mark.parametrize("bad", ADVERSARIAL, ids=repr)
 def test_adversarial_workspace_ids_are_rejected_with_a_clear_message(bad):
     with pytest.raises(ValidationError, match="invalid workspace id"):
