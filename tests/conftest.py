@@ -54,7 +54,8 @@ class RedisServer:
             except redis.ConnectionError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     log = (self.workdir / "redis.log").read_text(errors="replace")[-2000:]
-                    raise RuntimeError(f"redis-server failed to start on {self.port}: {log}")
+                    raise RuntimeError(
+                        f"redis-server failed to start on {self.port}: {log}") from None
                 time.sleep(0.05)
             finally:
                 client.close()

@@ -12,6 +12,7 @@ import redis
 from relayctl.core.audit import AUDIT_MAXLEN
 from relayctl.core.errors import UsageError
 from relayctl.core.keys import AUDIT_KEY, FLAGS_KEY
+from relayctl.core.lua import TYPE_OK
 
 DUAL_WRITE = "AI_JOBS_NEW_SCHEMA"
 PREFERS_NEW = "READ_PREFERS_NEW"
@@ -22,7 +23,13 @@ DEFAULTS: dict[str, bool] = {DUAL_WRITE: False, PREFERS_NEW: False, FALLBACK_OLD
 _TRUE = {"on", "true", "1", "yes"}
 _FALSE = {"off", "false", "0", "no"}
 
-_SET_FLAG = """
+_SET_FLAG = TYPE_OK + """
+if not type_is(KEYS[1], 'hash') then
+  return redis.error_reply('WRONGTYPE relay:flags is not a hash')
+end
+if not type_is(KEYS[2], 'stream') then
+  return redis.error_reply('WRONGTYPE relay:audit is not a stream; the change cannot be audited')
+end
 local before = redis.call('HGET', KEYS[1], ARGV[1])
 if not before then before = ARGV[3] end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])

@@ -61,9 +61,6 @@ def test_set_flag_is_one_atomic_script_on_the_server(r, monitor):
     assert rec.commands.index(top_level[0]) < rec.commands.index(hsets[0])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "flags.py bug: _SET_FLAG HSETs the flag before XADD; a broken audit key leaves the flag "
-    "changed with no audit entry (Redis does not roll back a failed script)"))
 def test_a_flag_change_that_cannot_be_audited_changes_nothing(r):
     r.set(AUDIT_KEY, "not a stream")
     with pytest.raises(redis.ResponseError):
