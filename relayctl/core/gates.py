@@ -1,0 +1,496 @@
+"""Machine-checked gates with the seeds' thresholds: PASS / FAIL / WAIT / UNKNOWN (SPEC §6).
+
+Sources: Redis (flags, audit times, census, verify, fleet, INFO memory, backfill state), the
+/metrics endpoints (summed; over a window, or since the phase was applied, or cumulative)
+and, when given, a Prometheus server (PromQL over the seed's windows).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import redis
+
+from relayctl.core import fleet
+from relayctl.core.backfill import read_state
+from relayctl.core.census import last_census
+from relayctl.core.connection import is_loopback_host, parse_target
+from relayctl.core.flags import (
+    DEFAULTS,
+    DUAL_WRITE,
+    FALLBACK_OLD,
+    PREFERS_NEW,
+    stored_flags,
+    word,
+)
+from relayctl.core.keys import AUDIT_KEY
+from relayctl.core.phases import Phase
+from relayctl.core.scrape import Snapshot, SourceError, prom_query, scrape
+from relayctl.core.verify import last_verify
+
+PASS, FAIL, WAIT, UNKNOWN = "PASS", "FAIL", "WAIT", "UNKNOWN"
+DAY = 86400.0
+
+# Every number is from the seeds (000 checklist, 003 release notes) unless noted.
+THRESHOLDS: dict[str, float] = {
+    "new_read_share_50": 0.50,      # rollback trigger: <50% new
+    "new_read_share_60": 0.60,      # step 1: should increase to 60-80%; alert <60% for 1h
+    "new_read_share_80": 0.80,      # step 2/3: >80% new schema
+    "new_read_share_98": 0.98,      # step 4: 98%+ of queries hit new schema
+    "old_read_share_2": 0.02,       # step 5: <2% of reads still hitting old
+    "old_read_share_0": 0.0,        # step 5/6: all "new", zero queries on old
+    "miss_increase": 0.10,          # 404 increase >10%
+    "dual_write_failure_1": 0.01,   # failed <1%
+    "dual_write_failure_5": 0.05,   # rollback trigger >5%
+    "dual_write_success": 0.99,     # succeeded ~100% (99% taken as "~100%": our choice)
+    "redis_memory": 0.50,           # memory spike >50%
+    "error_rate": 0.01,             # error rate flat (1%: our choice, seeds give no number)
+    "deserialize_errors": 100.0,    # >100/hour
+    "new_keys_1000": 1000.0,        # keys "ai:job:*:*" | wc -l > 1000
+    "census_equal": 0.02,           # "approximately equal" (2%: our choice)
+    "census_coverage_98": 0.98,     # 98%+ of jobs in new schema
+    "read_routing_days_7": 7.0,     # stable for 1+ weeks
+    "dual_write_days_14": 14.0,     # dual-write smooth 2+ weeks
+    "fallback_off_days_30": 30.0,   # 1+ month since fallback disabled
+    "min_reads": 50.0,              # fewer reads than this in the window: WAIT (our choice)
+    "max_age_s": DAY,               # census / verify older than a day: WAIT (our choice)
+}
+
+
+@dataclass(frozen=True)
+class GateResult:
+    gate: str
+    title: str
+    status: str
+    value: str
+    threshold: str
+    detail: str = ""
+
+    def as_dict(self) -> dict:
+        return {"gate": self.gate, "title": self.title, "status": self.status,
+                "value": self.value, "threshold": self.threshold, "detail": self.detail}
+
+
+@dataclass
+class GateContext:
+    """Everything a gate may read; each source is fetched once and cached."""
+
+    client: redis.Redis | None
+    redis_url: str | None = None
+    metrics_urls: list[str] = field(default_factory=list)
+    prometheus_url: str | None = None
+    window_s: float | None = None
+    baseline: Snapshot | None = None
+    baseline_memory: int | None = None
+    target_flags: dict[str, bool] | None = None
+    thresholds: dict[str, float] = field(default_factory=lambda: dict(THRESHOLDS))
+    now: Callable[[], float] = time.time
+    sleep: Callable[[float], None] = time.sleep
+    _cache: dict = field(default_factory=dict)
+
+    def t(self, name: str) -> float:
+        return self.thresholds.get(name, THRESHOLDS[name])
+
+    def metrics(self) -> Snapshot:
+        """Counters for the gate window: two scrapes S apart, since apply, or cumulative."""
+        if "metrics" not in self._cache:
+            try:
+                if not self.metrics_urls:
+                    raise SourceError("no /metrics endpoint given (--metrics-url)")
+                first = scrape(self.metrics_urls)
+                if self.window_s:
+                    self.sleep(self.window_s)
+                    self._cache["metrics"] = scrape(self.metrics_urls).minus(first)
+                elif self.baseline is not None:
+                    self._cache["metrics"] = first.minus(self.baseline)
+                else:
+                    self._cache["metrics"] = first
+            except SourceError as exc:
+                self._cache["metrics"] = exc
+        value = self._cache["metrics"]
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    def redis_call(self, key: str, fn: Callable[[redis.Redis], object]) -> object:
+        if key not in self._cache:
+            if self.client is None:
+                self._cache[key] = SourceError("Redis unreachable")
+            else:
+                try:
+                    self._cache[key] = fn(self.client)
+                except (redis.RedisError, OSError) as exc:
+                    self._cache[key] = SourceError(f"Redis error: {type(exc).__name__}")
+        value = self._cache[key]
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    def prom(self, promql: str) -> float | None:
+        assert self.prometheus_url
+        return prom_query(self.prometheus_url, promql)
+
+
+Gate = Callable[[GateContext], GateResult]
+GATES: dict[str, tuple[str, Gate]] = {}
+
+
+def gate(gate_id: str, title: str) -> Callable[[Gate], Gate]:
+    def register(fn: Gate) -> Gate:
+        GATES[gate_id] = (title, fn)
+        return fn
+    return register
+
+
+def _r(gid: str, status: str, value: object, threshold: str, detail: str = "") -> GateResult:
+    return GateResult(gate=gid, title=GATES[gid][0] if gid in GATES else gid, status=status,
+                      value=str(value), threshold=threshold, detail=detail)
+
+
+def pct(x: float) -> str:
+    return f"{x * 100:.2f}%"
+
+
+def _read_counts(ctx: GateContext) -> dict[str, float]:
+    """new / old / miss read counts over the gate window."""
+    if ctx.prometheus_url:
+        window = f"{int(ctx.window_s)}s" if ctx.window_s else "1h"
+        return {p: ctx.prom(f'sum(increase(relay_job_read_path_total{{path="{p}"}}[{window}]))')
+                or 0.0 for p in ("new", "old", "miss")}
+    snap = ctx.metrics()
+    return {p: snap.total("relay_job_read_path_total", path=p) for p in ("new", "old", "miss")}
+
+
+def _share_gate(gid: str, path: str, above: bool) -> Gate:
+    def check(ctx: GateContext) -> GateResult:
+        limit = ctx.t(gid)
+        cmp = ">=" if above else ("==" if limit == 0 else "<")
+        threshold = f"{path} share {cmp} {pct(limit)}"
+        try:
+            counts = _read_counts(ctx)
+        except SourceError as exc:
+            return _r(gid, UNKNOWN, "-", threshold, str(exc))
+        total = sum(counts.values())
+        if total < ctx.t("min_reads"):
+            return _r(gid, WAIT, f"{int(total)} reads", threshold,
+                      f"need at least {int(ctx.t('min_reads'))} reads in the window")
+        share = counts[path] / total
+        ok = share >= limit if above else (share == 0 if limit == 0 else share < limit)
+        return _r(gid, PASS if ok else FAIL, pct(share), threshold, f"{int(total)} reads")
+    return check
+
+
+for _gid, _path, _above, _title in (
+    ("new_read_share_50", "new", True, "New-schema read share above the rollback line"),
+    ("new_read_share_60", "new", True, "New-schema read share (60-80% target)"),
+    ("new_read_share_80", "new", True, "New-schema read share above 80%"),
+    ("new_read_share_98", "new", True, "98%+ of queries hit the new schema"),
+    ("old_read_share_2", "old", False, "Fallback reads below 2%"),
+    ("old_read_share_0", "old", False, "Zero reads hitting the old schema"),
+):
+    gate(_gid, _title)(_share_gate(_gid, _path, _above))
+
+
+@gate("miss_increase", "No increase in 404s (misses)")
+def _miss_increase(ctx: GateContext) -> GateResult:
+    limit = ctx.t("miss_increase")
+    threshold = f"miss share increase < {pct(limit)} over the baseline"
+    if ctx.baseline is None:
+        return _r("miss_increase", WAIT, "-", threshold,
+                  "no baseline yet: `relayctl checklist apply` records one")
+    try:
+        counts = _read_counts(ctx)
+    except SourceError as exc:
+        return _r("miss_increase", UNKNOWN, "-", threshold, str(exc))
+    total = sum(counts.values())
+    if total < ctx.t("min_reads"):
+        return _r("miss_increase", WAIT, f"{int(total)} reads", threshold,
+                  "not enough reads since the baseline")
+    base = {p: ctx.baseline.total("relay_job_read_path_total", path=p)
+            for p in ("new", "old", "miss")}
+    base_total = sum(base.values())
+    base_share = base["miss"] / base_total if base_total else 0.0
+    share = counts["miss"] / total
+    increase = (share - base_share) / max(base_share, 0.001)
+    return _r("miss_increase", PASS if increase <= limit else FAIL, pct(max(increase, 0)),
+              threshold, f"miss share {pct(share)} vs baseline {pct(base_share)}")
+
+
+def _counter_gate(gid: str, name: str, label: dict[str, str] | None, per_hour: bool) -> Gate:
+    def check(ctx: GateContext) -> GateResult:
+        limit = ctx.t(gid) if gid in THRESHOLDS else 0.0
+        threshold = f"< {limit:g}/hour" if per_hour else "== 0"
+        try:
+            if ctx.prometheus_url:
+                value = ctx.prom(f"sum(increase({name}[1h]))") or 0.0
+            else:
+                value = ctx.metrics().total(name, **(label or {}))
+        except SourceError as exc:
+            return _r(gid, UNKNOWN, "-", threshold, str(exc))
+        ok = value < limit if per_hour else value == 0
+        return _r(gid, PASS if ok else FAIL, f"{value:g}", threshold)
+    return check
+
+
+gate("workspace_mismatch", "Zero workspace mismatches (isolation)")(
+    _counter_gate("workspace_mismatch", "relay_workspace_mismatch_total", None, False))
+gate("deserialize_errors", "Deserialization errors below 100/hour")(
+    _counter_gate("deserialize_errors", "relay_job_deserialize_errors_total", None, True))
+
+
+def _dual_write_counts(ctx: GateContext) -> tuple[float, float]:
+    if ctx.prometheus_url:
+        ok = ctx.prom('sum(increase(relay_dual_write_attempt_total{result="succeeded"}[1h]))')
+        bad = ctx.prom('sum(increase(relay_dual_write_attempt_total{result="failed"}[1h]))')
+        return ok or 0.0, bad or 0.0
+    snap = ctx.metrics()
+    return (snap.total("relay_dual_write_attempt_total", result="succeeded"),
+            snap.total("relay_dual_write_attempt_total", result="failed"))
+
+
+def _dual_write_gate(gid: str, failure: bool) -> Gate:
+    def check(ctx: GateContext) -> GateResult:
+        limit = ctx.t(gid)
+        threshold = f"failed < {pct(limit)}" if failure else f"succeeded >= {pct(limit)}"
+        try:
+            ok, bad = _dual_write_counts(ctx)
+        except SourceError as exc:
+            return _r(gid, UNKNOWN, "-", threshold, str(exc))
+        total = ok + bad
+        if total < ctx.t("min_reads"):
+            return _r(gid, WAIT, f"{int(total)} writes", threshold, "not enough dual-writes")
+        rate = bad / total if failure else ok / total
+        passed = rate < limit if failure else rate >= limit
+        return _r(gid, PASS if passed else FAIL, pct(rate), threshold, f"{int(total)} writes")
+    return check
+
+
+gate("dual_write_failure_1", "Dual-write failures below 1%")(
+    _dual_write_gate("dual_write_failure_1", True))
+gate("dual_write_failure_5", "Dual-write failures below the 5% rollback line")(
+    _dual_write_gate("dual_write_failure_5", True))
+gate("dual_write_success", "Dual-write success ~100%")(
+    _dual_write_gate("dual_write_success", False))
+
+
+@gate("error_rate", "Job store error rate flat")
+def _error_rate(ctx: GateContext) -> GateResult:
+    limit = ctx.t("error_rate")
+    threshold = f"errors < {pct(limit)} of calls"
+    try:
+        snap = ctx.metrics()
+    except SourceError as exc:
+        return _r("error_rate", UNKNOWN, "-", threshold, str(exc))
+    total = snap.total("relay_job_requests_total")
+    errors = snap.total("relay_job_requests_total", outcome="error")
+    if total < ctx.t("min_reads"):
+        return _r("error_rate", WAIT, f"{int(total)} calls", threshold, "not enough calls")
+    rate = errors / total
+    return _r("error_rate", PASS if rate < limit else FAIL, pct(rate), threshold)
+
+
+def _flag_days_gate(gid: str, flag: str, value: bool) -> Gate:
+    def check(ctx: GateContext) -> GateResult:
+        days = ctx.t(gid)
+        threshold = f"{flag}={word(value)} for >= {days:g} days"
+        try:
+            flags = ctx.redis_call("flags", stored_flags)
+            since = ctx.redis_call(f"since:{flag}", lambda c: flag_set_since(c, flag, value))
+        except SourceError as exc:
+            return _r(gid, UNKNOWN, "-", threshold, str(exc))
+        if flags.get(flag, DEFAULTS[flag]) != value:
+            return _r(gid, FAIL, f"{flag}={word(not value)}", threshold, "flag not in that state")
+        if since is None:
+            return _r(gid, WAIT, "no audit entry", threshold,
+                      "the flag was never changed through relayctl")
+        elapsed = (ctx.now() - since) / DAY
+        return _r(gid, PASS if elapsed >= days else WAIT, f"{elapsed:.1f} days", threshold)
+    return check
+
+
+gate("read_routing_days_7", "Read-routing stable for 1+ weeks")(
+    _flag_days_gate("read_routing_days_7", PREFERS_NEW, True))
+gate("dual_write_days_14", "Dual-write running for 2+ weeks")(
+    _flag_days_gate("dual_write_days_14", DUAL_WRITE, True))
+gate("fallback_off_days_30", "1+ month since fallback disabled")(
+    _flag_days_gate("fallback_off_days_30", FALLBACK_OLD, False))
+
+
+def flag_set_since(client: redis.Redis, flag: str, value: bool, scan: int = 5000) -> float | None:
+    """When the flag last changed to `value`, from the audit stream (newest first, bounded)."""
+    for _id, fields in client.xrevrange(AUDIT_KEY, count=scan):
+        if fields.get("action") == "flag.set" and fields.get("target") == flag:
+            if fields.get("after") != word(value):
+                return None
+            if fields.get("before") != word(value):
+                return float(fields.get("ts", 0))
+    return None
+
+
+@gate("dual_write_on", "Dual-write is on")
+def _dual_write_on(ctx: GateContext) -> GateResult:
+    try:
+        flags = ctx.redis_call("flags", stored_flags)
+    except SourceError as exc:
+        return _r("dual_write_on", UNKNOWN, "-", "AI_JOBS_NEW_SCHEMA=on", str(exc))
+    on = flags.get(DUAL_WRITE, DEFAULTS[DUAL_WRITE])
+    return _r("dual_write_on", PASS if on else FAIL, word(on), "AI_JOBS_NEW_SCHEMA=on")
+
+
+@gate("flags_converged", "Flags at the phase's target across the fleet")
+def _flags_converged(ctx: GateContext) -> GateResult:
+    target = ctx.target_flags or {}
+    threshold = ", ".join(f"{k}={word(v)}" for k, v in target.items()) or "-"
+    try:
+        flags = ctx.redis_call("flags", stored_flags)
+        live = ctx.redis_call("fleet", fleet.live_instances)
+    except SourceError as exc:
+        return _r("flags_converged", UNKNOWN, "-", threshold, str(exc))
+    wrong = [k for k, v in target.items() if flags.get(k, DEFAULTS[k]) != v]
+    if wrong:
+        return _r("flags_converged", FAIL, "stored differs", threshold,
+                  "not applied: " + ", ".join(wrong))
+    if not live:
+        return _r("flags_converged", WAIT, "0 instances", threshold,
+                  "no live application instance is reporting")
+    lagging = [i.instance + (" (pinned)" if set(i.pinned) & set(target) else "")
+               for i in live if any(i.flags.get(k) != word(v) for k, v in target.items())]
+    value = f"{len(live) - len(lagging)}/{len(live)} instances"
+    if lagging:
+        return _r("flags_converged", FAIL, value, threshold, "lagging: " + ", ".join(lagging))
+    return _r("flags_converged", PASS, value, threshold)
+
+
+def _census_gate(gid: str, title: str,
+                 judge: Callable[[GateContext, object], tuple[str, str, str]]) -> None:
+    def check(ctx: GateContext) -> GateResult:
+        try:
+            census = ctx.redis_call("census", last_census)
+        except SourceError as exc:
+            return _r(gid, UNKNOWN, "-", "", str(exc))
+        if census is None:
+            return _r(gid, WAIT, "no census", "", "run `relayctl census`")
+        age = ctx.now() - census.ts
+        if age > ctx.t("max_age_s"):
+            return _r(gid, WAIT, f"census {age / 3600:.1f} h old", "",
+                      "census older than a day: run `relayctl census`")
+        status, value, threshold = judge(ctx, census)
+        return _r(gid, status, value, threshold, f"census {age / 60:.0f} min old")
+    gate(gid, title)(check)
+
+
+_census_gate("census_fresh", "Job counts by workspace (fresh census)",
+             lambda ctx, c: (PASS, f"old {c.old}, new {c.new}", "census < 1 day old"))
+_census_gate("new_keys_present", "New-schema keys present",
+             lambda ctx, c: (PASS if c.new > 0 else FAIL, f"{c.new} new keys", "> 0"))
+_census_gate("new_keys_1000", "New schema growing (> 1000 keys)",
+             lambda ctx, c: (PASS if c.new > ctx.t("new_keys_1000") else FAIL,
+                             f"{c.new} new keys", f"> {ctx.t('new_keys_1000'):g}"))
+_census_gate("census_equal", "Old and new key counts approximately equal",
+             lambda ctx, c: (PASS if abs(c.old - c.new) <= ctx.t("census_equal") * max(c.old, 1)
+                             else FAIL, f"old {c.old}, new {c.new}",
+                             f"|old-new| <= {pct(ctx.t('census_equal'))} of old"))
+_census_gate("census_coverage_98", "98%+ of jobs in the new schema",
+             lambda ctx, c: (PASS if c.new >= ctx.t("census_coverage_98") * c.old else FAIL,
+                             pct(c.new / c.old) if c.old else "no old keys",
+                             f"new >= {pct(ctx.t('census_coverage_98'))} of old"))
+
+
+def _verify_gate(gid: str, title: str, full_only: bool) -> None:
+    def check(ctx: GateContext) -> GateResult:
+        threshold = "latest verify clean" + (" (full)" if full_only else "")
+        try:
+            v = ctx.redis_call("verify", last_verify)
+        except SourceError as exc:
+            return _r(gid, UNKNOWN, "-", threshold, str(exc))
+        if v is None or (full_only and v["mode"] != "full"):
+            return _r(gid, WAIT, "no verify", threshold, "run `relayctl verify`")
+        age = ctx.now() - v["ts"]
+        if age > ctx.t("max_age_s"):
+            return _r(gid, WAIT, f"verify {age / 3600:.1f} h old", threshold,
+                      "run `relayctl verify` again")
+        bad = sum(v["counts"].values())
+        detail = ", ".join(f"{k} {n}" for k, n in v["counts"].items() if n)
+        return _r(gid, PASS if bad == 0 else FAIL, f"{bad} differences of {v['checked']}",
+                  threshold, detail)
+    gate(gid, title)(check)
+
+
+_verify_gate("verify_clean", "Verification clean (workspace consistency, parity)", True)
+_verify_gate("verify_sample", "New jobs appear in both schemas (verify)", False)
+
+
+@gate("backfill_complete", "Backfill 100% complete")
+def _backfill_complete(ctx: GateContext) -> GateResult:
+    try:
+        state = ctx.redis_call("backfill", read_state)
+    except SourceError as exc:
+        return _r("backfill_complete", UNKNOWN, "-", "status completed", str(exc))
+    status = state.get("status") if state else None
+    if status in ("completed", "completed_with_errors"):
+        return _r("backfill_complete", PASS, status, "status completed",
+                  f"migrated {state.get('migrated')}")
+    if status in ("failed", "lost"):
+        return _r("backfill_complete", FAIL, status, "status completed", state.get("message", ""))
+    return _r("backfill_complete", WAIT, status or "never run", "status completed",
+              f"scanned {state.get('scanned', 0)}" if state else "")
+
+
+@gate("backfill_errors", "No backfill errors")
+def _backfill_errors(ctx: GateContext) -> GateResult:
+    try:
+        state = ctx.redis_call("backfill", read_state)
+    except SourceError as exc:
+        return _r("backfill_errors", UNKNOWN, "-", "errors == 0", str(exc))
+    if not state:
+        return _r("backfill_errors", WAIT, "never run", "errors == 0")
+    errors = int(state.get("errors", 0) or 0)
+    return _r("backfill_errors", PASS if errors == 0 else FAIL, str(errors), "errors == 0")
+
+
+@gate("redis_memory", "Redis memory increase below 50%")
+def _redis_memory(ctx: GateContext) -> GateResult:
+    limit = ctx.t("redis_memory")
+    threshold = f"increase < {pct(limit)} over the baseline"
+    try:
+        used = int(ctx.redis_call("memory", lambda c: c.info("memory")["used_memory"]))
+    except SourceError as exc:
+        return _r("redis_memory", UNKNOWN, "-", threshold, str(exc))
+    if not ctx.baseline_memory:
+        return _r("redis_memory", WAIT, f"{used} bytes", threshold,
+                  "no baseline yet: `relayctl checklist apply` records one")
+    increase = (used - ctx.baseline_memory) / ctx.baseline_memory
+    return _r("redis_memory", PASS if increase < limit else FAIL, pct(increase), threshold,
+              f"{used} bytes vs {ctx.baseline_memory}")
+
+
+@gate("redis_tls", "REDIS_URL uses rediss:// (TLS)")
+def _redis_tls(ctx: GateContext) -> GateResult:
+    target = parse_target(ctx.redis_url, allow_plaintext=True)
+    if target.tls:
+        return _r("redis_tls", PASS, "rediss://", "rediss:// in production")
+    if target.scheme == "unix" or is_loopback_host(target.host):
+        return _r("redis_tls", PASS, f"{target.scheme}:// on loopback", "rediss:// in "
+                  "production", "local connection: TLS not required")
+    return _r("redis_tls", FAIL, f"{target.scheme}://", "rediss:// in production")
+
+
+def evaluate(ctx: GateContext, gate_ids: tuple[str, ...] | list[str]) -> list[GateResult]:
+    return [GATES[g][1](ctx) for g in gate_ids]
+
+
+def evaluate_phase(ctx: GateContext, phase: Phase) -> list[GateResult]:
+    ctx.target_flags = phase.target_flags or ctx.target_flags
+    return evaluate(ctx, phase.gates)
+
+
+def overall(results: list[GateResult]) -> int:
+    """Exit code for `relayctl check`: 0 all pass, 1 a gate fails, 3 waiting or unknown."""
+    if any(r.status == FAIL for r in results):
+        return 1
+    if any(r.status in (WAIT, UNKNOWN) for r in results):
+        return 3
+    return 0
+
