@@ -52,6 +52,14 @@ class Context:
     def redis_display(self) -> str:
         return parse_target(self.redis_url, self.allow_plaintext).display
 
+    def now(self) -> float:
+        """Wall clock, shifted by RELAYCTL_CLOCK_OFFSET_S (tests and demos of time gates)."""
+        try:
+            offset = float(os.environ.get("RELAYCTL_CLOCK_OFFSET_S", "0") or 0)
+        except ValueError:
+            raise UsageError("RELAYCTL_CLOCK_OFFSET_S must be a number of seconds") from None
+        return time.time() + offset
+
 
 def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
@@ -406,6 +414,486 @@ def backfill_resume(c: Context, reason: str) -> None:
 def backfill_stop(c: Context, reason: str) -> None:
     """Stop the running engine after its current batch; the cursor stays resumable."""
     _backfill_control(c, "stop", reason)
+
+
+@cli.command()
+@click.option("--by-workspace", is_flag=True, help="Also count per workspace.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def census(c: Context, by_workspace: bool, as_json: bool) -> None:
+    """Count legacy keys, new keys and index entries (one SCAN pass; stored for the gates)."""
+    from relayctl.core.census import run_census
+
+    show = sys.stderr.isatty() and not as_json
+    last = [0.0]
+
+    def progress(cs, fraction: float) -> None:
+        if show and time.monotonic() - last[0] > 0.2:
+            last[0] = time.monotonic()
+            click.echo(f"\r  scanning {fraction * 100:5.1f}%  {cs.scanned:,} keys", err=True,
+                       nl=False)
+
+    result = run_census(c.client(), c.config.schema, by_workspace=by_workspace,
+                        progress=progress, now=c.now)
+    if show:
+        click.echo("", err=True)
+    if as_json:
+        emit_json(result.as_dict())
+        return
+    click.echo(f"old keys      {result.old:>12,}")
+    click.echo(f"new keys      {result.new:>12,}")
+    click.echo(f"index entries {result.index_entries:>12,}  ({result.index_keys} index keys)")
+    click.echo(f"other keys    {result.other:>12,}")
+    click.echo(f"scanned {result.scanned:,} keys in {result.duration_s:.2f}s "
+               f"({result.keys_per_s:,.0f} keys/s)")
+    for ws, counts in result.by_workspace.items():
+        click.echo(f"  {ws:<24} new {counts.get('new', 0):>10,}  "
+                   f"indexed {counts.get('index_entries', 0):>10,}")
+
+
+@cli.command()
+@click.option("--workspace", "workspaces", multiple=True, help="Only this workspace.")
+@click.option("--sample", type=click.IntRange(min=1), default=None,
+              help="Check a uniform sample of N legacy records instead of all.")
+@click.option("--repair", is_flag=True, help="Re-copy differing records from the legacy schema.")
+@click.option("--force", is_flag=True, help="Repair even after fallback was turned off.")
+@click.option("--ttl-tolerance", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              help="Seconds of TTL drift tolerated.")
+@click.option("--yes", is_flag=True, help="Do not ask before --repair.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def verify(c: Context, workspaces: tuple[str, ...], sample: int | None, repair: bool,
+           force: bool, ttl_tolerance: float, yes: bool, as_json: bool) -> None:
+    """Compare legacy records with their new copies; exit 1 when anything differs."""
+    from relayctl.core.verify import run_verify
+
+    client = c.client()
+    if repair:
+        confirm_dangerous(f"repair differing new records on {c.redis_display}", yes)
+    report = run_verify(client, c.config.schema, workspaces=workspaces, sample=sample,
+                        repair=repair, force=force, ttl_tolerance_s=ttl_tolerance, now=c.now)
+    if repair and report.repaired:
+        audit.record(client, c.actor, "verify.repair", "new schema", "",
+                     f"{report.repaired} records", "verify --repair")
+    if as_json:
+        emit_json(report.as_dict())
+    else:
+        click.echo(f"verify ({report.mode}): checked {report.checked:,} legacy records, "
+                   f"{report.invalid_legacy} invalid, in {report.duration_s:.2f}s")
+        for kind, n in report.counts.items():
+            click.echo(f"  {kind:<20} {n:>8,}")
+            for key in report.examples.get(kind, []):
+                click.echo(f"      {key}")
+        if repair:
+            click.echo(f"repaired {report.repaired}")
+        click.echo("CLEAN" if report.clean else "DIFFERENCES FOUND")
+    sys.exit(EXIT_OK if report.clean else EXIT_PROBLEM)
+
+
+@cli.group()
+def archive() -> None:
+    """Phase 6: export legacy keys, delete verified ones, restore them."""
+
+
+@archive.command("export")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def archive_export(c: Context, file: str, as_json: bool) -> None:
+    """Stream every legacy key (DUMP + TTL + checksums) into FILE (gzip JSON lines)."""
+    from relayctl.core.archive import export
+
+    client = c.client()
+    summary = export(client, c.config.schema, file)
+    audit.record(client, c.actor, "archive.export", file, "", f"{summary.count} keys",
+                 f"sha256 {summary.sha256}")
+    if as_json:
+        emit_json(summary.as_dict())
+    else:
+        click.echo(f"exported {summary.count:,} legacy keys to {file} "
+                   f"(manifest sha256 {summary.sha256[:16]}…) in {summary.duration_s:.2f}s")
+
+
+@archive.command("delete")
+@click.option("--from", "file", required=True, type=click.Path(dir_okay=False),
+              help="The export made by `relayctl archive export`.")
+@click.option("--batch", type=click.IntRange(1, 10_000), default=500, show_default=True)
+@click.option("--rps", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Keys per second (0 = unlimited).")
+@click.option("--reason", required=True, help="Why; recorded in the audit stream.")
+@click.option("--force", is_flag=True, help="Delete even while READ_FALLBACK_OLD is on.")
+@click.option("--yes", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def archive_delete(c: Context, file: str, batch: int, rps: float, reason: str, force: bool,
+                   yes: bool, as_json: bool) -> None:
+    """Delete legacy keys that are in FILE, unchanged since, and equal in the new schema."""
+    from relayctl.core.archive import check_archive, delete_verified
+
+    client = c.client()
+    count = check_archive(file, c.config.schema)
+    confirm_dangerous(f"delete up to {count:,} legacy keys on {c.redis_display}", yes)
+    summary = delete_verified(client, c.config.schema, file, actor=c.actor, reason=reason,
+                              batch=batch, rps=rps, force=force)
+    if as_json:
+        emit_json(summary.as_dict())
+    else:
+        click.echo("archive delete: " + ", ".join(f"{k} {v:,}" for k, v in
+                                                  summary.counts.items()))
+
+
+@archive.command("restore")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--reason", required=True, help="Why; recorded in the audit stream.")
+@click.option("--yes", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def archive_restore(c: Context, file: str, reason: str, yes: bool, as_json: bool) -> None:
+    """Put archived legacy keys back byte-identical; never overwrites an existing key."""
+    from relayctl.core.archive import check_archive, restore
+
+    client = c.client()
+    count = check_archive(file, c.config.schema)
+    confirm_dangerous(f"restore up to {count:,} legacy keys on {c.redis_display}", yes)
+    summary = restore(client, c.config.schema, file, actor=c.actor, reason=reason)
+    if as_json:
+        emit_json(summary.as_dict())
+    else:
+        click.echo("archive restore: " + ", ".join(f"{k} {v:,}" for k, v in
+                                                   summary.counts.items()))
+
+
+def _gate_context(c: Context, number: int, window: float | None,
+                  shared: dict | None = None):
+    from relayctl.core.checklist import gate_context, read_checklist
+
+    try:
+        client = c.client()
+        state = read_checklist(client)
+    except (RedisUnavailableError, redis.ConnectionError, redis.TimeoutError):
+        client, state = None, None
+    thresholds = None
+    if c.config.thresholds:
+        from relayctl.core.gates import THRESHOLDS
+
+        unknown = set(c.config.thresholds) - set(THRESHOLDS)
+        if unknown:
+            raise UsageError(f"unknown threshold(s) in config: {', '.join(sorted(unknown))}")
+        thresholds = {**THRESHOLDS, **c.config.thresholds}
+    ctx = gate_context(client, state, number, redis_url=c.redis_url,
+                       metrics_urls=c.metrics_urls, prometheus_url=c.prometheus_url,
+                       window_s=window, now=c.now, shared={} if shared is None else shared)
+    if thresholds:
+        ctx.thresholds = thresholds
+    return ctx, state
+
+
+_STATUS_STYLE = {"PASS": "green", "FAIL": "red", "WAIT": "yellow", "UNKNOWN": "magenta"}
+
+
+def _print_gates(results, title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    table.add_column("gate", no_wrap=True)
+    table.add_column("status")
+    table.add_column("value")
+    table.add_column("threshold")
+    table.add_column("detail")
+    for r in results:
+        style = _STATUS_STYLE[r.status]
+        table.add_row(r.gate, f"[{style}]{r.status}[/]", r.value, r.threshold, r.detail)
+    Console().print(table)
+
+
+@cli.command()
+@click.option("--phase", "phase_no", type=click.IntRange(0, 6), default=None,
+              help="Phase to check (default: the checklist's current phase).")
+@click.option("--all", "all_phases", is_flag=True, help="Every phase.")
+@click.option("--window", type=click.FloatRange(min=0.1), default=None,
+              help="Seconds between two /metrics scrapes for rates.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def check(c: Context, phase_no: int | None, all_phases: bool, window: float | None,
+          as_json: bool) -> None:
+    """Evaluate gates: exit 0 all pass, 1 a gate fails, 3 none fails but some wait/unknown."""
+    from relayctl.core.gates import evaluate_phase, overall
+    from relayctl.core.phases import LAST_PHASE, PHASES, phase
+
+    shared: dict = {}
+    _ctx, state = _gate_context(c, 0, window, shared)
+    if all_phases:
+        numbers = [p.number for p in PHASES]
+    elif phase_no is not None:
+        numbers = [phase_no]
+    else:
+        current = state.phase if state is not None else 0
+        numbers = [min(current, LAST_PHASE)]
+    report = []
+    every = []
+    for n in numbers:
+        ctx, _ = _gate_context(c, n, window, shared)
+        results = evaluate_phase(ctx, phase(n))
+        every += results
+        report.append({"phase": n, "title": phase(n).title,
+                       "gates": [r.as_dict() for r in results], "exit": overall(results)})
+    code = overall(every)
+    if as_json:
+        emit_json({"phases": report, "exit": code})
+    else:
+        from relayctl.core.gates import GateResult
+
+        for entry, n in zip(report, numbers, strict=True):
+            _print_gates([GateResult(**g) for g in entry["gates"]],
+                         f"Phase {n}: {entry['title']}")
+    sys.exit(code)
+
+
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def checklist(ctx: click.Context) -> None:
+    """The shared six-phase walkthrough (show | mark | apply | advance)."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(checklist_show)
+
+
+@checklist.command("show")
+@click.option("--phase", "phase_no", type=click.IntRange(0, 6), default=None)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def checklist_show(c: Context, phase_no: int | None = None, as_json: bool = False) -> None:
+    """Phases with their state; the current phase's items, gates and rollback triggers."""
+    from relayctl.core.checklist import read_checklist
+    from relayctl.core.gates import evaluate
+    from relayctl.core.phases import LAST_PHASE, PHASES, PROCEDURES, phase
+
+    client = c.client()
+    state = read_checklist(client)
+    number = phase_no if phase_no is not None else min(state.phase, LAST_PHASE)
+    p = phase(number)
+    ctx, _ = _gate_context(c, number, None)
+    gates = evaluate(ctx, p.gates)
+    triggers = evaluate(ctx, p.trigger_gates)
+    if as_json:
+        emit_json({
+            "current_phase": state.phase, "complete": state.complete,
+            "phases": [{"number": q.number, "id": q.id, "title": q.title, "window": q.window,
+                        "state": ("done" if q.number < state.phase else
+                                  "current" if q.number == state.phase else "pending")}
+                       for q in PHASES],
+            "selected": {
+                "number": p.number, "title": p.title,
+                "target_flags": {k: "on" if v else "off"
+                                 for k, v in (p.target_flags or {}).items()},
+                "items": [{"id": i.id, "text": i.text, "gate": i.gate,
+                           "done": state.done(i.id) if i.manual else None} for i in p.items],
+                "gates": [g.as_dict() for g in gates],
+                "triggers": [{"text": t.text, "gate": t.gate, "procedure": t.procedure}
+                             for t in p.triggers],
+                "trigger_gates": [g.as_dict() for g in triggers],
+                "rollback": p.rollback,
+            },
+        })
+        return
+    for q in PHASES:
+        mark_ = "x" if q.number < state.phase else (">" if q.number == state.phase else " ")
+        click.echo(f"[{mark_}] {q.number}. {q.title} ({q.window})")
+    click.echo("")
+    click.echo(f"Phase {p.number}: {p.title}")
+    if p.target_flags:
+        click.echo("  flags: " + ", ".join(f"{k}={'on' if v else 'off'}"
+                                           for k, v in p.target_flags.items()))
+    for item in p.items:
+        if item.manual:
+            box = "x" if state.done(item.id) else " "
+            click.echo(f"  [{box}] {item.id:<18} {item.text}")
+        else:
+            click.echo(f"  [gate] {item.id:<16} {item.text}  -> {item.gate}")
+    _print_gates(gates, "gates")
+    if p.triggers:
+        by_gate = {g.gate: g for g in triggers}
+        click.echo("rollback triggers:")
+        for t in p.triggers:
+            g = by_gate.get(t.gate) if t.gate else None
+            live = "FIRING" if g is not None and g.status == "FAIL" else (g.status if g else "-")
+            proc = PROCEDURES[t.procedure].title if t.procedure else "investigate"
+            click.echo(f"  [{live:>7}] {t.text}  => {proc}")
+
+
+@checklist.command("mark")
+@click.argument("items", nargs=-1, required=True)
+@click.option("--undo", is_flag=True, help="Re-open the items.")
+@click.option("--reason", default="", help="Optional note for the audit stream.")
+@click.pass_obj
+def checklist_mark(c: Context, items: tuple[str, ...], undo: bool, reason: str) -> None:
+    """Check off manual items (actor and time recorded)."""
+    from relayctl.core.checklist import mark
+
+    mark(c.client(), list(items), actor=c.actor, reason=reason, undo=undo, now=c.now())
+    click.echo(f"{'re-opened' if undo else 'checked off'}: {', '.join(items)} (by {c.actor})")
+
+
+@checklist.command("apply")
+@click.option("--reason", required=True)
+@click.option("--yes", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def checklist_apply(c: Context, reason: str, yes: bool, as_json: bool) -> None:
+    """Set the current phase's target flags (audited) and record the gate baselines."""
+    from relayctl.core.checklist import apply, read_checklist
+    from relayctl.core.phases import LAST_PHASE, phase
+
+    client = c.client()
+    state = read_checklist(client)
+    p = phase(min(state.phase, LAST_PHASE))
+    flags_txt = ", ".join(f"{k}={'on' if v else 'off'}"
+                          for k, v in (p.target_flags or {}).items()) or "no flag changes"
+    confirm_dangerous(f"apply phase {p.number} ({flags_txt}) on {c.redis_display}", yes)
+    applied, changes = apply(client, actor=c.actor, reason=reason, metrics_urls=c.metrics_urls,
+                             now=c.now())
+    if as_json:
+        emit_json({"phase": applied.number, "changes": [
+            {"flag": ch.name, "before": ch.before, "after": ch.after} for ch in changes]})
+    else:
+        click.echo(f"phase {applied.number} applied: " + (", ".join(
+            f"{ch.name} {ch.before}->{ch.after}" for ch in changes) or "baseline recorded"))
+
+
+@checklist.command("advance")
+@click.option("--override", "overrides", multiple=True, metavar="GATE",
+              help="Advance despite this gate (repeatable; needs --reason).")
+@click.option("--reason", default="", help="Why the override is safe (audited).")
+@click.option("--window", type=click.FloatRange(min=0.1), default=None)
+@click.option("--yes", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def checklist_advance(c: Context, overrides: tuple[str, ...], reason: str,
+                      window: float | None, yes: bool, as_json: bool) -> None:
+    """Move to the next phase; refused while a gate fails unless overridden with a reason."""
+    from relayctl.core.checklist import advance, read_checklist
+
+    if overrides and not reason.strip():
+        raise UsageError("--override needs --reason")
+    client = c.client()
+    state = read_checklist(client)
+    ctx, _ = _gate_context(c, state.phase, window)
+    if overrides:
+        confirm_dangerous(f"override {', '.join(overrides)} and advance phase {state.phase}",
+                          yes)
+    result = advance(client, ctx, actor=c.actor, overrides=dict.fromkeys(overrides, reason),
+                     now=c.now)
+    if as_json:
+        emit_json({"advanced": result.advanced, "from": result.phase_from,
+                   "to": result.phase_to, "blocking": result.blocking,
+                   "open_items": result.open_items, "overridden": result.overridden,
+                   "gates": [g.as_dict() for g in result.gates]})
+    else:
+        _print_gates(result.gates, f"Phase {result.phase_from} gates")
+        if result.advanced:
+            click.echo(f"advanced: phase {result.phase_from} -> {result.phase_to}")
+    if not result.advanced:
+        parts = []
+        if result.blocking:
+            parts.append("gates not passing: " + ", ".join(result.blocking))
+        if result.open_items:
+            parts.append("items not checked off: " + ", ".join(result.open_items))
+        raise UsageError(f"phase {result.phase_from} cannot advance: " + "; ".join(parts))
+
+
+@cli.command()
+@click.argument("procedure")
+@click.option("--reason", required=True)
+@click.option("--yes", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def rollback(c: Context, procedure: str, reason: str, yes: bool, as_json: bool) -> None:
+    """Apply a documented rollback procedure's flag changes (read-routing, dual-write,
+    fallback-disable, emergency, backfill)."""
+    from relayctl.core.checklist import rollback as do_rollback
+    from relayctl.core.phases import PROCEDURES
+
+    client = c.client()
+    proc = PROCEDURES.get(procedure)
+    if proc is None:
+        raise UsageError(f"unknown rollback procedure {procedure!r}: expected one of "
+                         f"{', '.join(PROCEDURES)}")
+    confirm_dangerous(f"run rollback '{proc.title}' on {c.redis_display}", yes)
+    result = do_rollback(client, procedure, actor=c.actor, reason=reason)
+    if as_json:
+        emit_json({"procedure": result.procedure, "backfill_stopped": result.backfill_stopped,
+                   "changes": [{"flag": ch.name, "before": ch.before, "after": ch.after}
+                               for ch in result.changes], "steps": list(result.steps)})
+        return
+    click.echo(f"rollback {proc.title}:")
+    for ch in result.changes:
+        click.echo(f"  {ch.name}: {ch.before} -> {ch.after}")
+    if proc.stop_backfill:
+        click.echo(f"  backfill stop {'requested' if result.backfill_stopped else 'not needed'}")
+    click.echo("remaining steps:")
+    for step in result.steps:
+        click.echo(f"  - {step}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def status(c: Context, as_json: bool) -> None:
+    """One screen: flags, fleet, backfill, keyspace, current phase and its gates."""
+    from relayctl.core.backfill import lease_owner, read_state
+    from relayctl.core.census import last_census
+    from relayctl.core.checklist import read_checklist
+    from relayctl.core.gates import evaluate_phase, overall
+    from relayctl.core.phases import LAST_PHASE, phase
+
+    client = c.client()
+    flags_state = read_flags(client, pins={})
+    instances = fleet.live_instances(client)
+    bf = read_state(client)
+    census_ = last_census(client)
+    mem = client.info("memory")
+    state = read_checklist(client)
+    number = min(state.phase, LAST_PHASE)
+    ctx, _ = _gate_context(c, number, None)
+    results = evaluate_phase(ctx, phase(number))
+    data = {
+        "redis": c.redis_display,
+        "flags": flags_state.as_dict(),
+        "fleet": {"instances": len(instances),
+                  "pinned": [i.instance for i in instances if i.pinned]},
+        "backfill": {k: bf.get(k) for k in ("run_id", "status", "scanned", "migrated",
+                                            "errors", "cursor")} if bf else None,
+        "backfill_engine_alive": lease_owner(client) is not None,
+        "census": census_.as_dict() if census_ else None,
+        "memory": {"used": mem.get("used_memory"), "maxmemory": mem.get("maxmemory")},
+        "phase": state.phase, "complete": state.complete,
+        "gates": [r.as_dict() for r in results],
+    }
+    if as_json:
+        emit_json(data)
+    else:
+        click.echo(f"redis    {c.redis_display}  used {mem.get('used_memory_human')}")
+        click.echo("flags    " + "  ".join(f"{k}={v}" for k, v in flags_state.as_dict().items()))
+        click.echo(f"fleet    {len(instances)} live instances"
+                   + (f", pinned: {', '.join(data['fleet']['pinned'])}"
+                      if data["fleet"]["pinned"] else ""))
+        if bf:
+            click.echo(f"backfill {bf.get('status')} run {bf.get('run_id')}: scanned "
+                       f"{bf.get('scanned')}, migrated {bf.get('migrated')}, errors "
+                       f"{bf.get('errors')}" + (" (engine alive)" if data["backfill_engine_alive"]
+                                                 else ""))
+        else:
+            click.echo("backfill never run")
+        if census_:
+            click.echo(f"keyspace old {census_.old:,}  new {census_.new:,}  index "
+                       f"{census_.index_entries:,}  (census "
+                       f"{(c.now() - census_.ts) / 60:.0f} min ago)")
+        else:
+            click.echo("keyspace no census yet (relayctl census)")
+        click.echo(f"phase    {state.phase}: {phase(number).title}"
+                   + (" (rollout complete)" if state.complete else ""))
+        _print_gates(results, "gates")
+    sys.exit(overall(results) if not state.complete else EXIT_OK)
 
 
 @cli.group()

@@ -88,6 +88,7 @@ class GateContext:
     thresholds: dict[str, float] = field(default_factory=lambda: dict(THRESHOLDS))
     now: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
+    shared: dict = field(default_factory=dict)
     _cache: dict = field(default_factory=dict)
 
     def t(self, name: str) -> float:
@@ -97,12 +98,9 @@ class GateContext:
         """Counters for the gate window: two scrapes S apart, since apply, or cumulative."""
         if "metrics" not in self._cache:
             try:
-                if not self.metrics_urls:
-                    raise SourceError("no /metrics endpoint given (--metrics-url)")
-                first = scrape(self.metrics_urls)
-                if self.window_s:
-                    self.sleep(self.window_s)
-                    self._cache["metrics"] = scrape(self.metrics_urls).minus(first)
+                first, second = self._raw_scrapes()
+                if second is not None:
+                    self._cache["metrics"] = second.minus(first)
                 elif self.baseline is not None:
                     self._cache["metrics"] = first.minus(self.baseline)
                 else:
@@ -113,6 +111,25 @@ class GateContext:
         if isinstance(value, Exception):
             raise value
         return value
+
+    def _raw_scrapes(self) -> tuple[Snapshot, Snapshot | None]:
+        """Scraped once per `shared` dict, so checking several phases scrapes once."""
+        if "raw" not in self.shared:
+            try:
+                if not self.metrics_urls:
+                    raise SourceError("no /metrics endpoint given (--metrics-url)")
+                first = scrape(self.metrics_urls)
+                second = None
+                if self.window_s:
+                    self.sleep(self.window_s)
+                    second = scrape(self.metrics_urls)
+                self.shared["raw"] = (first, second)
+            except SourceError as exc:
+                self.shared["raw"] = exc
+        raw = self.shared["raw"]
+        if isinstance(raw, Exception):
+            raise raw
+        return raw
 
     def redis_call(self, key: str, fn: Callable[[redis.Redis], object]) -> object:
         if key not in self._cache:

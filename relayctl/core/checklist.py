@@ -1,0 +1,213 @@
+"""The shared walkthrough: current phase, checked-off items, baselines, overrides, rollbacks.
+
+State lives in relay:checklist; every write goes with its audit entry in one MULTI/EXEC.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import redis
+
+from relayctl.core import audit
+from relayctl.core.backfill import send_control
+from relayctl.core.errors import UsageError
+from relayctl.core.flags import FlagChange, set_flag
+from relayctl.core.gates import PASS, GateContext, GateResult, evaluate_phase
+from relayctl.core.keys import AUDIT_KEY, CHECKLIST_KEY
+from relayctl.core.phases import LAST_PHASE, PROCEDURES, Phase, find_item, phase
+from relayctl.core.scrape import Snapshot, SourceError, scrape
+
+
+@dataclass
+class ChecklistState:
+    phase: int = 0
+    items: dict[str, dict] = field(default_factory=dict)
+    applied: dict[int, float] = field(default_factory=dict)
+    baselines: dict[int, Snapshot] = field(default_factory=dict)
+    memory: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return self.phase > LAST_PHASE
+
+    def done(self, item_id: str) -> bool:
+        return self.items.get(item_id, {}).get("state") == "done"
+
+    def as_dict(self) -> dict:
+        return {"phase": self.phase, "complete": self.complete, "items": self.items,
+                "applied": {str(k): v for k, v in self.applied.items()}}
+
+
+def read_checklist(client: redis.Redis) -> ChecklistState:
+    raw = client.hgetall(CHECKLIST_KEY)
+    state = ChecklistState()
+    try:
+        state.phase = int(raw.get("phase", 0))
+    except ValueError:
+        state.phase = 0
+    for key, value in raw.items():
+        kind, _, rest = key.partition(":")
+        try:
+            if kind == "item":
+                state.items[rest] = json.loads(value)
+            elif kind == "applied":
+                state.applied[int(rest)] = float(value)
+            elif kind == "baseline":
+                state.baselines[int(rest)] = Snapshot.from_json(value)
+            elif kind == "memory":
+                state.memory[int(rest)] = int(value)
+        except (ValueError, TypeError):
+            continue
+    return state
+
+
+def _write(client: redis.Redis, fields: dict[str, str], entry: dict[str, str]) -> None:
+    pipe = client.pipeline(transaction=True)
+    pipe.hset(CHECKLIST_KEY, mapping=fields)
+    pipe.xadd(AUDIT_KEY, entry, maxlen=audit.AUDIT_MAXLEN, approximate=True)
+    pipe.execute()
+
+
+def mark(client: redis.Redis, item_ids: list[str], *, actor: str, reason: str = "",
+         undo: bool = False, now: float | None = None) -> list[str]:
+    """Check off (or re-open) manual items; gate-backed items are not marked by hand."""
+    ts = time.time() if now is None else now
+    fields: dict[str, str] = {}
+    for item_id in item_ids:
+        found = find_item(item_id)
+        if found is None:
+            raise UsageError(f"unknown checklist item {item_id!r} (see `relayctl checklist show`)")
+        if not found[1].manual:
+            raise UsageError(f"item {item_id!r} is checked by gate {found[1].gate}, not by hand")
+        fields[f"item:{item_id}"] = json.dumps(
+            {"state": "open" if undo else "done", "actor": actor, "ts": ts})
+    state = "open" if undo else "done"
+    _write(client, fields, audit.audit_fields(actor, "checklist.mark", ",".join(item_ids),
+                                              "", state, reason, ts))
+    return item_ids
+
+
+def apply(client: redis.Redis, *, actor: str, reason: str, metrics_urls: list[str],
+          now: float | None = None) -> tuple[Phase, list[FlagChange]]:
+    """Set the current phase's target flags (each audited) and record the gate baselines."""
+    if not reason.strip():
+        raise UsageError("a reason is required to apply a phase")
+    state = read_checklist(client)
+    if state.complete:
+        raise UsageError("the rollout is complete; nothing to apply")
+    current = phase(state.phase)
+    ts = time.time() if now is None else now
+    baseline: Snapshot | None = None
+    if metrics_urls:
+        try:
+            baseline = scrape(metrics_urls)
+        except SourceError:
+            baseline = None
+    memory = int(client.info("memory")["used_memory"])
+    fields = {f"applied:{current.number}": f"{ts:.3f}", f"memory:{current.number}": str(memory)}
+    if baseline is not None:
+        fields[f"baseline:{current.number}"] = baseline.to_json()
+    _write(client, fields, audit.audit_fields(
+        actor, "checklist.apply", f"phase {current.number}", "",
+        json.dumps({k: v for k, v in (current.target_flags or {}).items()}), reason, ts))
+    changes = [set_flag(client, name, value, actor=actor, reason=f"phase {current.number}: "
+                        f"{reason}") for name, value in (current.target_flags or {}).items()]
+    return current, changes
+
+
+def gate_context(client: redis.Redis | None, state: ChecklistState | None, number: int,
+                 **kwargs: object) -> GateContext:
+    """A GateContext carrying the phase's recorded baselines."""
+    ctx = GateContext(client=client, **kwargs)  # type: ignore[arg-type]
+    if state is not None:
+        ctx.baseline = state.baselines.get(number)
+        ctx.baseline_memory = state.memory.get(number)
+    ctx.target_flags = phase(number).target_flags if number <= LAST_PHASE else None
+    return ctx
+
+
+@dataclass
+class AdvanceResult:
+    advanced: bool
+    phase_from: int
+    phase_to: int
+    gates: list[GateResult]
+    blocking: list[str]
+    open_items: list[str]
+    overridden: list[str]
+
+
+def advance(client: redis.Redis, ctx: GateContext, *, actor: str,
+            overrides: dict[str, str], now: Callable[[], float] = time.time) -> AdvanceResult:
+    """Move to the next phase only when every gate passes (or is overridden with a reason)
+    and every manual item is checked off."""
+    state = read_checklist(client)
+    if state.complete:
+        raise UsageError("the rollout is already complete")
+    current = phase(state.phase)
+    for gid, reason in overrides.items():
+        if gid not in current.gates:
+            raise UsageError(f"gate {gid!r} is not a gate of phase {current.number}")
+        if not reason.strip():
+            raise UsageError(f"overriding gate {gid!r} needs a reason")
+    results = evaluate_phase(ctx, current)
+    blocking = [r.gate for r in results if r.status != PASS and r.gate not in overrides]
+    open_items = [i.id for i in current.prerequisites + current.validation
+                  if i.manual and not state.done(i.id)]
+    result = AdvanceResult(False, current.number, current.number, results, blocking,
+                           open_items, [g for g in overrides if g in current.gates])
+    if blocking or open_items:
+        return result
+    ts = now()
+    pipe = client.pipeline(transaction=True)
+    for r in results:
+        if r.gate in overrides:
+            pipe.xadd(AUDIT_KEY, audit.audit_fields(
+                actor, "gate.override", f"phase {current.number}/{r.gate}", r.status, PASS,
+                overrides[r.gate], ts), maxlen=audit.AUDIT_MAXLEN, approximate=True)
+    nxt = current.number + 1
+    pipe.hset(CHECKLIST_KEY, "phase", str(nxt))
+    pipe.xadd(AUDIT_KEY, audit.audit_fields(
+        actor, "checklist.advance", "phase", str(current.number), str(nxt),
+        "; ".join(f"{g}: {why}" for g, why in overrides.items()) or "all gates pass", ts),
+        maxlen=audit.AUDIT_MAXLEN, approximate=True)
+    pipe.execute()
+    result.advanced = True
+    result.phase_to = nxt
+    return result
+
+
+@dataclass
+class RollbackResult:
+    procedure: str
+    changes: list[FlagChange]
+    backfill_stopped: bool
+    steps: tuple[str, ...]
+
+
+def rollback(client: redis.Redis, procedure_id: str, *, actor: str,
+             reason: str) -> RollbackResult:
+    """Apply a documented rollback procedure's flag changes (each audited)."""
+    proc = PROCEDURES.get(procedure_id)
+    if proc is None:
+        raise UsageError(f"unknown rollback procedure {procedure_id!r}: expected one of "
+                         f"{', '.join(PROCEDURES)}")
+    if not reason.strip():
+        raise UsageError("a reason is required for a rollback")
+    audit.record(client, actor, "rollback", proc.id, "", json.dumps(
+        {k: v for k, v in proc.flags.items()}), reason)
+    stopped = False
+    if proc.stop_backfill:
+        try:
+            send_control(client, "stop", actor=actor, reason=f"rollback {proc.id}: {reason}")
+            stopped = True
+        except UsageError:
+            stopped = False
+    changes = [set_flag(client, name, value, actor=actor, reason=f"rollback {proc.id}: {reason}")
+               for name, value in proc.flags.items()]
+    return RollbackResult(proc.id, changes, stopped, proc.steps)
+
