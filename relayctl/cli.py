@@ -224,6 +224,7 @@ def simulate(c: Context, rate: float, workspaces: int, duration: float | None,
     server = metrics.serve(metrics_port) if metrics_port is not None else None
     with JobStore(client, schema=c.config.schema, metrics=metrics) as store:
         sim = Simulator(store, rate=rate, workspaces=names, seed=seed)
+        sim.load_existing()
         if not as_json:
             click.echo(f"simulating {rate:g} ops/s over {workspaces} workspaces "
                        f"against {c.redis_display}")

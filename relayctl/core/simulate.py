@@ -70,6 +70,7 @@ class Simulator:
         self.stats = SimStats()
         self.ttl_share = ttl_share
         self._recent: deque[tuple[str, str]] = deque(known_jobs or [], maxlen=5000)
+        self._older: list[tuple[str, str]] = []
         self._running: deque[tuple[str, str]] = deque(maxlen=5000)
         self._requests: deque[tuple[str, str]] = deque(maxlen=200)
         self._owner: dict[str, str] = {}
@@ -139,12 +140,39 @@ class Simulator:
         self._running.append((ws, job_id))
         self.stats.started += 1
 
+    def load_existing(self, per_workspace: int = 300, legacy_sample: int = 1000) -> int:
+        """Seed the read pools from data already in Redis: the newest indexed jobs of each
+        workspace (recent traffic) and a bounded SCAN sample of legacy jobs (older traffic).
+        Runs once at start-up, never on the request path."""
+        s = self.store.schema
+        client = self.store.client
+        for ws in self.workspaces:
+            for job_id in reversed(client.zrevrange(s.index_key(ws), 0, per_workspace - 1)):
+                self._recent.append((ws, job_id))
+        cursor, seen = 0, 0
+        while seen < legacy_sample:
+            cursor, keys = client.scan(cursor, match=s.old_pattern, count=1000)
+            heads = client.pipeline(transaction=False)
+            for key in keys:
+                heads.hmget(key, "workspace_id", "job_id")
+            for head in heads.execute(raise_on_error=False):
+                if isinstance(head, list) and head[0] in self.workspaces and head[1]:
+                    self._older.append((head[0], head[1]))
+            seen += len(keys)
+            if int(cursor) == 0:
+                break
+        return len(self._recent) + len(self._older)
+
     def _read(self) -> None:
         self.stats.reads += 1
-        if not self._recent or self.rng.random() < 0.01:
+        roll = self.rng.random()
+        if not self._recent or roll < 0.01:
             ws, job_id = self.rng.choice(self.workspaces), f"{self.rng.getrandbits(64):016x}"
+        elif self._older and roll < 0.06:
+            ws, job_id = self.rng.choice(self._older)
         else:
-            ws, job_id = self.rng.choice(self._recent)
+            # recent jobs are read most: pick from the newest part of the pool
+            ws, job_id = self._recent[-1 - self.rng.randrange(min(500, len(self._recent)))]
         if self.store.get_job(ws, job_id) is None:
             self.stats.misses += 1
 
