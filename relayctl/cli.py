@@ -897,6 +897,29 @@ def status(c: Context, as_json: bool) -> None:
     sys.exit(overall(results) if not state.complete else EXIT_OK)
 
 
+@cli.group("export")
+def export_group() -> None:
+    """Generate monitoring config from the gate thresholds."""
+
+
+@export_group.command("alerts")
+@click.pass_obj
+def export_alerts(c: Context) -> None:
+    """Prometheus alerting rules (YAML) for the seeds' alert thresholds."""
+    from relayctl.core.alerts import alert_rules_yaml
+
+    click.echo(alert_rules_yaml(c.config.thresholds), nl=False)
+
+
+@export_group.command("grafana")
+@click.pass_obj
+def export_grafana(c: Context) -> None:
+    """A Grafana dashboard (JSON) with the seeds' queries and thresholds."""
+    from relayctl.core.alerts import grafana_dashboard
+
+    emit_json(grafana_dashboard(c.config.thresholds))
+
+
 @cli.group()
 def bench() -> None:
     """Benchmarks that print ratios against baselines measured in the same run."""

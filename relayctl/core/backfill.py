@@ -35,6 +35,8 @@ UNFINISHED = ("running", "paused", "stopped", "partial", "lost", "failed")
 LEASE_TTL_MS = int(os.environ.get("RELAYCTL_BACKFILL_LEASE_MS") or 15_000)
 HEARTBEAT_S = min(2.0, LEASE_TTL_MS / 3000)
 CHECKPOINT_EVERY = 5_000
+RESCAN_MESSAGE = ("Redis restarted since the cursor was taken (its SCAN order changed): "
+                  "rescanning from cursor 0; copied records count as exists")
 
 EXIT_DONE, EXIT_ERRORS, EXIT_USAGE, EXIT_STOPPED, EXIT_LOST = 0, 1, 2, 3, 4
 
@@ -328,6 +330,7 @@ class Backfill:
         self._lease_lost = threading.Event()
         self._hb_stop = threading.Event()
         self._scan_complete = False
+        self._server: str | None = None
         self._workspaces = frozenset(validate_workspace_id(w) for w in options.workspaces)
         if options.batch < 1 or options.batch > 100_000:
             raise UsageError("--batch must be between 1 and 100000")
@@ -407,6 +410,10 @@ class Backfill:
             p.message = f"resumed at cursor {p.cursor}"
             # cursor 0 after a batch was applied: the scan ended before the status was saved
             self._scan_complete = p.cursor == 0 and ("last_start" in saved or p.scanned > 0)
+            if (p.cursor != 0 and saved.get("server")
+                    and saved["server"] != self._server_id()):
+                p.cursor = 0
+                p.message = RESCAN_MESSAGE
         else:
             p.run_id = uuid.uuid4().hex[:12]
             p.started = time.time()
@@ -420,6 +427,7 @@ class Backfill:
             "updated": now, "workspaces": scope, "rps": str(self.opt.rps),
             "batch": str(self.opt.batch), "max_keys": str(self.opt.max_keys or ""),
             "cursor": str(p.cursor), "message": p.message, "finished": "",
+            "server": self._server_id(),
         })
         pipe.persist(k.state)
         pipe.delete(k.control)
@@ -435,10 +443,26 @@ class Backfill:
             except (redis.RedisError, OSError):
                 continue
 
+    def _server_id(self) -> str:
+        """The Redis server process; SCAN cursors are only valid on the one that issued them
+        (a restarted or failed-over server hashes keys with a new seed, in a new order)."""
+        if self._server is None:
+            self._server = self.client.info("server").get("run_id", "")
+        return self._server
+
     def _read_batch(self, cursor: int) -> _Batch:
         t0 = time.perf_counter()
-        next_cursor, keys = self.client.scan(cursor, match=self.schema.old_pattern,
-                                             count=self.opt.batch)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.scan(cursor, match=self.schema.old_pattern, count=self.opt.batch)
+        pipe.info("server")
+        (next_cursor, keys), info = pipe.execute()
+        server = info.get("run_id", "")
+        if server != self._server:
+            known, self._server = self._server, server
+            if cursor != 0 and known is not None:
+                # keys already copied are skipped as `exists` on the rescan
+                self.progress.message = RESCAN_MESSAGE
+                return self._read_batch(0)
         scan_ms = (time.perf_counter() - t0) * 1000
         flat = self._heads(keys=[self.keys.control, *keys])
         control = flat[0] or None

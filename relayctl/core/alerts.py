@@ -1,0 +1,180 @@
+"""Prometheus alerting rules and a Grafana dashboard built from the gates' thresholds."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from relayctl.core.gates import THRESHOLDS
+
+READS = "relay_job_read_path_total"
+DW = "relay_dual_write_attempt_total"
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    expr: str
+    for_: str
+    severity: str
+    summary: str
+    source: str
+
+
+def _share(path: str, window: str, offset: str = "") -> str:
+    off = f" offset {offset}" if offset else ""
+    return (f'sum(rate({READS}{{path="{path}"}}[{window}]{off})) / '
+            f"sum(rate({READS}[{window}]{off}))")
+
+
+def rules(thresholds: dict[str, float] | None = None) -> list[Rule]:
+    t = {**THRESHOLDS, **(thresholds or {})}
+    miss_now = _share("miss", "1h")
+    return [
+        Rule("RelayNewReadShareLow", f"{_share('new', '5m')} < {t['new_read_share_60']}", "1h",
+             "warning", "New-schema read share below 60% for over an hour",
+             "000: Alert: If new path <60% for >1 hour"),
+        Rule("RelayNewReadShareRollback", f"{_share('new', '5m')} < {t['new_read_share_50']}",
+             "15m", "critical",
+             "New-schema read share below 50%: step 1 rollback trigger (read-routing)",
+             "000: If read path metrics show <50% new schema"),
+        Rule("RelayDualWriteFailures",
+             f'sum(rate({DW}{{result="failed"}}[5m])) / sum(rate({DW}[5m])) '
+             f"> {t['dual_write_failure_1']}", "5m", "warning",
+             "Dual-write failures above 1%", "000: Alert: If failed >1%"),
+        Rule("RelayDualWriteFailuresRollback",
+             f'sum(rate({DW}{{result="failed"}}[5m])) / sum(rate({DW}[5m])) '
+             f"> {t['dual_write_failure_5']}", "5m", "critical",
+             "Dual-write failures above 5%: disable AI_JOBS_NEW_SCHEMA (dual-write rollback)",
+             "000: If dual-write failure rate >5%, disable AI_JOBS_NEW_SCHEMA"),
+        Rule("RelayDualWriteLatencyHigh",
+             "histogram_quantile(0.99, sum by (le) "
+             "(rate(relay_dual_write_duration_seconds_bucket[5m]))) > 0.1", "5m", "warning",
+             "Dual-write p99 latency above 100 ms", "000: Alert: ... or latency spike >100ms"),
+        Rule("RelayWorkspaceMismatch", "sum(increase(relay_workspace_mismatch_total[5m])) > 0",
+             "0m", "critical",
+             "Workspace mismatch detected: emergency rollback, alert security",
+             "000: Alert: If workspace_id mismatch detected; Emergency Rollback"),
+        Rule("RelayMissRateIncrease",
+             f"({miss_now}) > {1 + t['miss_increase']} * ({_share('miss', '1h', '1d')})",
+             "15m", "warning", "Job 404s (read misses) up more than 10% on a day ago",
+             "000: If 404 errors increase >10%"),
+        Rule("RelayJobErrorRateIncrease",
+             'sum(rate(relay_job_requests_total{outcome="error"}[1h])) > 1.5 * '
+             'sum(rate(relay_job_requests_total{outcome="error"}[1h] offset 1d))', "15m",
+             "warning", "Job store error rate up more than 50%",
+             "000: Alert: If error rate increases >50%"),
+        Rule("RelayDeserializeErrors",
+             f"sum(increase(relay_job_deserialize_errors_total[1h])) > "
+             f"{t['deserialize_errors']:g}", "0m", "warning",
+             "More than 100 deserialization errors per hour (possible corruption)",
+             "000: Alert: If deserialization errors >100/hour"),
+        Rule("RelayBackfillErrors", "sum(increase(relay_backfill_errors_total[5m])) > 0", "5m",
+             "warning", "Backfill errors for more than 5 minutes: investigate",
+             "003: Errors > 0 for > 5 min"),
+        Rule("RelayBackfillSlow",
+             "histogram_quantile(0.99, sum by (le) "
+             "(rate(relay_backfill_duration_seconds_bucket[10m]))) > 5", "10m", "warning",
+             "Backfill p99 batch duration above 5 s: reduce --rps",
+             "003: p99 duration > 5 s for > 10 min"),
+        Rule("RelayBackfillStalled",
+             "sum(relay_backfill_migrated_total) / (sum(relay_backfill_migrated_total) + "
+             'sum(relay_backfill_skipped_total{reason="exists"})) < 0.9', "72h", "info",
+             "Backfill below 90% after 72 h: manual review",
+             "003: Migration stalled < 90 % after 72 h"),
+        Rule("RelayFallbackReadsHigh", f"{_share('old', '1h')} > {t['old_read_share_2']}",
+             "1h", "info", "More than 2% of reads still hit the old schema (blocks step 5)",
+             "000: Step 5 prerequisite: <2% of reads still hitting old schema"),
+    ]
+
+
+def _yaml_str(text: str) -> str:
+    return json.dumps(text)
+
+
+def alert_rules_yaml(thresholds: dict[str, float] | None = None) -> str:
+    """Prometheus rule file; every string is JSON-quoted, which YAML accepts as-is."""
+    lines = ["groups:", "  - name: relayctl-migration", "    rules:"]
+    for rule in rules(thresholds):
+        lines += [
+            f"      - alert: {rule.name}",
+            f"        expr: {_yaml_str(rule.expr)}",
+            f"        for: {rule.for_}",
+            "        labels:",
+            f"          severity: {rule.severity}",
+            "          team: relay",
+            "        annotations:",
+            f"          summary: {_yaml_str(rule.summary)}",
+            f"          source: {_yaml_str(rule.source)}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _panel(pid: int, title: str, exprs: list[tuple[str, str]], unit: str, x: int, y: int,
+           thresholds: list[tuple[str, float | None]] | None = None) -> dict:
+    steps = [{"color": c, "value": v} for c, v in (thresholds or [("green", None)])]
+    return {
+        "id": pid, "type": "timeseries", "title": title,
+        "gridPos": {"h": 8, "w": 12, "x": x, "y": y},
+        "datasource": {"type": "prometheus", "uid": "${datasource}"},
+        "fieldConfig": {"defaults": {"unit": unit,
+                                     "thresholds": {"mode": "absolute", "steps": steps}},
+                        "overrides": []},
+        "targets": [{"refId": chr(65 + i), "expr": e, "legendFormat": legend}
+                    for i, (e, legend) in enumerate(exprs)],
+    }
+
+
+def grafana_dashboard(thresholds: dict[str, float] | None = None) -> dict:
+    """A dashboard with the seed's queries and the gates' thresholds as colours."""
+    t = {**THRESHOLDS, **(thresholds or {})}
+    ws = 'workspace_id=~"$workspace"'
+    panels = [
+        _panel(1, "Read-path shares (new / old / miss)", [
+            (f'sum by (path) (rate({READS}{{{ws}}}[5m])) / ignoring(path) group_left '
+             f"sum(rate({READS}{{{ws}}}[5m]))", "{{path}}")],
+            "percentunit", 0, 0,
+            [("red", None), ("yellow", t["new_read_share_50"]),
+             ("green", t["new_read_share_80"])]),
+        _panel(2, "List-path shares (new / mixed / old)", [
+            ("sum by (path) (rate(relay_job_list_read_path_total[5m])) / ignoring(path) "
+             "group_left sum(rate(relay_job_list_read_path_total[5m]))", "{{path}}")],
+            "percentunit", 12, 0),
+        _panel(3, "Dual-write failure rate", [
+            (f'sum(rate({DW}{{result="failed"}}[5m])) / sum(rate({DW}[5m]))', "failed")],
+            "percentunit", 0, 8,
+            [("green", None), ("yellow", t["dual_write_failure_1"]),
+             ("red", t["dual_write_failure_5"])]),
+        _panel(4, "Migration completion % (seed query)", [
+            (f"sum(relay_backfill_migrated_total{{{ws}}}) / (sum(relay_backfill_migrated_total"
+             f'{{{ws}}}) + sum(relay_backfill_skipped_total{{{ws},reason="exists"}}))',
+             "completion")], "percentunit", 12, 8),
+        _panel(5, "Backfill throughput (keys/s, seed query)", [
+            (f"sum(rate(relay_backfill_scanned_total{{{ws}}}[1m]))", "scanned/s")],
+            "ops", 0, 16),
+        _panel(6, "Backfill error rate (5m, seed query)", [
+            (f"sum(rate(relay_backfill_errors_total{{{ws}}}[5m]))", "errors/s")],
+            "ops", 12, 16, [("green", None), ("red", 0.000001)]),
+        _panel(7, "Backfill batch latency p99 (seed query)", [
+            ("histogram_quantile(0.99, sum by (le) "
+             "(rate(relay_backfill_duration_seconds_bucket[5m])))", "p99")],
+            "s", 0, 24, [("green", None), ("yellow", 2.0), ("red", 5.0)]),
+        _panel(8, "Workspace mismatches (isolation)", [
+            ("sum(increase(relay_workspace_mismatch_total[5m]))", "mismatches")],
+            "short", 12, 24, [("green", None), ("red", 1)]),
+    ]
+    return {
+        "title": "Relay job store migration (relayctl)",
+        "uid": "relayctl-migration",
+        "schemaVersion": 39,
+        "time": {"from": "now-6h", "to": "now"},
+        "refresh": "30s",
+        "tags": ["relay", "migration"],
+        "templating": {"list": [
+            {"name": "datasource", "type": "datasource", "query": "prometheus"},
+            {"name": "workspace", "type": "query", "includeAll": True, "multi": True,
+             "allValue": ".*", "datasource": {"type": "prometheus", "uid": "${datasource}"},
+             "query": f"label_values({READS}, workspace_id)"},
+        ]},
+        "panels": panels,
+    }
