@@ -178,7 +178,7 @@ def flags_set(c: Context, name: str, value: str, reason: str, yes: bool, as_json
         raise UsageError("a reason is required to change a flag")
     client = c.client()
     confirm_dangerous(f"set {name}={value.lower()} on {c.redis_display}", yes)
-    change = set_flag(client, name, value, actor=c.actor, reason=reason)
+    change = set_flag(client, name, value, actor=c.actor, reason=reason, now=c.now())
     if as_json:
         emit_json({"flag": change.name, "before": change.before, "after": change.after,
                    "actor": c.actor, "audit_id": change.audit_id})
@@ -209,10 +209,13 @@ def _wait_for_signal(duration: float | None, tick: Callable[[], None] | None = N
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Serve /metrics on 127.0.0.1:PORT (0 picks a free port).")
 @click.option("--seed", type=int, default=None, help="Random seed for a reproducible mix.")
+@click.option("--write-share", type=click.FloatRange(0, 0.5), default=0.22, show_default=True,
+              help="Fraction of operations that enqueue a job.")
 @click.option("--json", "as_json", is_flag=True, help="Final stats as JSON.")
 @click.pass_obj
 def simulate(c: Context, rate: float, workspaces: int, duration: float | None,
-             metrics_port: int | None, seed: int | None, as_json: bool) -> None:
+             metrics_port: int | None, seed: int | None, write_share: float,
+             as_json: bool) -> None:
     """Application traffic through JobStore against a real Redis."""
     from relayctl.core.jobs import JobStore
     from relayctl.core.metrics import Metrics
@@ -223,7 +226,7 @@ def simulate(c: Context, rate: float, workspaces: int, duration: float | None,
     metrics = Metrics(labelled_workspaces=c.config.labelled_workspaces or names)
     server = metrics.serve(metrics_port) if metrics_port is not None else None
     with JobStore(client, schema=c.config.schema, metrics=metrics) as store:
-        sim = Simulator(store, rate=rate, workspaces=names, seed=seed)
+        sim = Simulator(store, rate=rate, workspaces=names, seed=seed, write_share=write_share)
         sim.load_existing()
         if not as_json:
             click.echo(f"simulating {rate:g} ops/s over {workspaces} workspaces "
@@ -820,7 +823,7 @@ def rollback(c: Context, procedure: str, reason: str, yes: bool, as_json: bool) 
         raise UsageError(f"unknown rollback procedure {procedure!r}: expected one of "
                          f"{', '.join(PROCEDURES)}")
     confirm_dangerous(f"run rollback '{proc.title}' on {c.redis_display}", yes)
-    result = do_rollback(client, procedure, actor=c.actor, reason=reason)
+    result = do_rollback(client, procedure, actor=c.actor, reason=reason, now=c.now())
     if as_json:
         emit_json({"procedure": result.procedure, "backfill_stopped": result.backfill_stopped,
                    "changes": [{"flag": ch.name, "before": ch.before, "after": ch.after}

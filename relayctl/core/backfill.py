@@ -630,6 +630,7 @@ class Backfill:
         p, opt = self.progress, self.opt
         t_start = time.monotonic()
         scanned_this_run = 0
+        paced_from, paced_keys = t_start, 0  # --rps schedule origin
         next_checkpoint = (p.scanned // CHECKPOINT_EVERY + 1) * CHECKPOINT_EVERY
         last_event = 0.0
         throttle = 0.0
@@ -687,7 +688,13 @@ class Backfill:
                 p.throttle_s = throttle
             wait = throttle
             if opt.rps > 0:
-                wait = max(wait, scanned_this_run / opt.rps - (time.monotonic() - t_start))
+                now = time.monotonic()
+                ahead = (scanned_this_run - paced_keys) / opt.rps - (now - paced_from)
+                if ahead < 0:
+                    # behind schedule (paused, retrying, slow Redis): restart the schedule
+                    # here instead of bursting to catch up, so --rps stays a ceiling
+                    paced_from, paced_keys = now, scanned_this_run
+                wait = max(wait, ahead)
             if wait > 0:
                 self.sleep(wait)
         return self._finish()

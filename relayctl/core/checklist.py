@@ -114,8 +114,9 @@ def apply(client: redis.Redis, *, actor: str, reason: str, metrics_urls: list[st
     _write(client, fields, audit.audit_fields(
         actor, "checklist.apply", f"phase {current.number}", "",
         json.dumps({k: v for k, v in (current.target_flags or {}).items()}), reason, ts))
-    changes = [set_flag(client, name, value, actor=actor, reason=f"phase {current.number}: "
-                        f"{reason}") for name, value in (current.target_flags or {}).items()]
+    changes = [set_flag(client, name, value, actor=actor, now=ts,
+                        reason=f"phase {current.number}: {reason}")
+               for name, value in (current.target_flags or {}).items()]
     return current, changes
 
 
@@ -190,7 +191,7 @@ class RollbackResult:
 
 
 def rollback(client: redis.Redis, procedure_id: str, *, actor: str,
-             reason: str) -> RollbackResult:
+             reason: str, now: float | None = None) -> RollbackResult:
     """Apply a documented rollback procedure's flag changes (each audited)."""
     proc = PROCEDURES.get(procedure_id)
     if proc is None:
@@ -207,7 +208,8 @@ def rollback(client: redis.Redis, procedure_id: str, *, actor: str,
             stopped = True
         except UsageError:
             stopped = False
-    changes = [set_flag(client, name, value, actor=actor, reason=f"rollback {proc.id}: {reason}")
+    changes = [set_flag(client, name, value, actor=actor, now=now,
+                        reason=f"rollback {proc.id}: {reason}")
                for name, value in proc.flags.items()]
     return RollbackResult(proc.id, changes, stopped, proc.steps)
 

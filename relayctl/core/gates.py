@@ -7,6 +7,7 @@ and, when given, a Prometheus server (PromQL over the seed's windows).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -181,21 +182,23 @@ def _read_counts(ctx: GateContext) -> dict[str, float]:
 
 
 def _share_gate(gid: str, path: str, above: bool) -> Gate:
+    """Share of the reads that found a job (new + old); misses have their own gate."""
     def check(ctx: GateContext) -> GateResult:
         limit = ctx.t(gid)
         cmp = ">=" if above else ("==" if limit == 0 else "<")
-        threshold = f"{path} share {cmp} {pct(limit)}"
+        threshold = f"{path} share of found reads {cmp} {pct(limit)}"
         try:
             counts = _read_counts(ctx)
         except SourceError as exc:
             return _r(gid, UNKNOWN, "-", threshold, str(exc))
-        total = sum(counts.values())
-        if total < ctx.t("min_reads"):
-            return _r(gid, WAIT, f"{int(total)} reads", threshold,
+        found = counts["new"] + counts["old"]
+        if found < ctx.t("min_reads"):
+            return _r(gid, WAIT, f"{int(found)} reads", threshold,
                       f"need at least {int(ctx.t('min_reads'))} reads in the window")
-        share = counts[path] / total
+        share = counts[path] / found
         ok = share >= limit if above else (share == 0 if limit == 0 else share < limit)
-        return _r(gid, PASS if ok else FAIL, pct(share), threshold, f"{int(total)} reads")
+        return _r(gid, PASS if ok else FAIL, pct(share), threshold,
+                  f"{int(found)} found, {int(counts['miss'])} misses")
     return check
 
 
@@ -213,7 +216,7 @@ for _gid, _path, _above, _title in (
 @gate("miss_increase", "No increase in 404s (misses)")
 def _miss_increase(ctx: GateContext) -> GateResult:
     limit = ctx.t("miss_increase")
-    threshold = f"miss share increase < {pct(limit)} over the baseline"
+    threshold = f"miss share increase < {pct(limit)} over the baseline (beyond 3 sigma)"
     if ctx.baseline is None:
         return _r("miss_increase", WAIT, "-", threshold,
                   "no baseline yet: `relayctl checklist apply` records one")
@@ -231,8 +234,14 @@ def _miss_increase(ctx: GateContext) -> GateResult:
     base_share = base["miss"] / base_total if base_total else 0.0
     share = counts["miss"] / total
     increase = (share - base_share) / max(base_share, 0.001)
-    return _r("miss_increase", PASS if increase <= limit else FAIL, pct(max(increase, 0)),
-              threshold, f"miss share {pct(share)} vs baseline {pct(base_share)}")
+    # Misses are rare events: only an increase beyond chance (3 sigma over the count the
+    # baseline predicts) fails, so a quiet window with one extra 404 does not flap the gate.
+    expected = base_share * total
+    significant = counts["miss"] > expected + 3 * math.sqrt(max(expected, 1.0))
+    failed = increase > limit and significant
+    return _r("miss_increase", FAIL if failed else PASS, pct(max(increase, 0)), threshold,
+              f"miss share {pct(share)} vs baseline {pct(base_share)} "
+              f"({int(counts['miss'])} misses, {expected:.1f} expected)")
 
 
 def _counter_gate(gid: str, name: str, label: dict[str, str] | None, per_hour: bool) -> Gate:

@@ -246,7 +246,8 @@ PHASES: tuple[Phase, ...] = (
                                  "be <1%", gate="dual_write_failure_1"),
             Item("p3-memory", "Redis memory usage: should increase (now storing keys twice)",
                  gate="redis_memory"),
-            Item("p3-both", "Verify new jobs appear in both schemas", gate="verify_sample"),
+            Item("p3-both", "Verify new jobs appear in both schemas (spot-check: relayctl "
+                            "verify --sample N counts legacy jobs still missing a copy)"),
             Item("p3-growing", "Spot-check: new schema growing (> 1000 keys)",
                  gate="new_keys_1000"),
         ),

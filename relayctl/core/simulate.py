@@ -62,6 +62,7 @@ class Simulator:
         seed: int | None = None,
         known_jobs: list[tuple[str, str]] | None = None,
         ttl_share: float = 0.3,
+        write_share: float = 0.22,
     ) -> None:
         self.store = store
         self.rate = rate
@@ -69,6 +70,9 @@ class Simulator:
         self.rng = random.Random(seed)
         self.stats = SimStats()
         self.ttl_share = ttl_share
+        if not 0 <= write_share <= 0.5:
+            raise ValueError("write_share must be within 0..0.5")
+        self.write_share = write_share
         self._recent: deque[tuple[str, str]] = deque(known_jobs or [], maxlen=5000)
         self._older: list[tuple[str, str]] = []
         self._running: deque[tuple[str, str]] = deque(maxlen=5000)
@@ -85,9 +89,9 @@ class Simulator:
     def step(self) -> None:
         """One operation, chosen with a realistic mix."""
         roll = self.rng.random()
-        if roll < 0.22:
+        if roll < self.write_share:
             self._enqueue()
-        elif roll < 0.45:
+        elif roll < self.write_share + 0.23:
             self._work()
         elif roll < 0.85:
             self._read()
@@ -140,7 +144,7 @@ class Simulator:
         self._running.append((ws, job_id))
         self.stats.started += 1
 
-    def load_existing(self, per_workspace: int = 300, legacy_sample: int = 1000) -> int:
+    def load_existing(self, per_workspace: int = 1000, legacy_sample: int = 1000) -> int:
         """Seed the read pools from data already in Redis: the newest indexed jobs of each
         workspace (recent traffic) and a bounded SCAN sample of legacy jobs (older traffic).
         Runs once at start-up, never on the request path."""
@@ -171,8 +175,8 @@ class Simulator:
         elif self._older and roll < 0.06:
             ws, job_id = self.rng.choice(self._older)
         else:
-            # recent jobs are read most: pick from the newest part of the pool
-            ws, job_id = self._recent[-1 - self.rng.randrange(min(500, len(self._recent)))]
+            # recent jobs (the last few thousand) are read most
+            ws, job_id = self._recent[self.rng.randrange(len(self._recent))]
         if self.store.get_job(ws, job_id) is None:
             self.stats.misses += 1
 

@@ -58,6 +58,9 @@ class VerifyReport:
     ttl_tolerance_s: float = 2.0
     duration_s: float = 0.0
     ts: float = 0.0
+    # new keys already judged by the legacy pass whose record does not name its own key:
+    # the extra pass must not count them a second time
+    judged: set[str] = field(default_factory=set, repr=False)
 
     @property
     def clean(self) -> bool:
@@ -193,27 +196,41 @@ def _check_legacy(client: redis.Redis, s: KeySchema, keys: list[str],
         new = s.new_key(ws, job_id)
         commands += [("HGETALL", new), ("PTTL", new), ("ZSCORE", s.index_key(ws), job_id)]
     new_replies = read_many(client, commands)
+    suspects = [i for i, job in enumerate(jobs)
+                if _difference(job[3], job[4], *new_replies[3 * i:3 * i + 3], job[1],
+                               tolerance_s) is not None]
+    gone: set[int] = set()
+    if suspects:
+        # Live traffic can change a record between the two reads above; re-read each suspect
+        # old+new pair in one MULTI/EXEC so only real differences are reported.
+        pipe = client.pipeline(transaction=True)
+        for i in suspects:
+            key, ws, job_id = jobs[i][0], jobs[i][1], jobs[i][2]
+            new = s.new_key(ws, job_id)
+            pipe.hgetall(key).pttl(key).hgetall(new).pttl(new).zscore(s.index_key(ws), job_id)
+        snap = pipe.execute(raise_on_error=False)  # a non-hash copy is a difference
+        for n, i in enumerate(suspects):
+            key, ws, job_id, _r, _t = jobs[i]
+            rec, ttl, new_rec, new_ttl, score = snap[5 * n:5 * n + 5]
+            if not isinstance(rec, dict) or rec.get("workspace_id") != ws \
+                    or rec.get("job_id") != job_id:
+                gone.add(i)  # the legacy record expired or changed hands meanwhile
+                continue
+            jobs[i] = (key, ws, job_id, rec, ttl)
+            new_replies[3 * i:3 * i + 3] = [new_rec, new_ttl, score]
     to_repair: list[tuple[str, str, str]] = []
     for i, (key, ws, job_id, record, pttl) in enumerate(jobs):
+        if i in gone:
+            continue
         report.checked += 1
-        new_rec, new_ttl, score = new_replies[3 * i:3 * i + 3]
-        new_key = s.new_key(ws, job_id)
-        bad = True
-        if not isinstance(new_rec, dict) or not new_rec:
-            report.add("missing", new_key)
-        elif new_rec.get("workspace_id") != ws:
-            report.add("workspace_mismatch", new_key)
-        elif new_rec != record:
-            report.add("field_mismatch", new_key)
-        elif not _ttl_close(pttl, new_ttl if isinstance(new_ttl, int) else -2,
-                            tolerance_s * 1000):
-            report.add("ttl_drift", new_key)
-        elif score is None or float(score) != iso_to_ms(record.get("enqueued_at")):
-            report.add("index_missing", new_key)
-        else:
-            bad = False
-        if bad:
+        kind = _difference(record, pttl, *new_replies[3 * i:3 * i + 3], ws, tolerance_s)
+        if kind is not None:
+            report.add(kind, s.new_key(ws, job_id))
             to_repair.append((key, ws, job_id))
+            new_rec = new_replies[3 * i]
+            if not isinstance(new_rec, dict) or (new_rec and (
+                    new_rec.get("workspace_id") != ws or new_rec.get("job_id") != job_id)):
+                report.judged.add(s.new_key(ws, job_id))
     if repair_script is not None and to_repair:
         keys_arg: list[str] = []
         args: list[str] = []
@@ -223,12 +240,30 @@ def _check_legacy(client: redis.Redis, s: KeySchema, keys: list[str],
         report.repaired += int(repair_script(keys=keys_arg, args=args))
 
 
+def _difference(record: dict, pttl: int, new_rec: object, new_ttl: object, score: object,
+                ws: str, tolerance_s: float) -> str | None:
+    """The first kind of difference between a legacy record and its new copy, or None."""
+    if not isinstance(new_rec, dict) or not new_rec:
+        return "missing"
+    if new_rec.get("workspace_id") != ws:
+        return "workspace_mismatch"
+    if new_rec != record:
+        return "field_mismatch"
+    if not _ttl_close(pttl, new_ttl if isinstance(new_ttl, int) else -2, tolerance_s * 1000):
+        return "ttl_drift"
+    if not isinstance(score, int | float) or float(score) != iso_to_ms(record.get("enqueued_at")):
+        return "index_missing"
+    return None
+
+
 def _check_extra(client: redis.Redis, s: KeySchema, keys: list[str],
                  wanted: frozenset[str], report: VerifyReport) -> None:
     """New records without a legacy record (job id read from the record, not the key)."""
     heads = read_many(client, [("HMGET", k, "job_id", "workspace_id") for k in keys])
     candidates = []
     for key, head in zip(keys, heads, strict=True):
+        if key in report.judged:
+            continue
         if not isinstance(head, list):
             report.add("workspace_mismatch", key)
             continue
