@@ -187,6 +187,12 @@ def flags_set(c: Context, name: str, value: str, reason: str, yes: bool, as_json
                    f"(by {c.actor}, audit {change.audit_id})")
 
 
+def demo_clock(speed: float) -> Callable[[], float]:
+    """The demo's clock: time-based gates advance `speed` x faster than real time."""
+    start = time.time()
+    return lambda: start + (time.time() - start) * speed
+
+
 def _wait_for_signal(duration: float | None, tick: Callable[[], None] | None = None) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -249,8 +255,9 @@ def simulate(c: Context, rate: float, workspaces: int, duration: float | None,
 
 @cli.command()
 @click.option("--no-tui", is_flag=True, help="Run the embedded stack without the console.")
-@click.option("--speed", type=click.FloatRange(min=0.1, max=1000), default=1.0,
-              show_default=True, help="Traffic multiplier for a faster walkthrough.")
+@click.option("--speed", type=click.FloatRange(min=0.1, max=100_000), default=1.0,
+              show_default=True, help="Clock multiplier for the time-based gates (10000 walks "
+              "the 51 days of the rollout in about 7 minutes); traffic grows up to x10.")
 @click.option("--duration", type=click.FloatRange(min=0), default=None,
               help="Seconds to run (default: until interrupted).")
 @click.option("--redis-port", type=click.IntRange(0, 65535), default=0,
@@ -274,7 +281,8 @@ def demo(c: Context, no_tui: bool, speed: float, duration: float | None, redis_p
         client = connect(embedded.url)
         summary = seed_pre_migration(client, c.config.schema, names)
         store = JobStore(client, schema=c.config.schema, metrics=metrics)
-        sim = Simulator(store, rate=20 * speed, workspaces=names, seed=1,
+        rate = 20 * min(speed, 10)
+        sim = Simulator(store, rate=rate, workspaces=names, seed=1,
                         known_jobs=summary.jobs[-2000:])
         sim.start()
         click.echo(f"relayctl demo {__version__}")
@@ -282,13 +290,20 @@ def demo(c: Context, no_tui: bool, speed: float, duration: float | None, redis_p
                    f"{summary.legacy} legacy jobs, {summary.in_both} also in the new schema, "
                    f"{summary.invalid} invalid records)")
         click.echo(f"  metrics: {server.url}")
-        click.echo(f"  traffic: {20 * speed:g} ops/s over {', '.join(names)}")
+        click.echo(f"  traffic: {rate:g} ops/s over {', '.join(names)}; clock x{speed:g}")
         click.echo(f"  try:     relayctl --redis-url {embedded.url} flags")
-        if not no_tui:
-            click.echo("  (the console is not built yet; running without it)")
-        click.echo("Ctrl-C to stop.")
         try:
-            _wait_for_signal(duration)
+            if no_tui:
+                click.echo("Ctrl-C to stop.")
+                _wait_for_signal(duration)
+            else:
+                from relayctl.core.gates import THRESHOLDS
+                from relayctl.tui.app import RelayApp
+
+                # freshness windows stay in real time while the rollout's weeks fly by
+                RelayApp(redis_url=embedded.url, metrics_urls=[server.url], actor=c.actor,
+                         schema=c.config.schema, clock=demo_clock(speed),
+                         thresholds={"max_age_s": THRESHOLDS["max_age_s"] * speed}).run()
         finally:
             sim.stop()
             store.close()
@@ -849,13 +864,14 @@ def status(c: Context, as_json: bool) -> None:
     from relayctl.core.checklist import read_checklist
     from relayctl.core.gates import evaluate_phase, overall
     from relayctl.core.phases import LAST_PHASE, phase
+    from relayctl.core.serverinfo import memory_info
 
     client = c.client()
     flags_state = read_flags(client, pins={})
     instances = fleet.live_instances(client)
     bf = read_state(client)
     census_ = last_census(client)
-    mem = client.info("memory")
+    mem = memory_info(client) or {}
     state = read_checklist(client)
     number = min(state.phase, LAST_PHASE)
     ctx, _ = _gate_context(c, number, None)
@@ -869,14 +885,15 @@ def status(c: Context, as_json: bool) -> None:
                                             "errors", "cursor")} if bf else None,
         "backfill_engine_alive": lease_owner(client) is not None,
         "census": census_.as_dict() if census_ else None,
-        "memory": {"used": mem.get("used_memory"), "maxmemory": mem.get("maxmemory")},
+        "memory": mem or None,
         "phase": state.phase, "complete": state.complete,
         "gates": [r.as_dict() for r in results],
     }
     if as_json:
         emit_json(data)
     else:
-        click.echo(f"redis    {c.redis_display}  used {mem.get('used_memory_human')}")
+        used = f"{mem['used'] / 2**20:,.1f} MiB" if mem else "n/a"
+        click.echo(f"redis    {c.redis_display}  used {used}")
         click.echo("flags    " + "  ".join(f"{k}={v}" for k, v in flags_state.as_dict().items()))
         click.echo(f"fleet    {len(instances)} live instances"
                    + (f", pinned: {', '.join(data['fleet']['pinned'])}"
@@ -921,6 +938,21 @@ def export_grafana(c: Context) -> None:
     from relayctl.core.alerts import grafana_dashboard
 
     emit_json(grafana_dashboard(c.config.thresholds))
+
+
+@cli.command()
+@click.option("--read-only", is_flag=True, help="Show write actions dimmed and refuse them.")
+@click.option("--refresh", "refresh_s", type=click.FloatRange(0.5, 30), default=2.0,
+              show_default=True, help="Seconds between refreshes.")
+@click.pass_obj
+def tui(c: Context, read_only: bool, refresh_s: float) -> None:
+    """The operator console."""
+    from relayctl.tui.app import RelayApp
+
+    parse_target(c.redis_url, c.allow_plaintext)  # a bad URL fails here, not in the UI
+    RelayApp(redis_url=c.redis_url, allow_plaintext=c.allow_plaintext,
+             metrics_urls=c.metrics_urls, actor=c.actor, read_only=read_only,
+             refresh_s=refresh_s, schema=c.config.schema, clock=c.now).run()
 
 
 @cli.group()

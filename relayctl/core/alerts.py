@@ -22,9 +22,12 @@ class Rule:
 
 
 def _share(path: str, window: str, offset: str = "") -> str:
+    """Share of all reads for misses; of the reads that found a job for new/old, like the
+    share gates (misses have their own gate and alert)."""
     off = f" offset {offset}" if offset else ""
+    among = "" if path == "miss" else '{path=~"new|old"}'
     return (f'sum(rate({READS}{{path="{path}"}}[{window}]{off})) / '
-            f"sum(rate({READS}[{window}]{off}))")
+            f"sum(rate({READS}{among}[{window}]{off}))")
 
 
 def rules(thresholds: dict[str, float] | None = None) -> list[Rule]:

@@ -109,11 +109,12 @@ end
 return out
 """
 
-# KEYS: lease, state   ARGV: token, ttl_ms, now
+# KEYS: lease, state   ARGV: token, ttl_ms, now, rate, fraction, eta
 RENEW = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('HSET', KEYS[2], 'heartbeat', ARGV[3])
+redis.call('HSET', KEYS[2], 'heartbeat', ARGV[3], 'rate', ARGV[4], 'fraction', ARGV[5],
+  'eta_s', ARGV[6])
 return 1
 """
 
@@ -436,8 +437,10 @@ class Backfill:
     def _heartbeat(self) -> None:
         while not self._hb_stop.wait(HEARTBEAT_S):
             try:
-                if not self._renew(keys=[self.keys.lease, self.keys.state],
-                                   args=[self.token, LEASE_TTL_MS, f"{time.time():.3f}"]):
+                p = self.progress
+                args = [self.token, LEASE_TTL_MS, f"{time.time():.3f}", f"{p.rate:.1f}",
+                        f"{p.fraction:.4f}", "" if p.eta_s is None else f"{p.eta_s:.0f}"]
+                if not self._renew(keys=[self.keys.lease, self.keys.state], args=args):
                     self._lease_lost.set()
                     return
             except (redis.RedisError, OSError):
@@ -715,3 +718,36 @@ def iter_status_fields(state: dict[str, str]) -> Iterable[tuple[str, str]]:
     for name in order:
         if name in state:
             yield name, state[name]
+
+
+def spawn_engine(redis_url: str, options: BackfillOptions, *, actor: str, reason: str,
+                 client: redis.Redis, allow_plaintext: bool = False) -> int:
+    """Start `relayctl backfill` as its own process (it outlives the console); audited.
+
+    The URL travels in the environment, never on the command line, so `ps` shows no
+    credentials.
+    """
+    import subprocess
+    import sys
+
+    if not reason.strip():
+        raise UsageError("a reason is required to start a backfill")
+    args = [sys.executable, "-m", "relayctl"]
+    if allow_plaintext:
+        args.append("--allow-plaintext")
+    args += ["--actor", actor, "backfill", "--execute" if options.execute else "--dry-run",
+             "--batch", str(options.batch), "--rps", str(options.rps), "--json"]
+    for ws in options.workspaces:
+        args += ["--workspace", validate_workspace_id(ws)]
+    if options.max_keys:
+        args += ["--max-keys", str(options.max_keys)]
+    if options.resume:
+        args.append("--resume")
+    if options.force:
+        args.append("--force")
+    env = {**os.environ, "REDIS_URL": redis_url}
+    proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    audit.record(client, actor, "backfill.start", "backfill", "",
+                 f"pid {proc.pid} {'execute' if options.execute else 'dry-run'}", reason)
+    return proc.pid

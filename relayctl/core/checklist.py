@@ -20,6 +20,7 @@ from relayctl.core.gates import PASS, GateContext, GateResult, evaluate_phase
 from relayctl.core.keys import AUDIT_KEY, CHECKLIST_KEY
 from relayctl.core.phases import LAST_PHASE, PROCEDURES, Phase, find_item, phase
 from relayctl.core.scrape import Snapshot, SourceError, scrape
+from relayctl.core.serverinfo import memory_info
 
 
 @dataclass
@@ -107,8 +108,10 @@ def apply(client: redis.Redis, *, actor: str, reason: str, metrics_urls: list[st
             baseline = scrape(metrics_urls)
         except SourceError:
             baseline = None
-    memory = int(client.info("memory")["used_memory"])
-    fields = {f"applied:{current.number}": f"{ts:.3f}", f"memory:{current.number}": str(memory)}
+    memory = memory_info(client)
+    fields = {f"applied:{current.number}": f"{ts:.3f}"}
+    if memory is not None:
+        fields[f"memory:{current.number}"] = str(memory["used"])
     if baseline is not None:
         fields[f"baseline:{current.number}"] = baseline.to_json()
     _write(client, fields, audit.audit_fields(

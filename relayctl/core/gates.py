@@ -29,6 +29,7 @@ from relayctl.core.flags import (
 from relayctl.core.keys import AUDIT_KEY
 from relayctl.core.phases import Phase
 from relayctl.core.scrape import Snapshot, SourceError, prom_query, scrape
+from relayctl.core.serverinfo import memory_info
 from relayctl.core.verify import last_verify
 
 PASS, FAIL, WAIT, UNKNOWN = "PASS", "FAIL", "WAIT", "UNKNOWN"
@@ -90,6 +91,7 @@ class GateContext:
     now: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
     shared: dict = field(default_factory=dict)
+    audit_scan: int = 5000
     _cache: dict = field(default_factory=dict)
 
     def t(self, name: str) -> float:
@@ -323,7 +325,8 @@ def _flag_days_gate(gid: str, flag: str, value: bool) -> Gate:
         threshold = f"{flag}={word(value)} for >= {days:g} days"
         try:
             flags = ctx.redis_call("flags", stored_flags)
-            since = ctx.redis_call(f"since:{flag}", lambda c: flag_set_since(c, flag, value))
+            since = ctx.redis_call(f"since:{flag}",
+                                   lambda c: flag_set_since(c, flag, value, ctx.audit_scan))
         except SourceError as exc:
             return _r(gid, UNKNOWN, "-", threshold, str(exc))
         if flags.get(flag, DEFAULTS[flag]) != value:
@@ -481,9 +484,12 @@ def _redis_memory(ctx: GateContext) -> GateResult:
     limit = ctx.t("redis_memory")
     threshold = f"increase < {pct(limit)} over the baseline"
     try:
-        used = int(ctx.redis_call("memory", lambda c: c.info("memory")["used_memory"]))
+        info = ctx.redis_call("memory", memory_info)
     except SourceError as exc:
         return _r("redis_memory", UNKNOWN, "-", threshold, str(exc))
+    if info is None:
+        return _r("redis_memory", UNKNOWN, "-", threshold, "server reports no INFO memory")
+    used = info["used"]
     if not ctx.baseline_memory:
         return _r("redis_memory", WAIT, f"{used} bytes", threshold,
                   "no baseline yet: `relayctl checklist apply` records one")
