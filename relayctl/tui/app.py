@@ -189,10 +189,10 @@ class RelayApp(App[None]):
 
     def _redraw(self) -> None:
         screen = self.screen
+        for header in screen.query(HeaderBar):
+            header.show(self.state, redis_display=self.redis_display, tls=self.tls,
+                        paused=self.paused, interval=self.interval, read_only=self.read_only)
         if isinstance(screen, Dashboard):
-            screen.query_one(HeaderBar).show(
-                self.state, redis_display=self.redis_display, tls=self.tls, paused=self.paused,
-                interval=self.interval, read_only=self.read_only)
             if self.state.ts == 0:
                 return
             redis_stale = self.state.redis_status != "CONNECTED"

@@ -17,7 +17,7 @@ from relayctl.core.backfill import BackfillOptions
 from relayctl.core.console import ConsoleState
 from relayctl.core.flags import word
 from relayctl.core.phases import PHASES, PROCEDURES, phase
-from relayctl.tui.widgets import STATUS_STYLE
+from relayctl.tui.widgets import STATUS_STYLE, HeaderBar
 
 
 class ConfirmScreen(ModalScreen[str | None]):
@@ -184,6 +184,7 @@ class ChecklistScreen(Screen):
     ]
 
     def compose(self) -> ComposeResult:
+        yield HeaderBar(id="header")
         with Horizontal():
             yield OptionList(id="phases")
             with VerticalScroll(id="phase-detail"):
@@ -195,7 +196,7 @@ class ChecklistScreen(Screen):
 
     def on_mount(self) -> None:
         self.selected = self.app.state.phase_number  # type: ignore[attr-defined]
-        self.refresh_state(self.app.state)  # type: ignore[attr-defined]
+        self.app._redraw()  # type: ignore[attr-defined]
 
     def refresh_state(self, state: ConsoleState) -> None:
         phases = self.query_one("#phases", OptionList)
