@@ -955,6 +955,17 @@ def tui(c: Context, read_only: bool, refresh_s: float) -> None:
              refresh_s=refresh_s, schema=c.config.schema, clock=c.now).run()
 
 
+@cli.command(hidden=True)
+@click.option("--out", type=click.Path(file_okay=False), default="screenshots",
+              show_default=True)
+def screenshots(out: str) -> None:
+    """Regenerate the README's console screenshots (SVG) on the embedded demo stack."""
+    from relayctl.tui.screenshots import take_screenshots
+
+    for path in take_screenshots(out):
+        click.echo(str(path))
+
+
 @cli.group()
 def bench() -> None:
     """Benchmarks that print ratios against baselines measured in the same run."""
@@ -990,6 +1001,22 @@ def bench_backfill_cmd(c: Context, keys: int, batch: int, as_json: bool) -> None
 
     progress = None if as_json else (lambda m: click.echo(f"... {m}", err=True))
     result = bench_backfill(c.client(), keys=keys, batch=batch, progress=progress)
+    _render_bench(result.as_dict(), as_json)
+
+
+@bench.command("tui")
+@click.option("--keys", type=click.IntRange(1000, 10_000_000), default=100_000,
+              show_default=True, help="Extra keys to add between the two measurements.")
+@click.option("--ticks", type=click.IntRange(5, 10_000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def bench_tui_cmd(c: Context, keys: int, ticks: int, as_json: bool) -> None:
+    """Mean console refresh tick, against a PING and with N more keys present."""
+    from relayctl.core.bench import bench_tui
+
+    progress = None if as_json else (lambda m: click.echo(f"... {m}", err=True))
+    result = bench_tui(c.client(), keys=keys, ticks=ticks, metrics_urls=c.metrics_urls,
+                       redis_url=c.redis_url, progress=progress)
     _render_bench(result.as_dict(), as_json)
 
 

@@ -340,3 +340,46 @@ def bench_backfill(client: redis.Redis, keys: int = 200_000, batch: int = 1000,
         say("cleaning up")
         cleanup(client, f"bench:{run_id}:")
     return result
+
+
+def bench_tui(client: redis.Redis, keys: int = 100_000, ticks: int = 50,
+              metrics_urls: list[str] | None = None, redis_url: str | None = None,
+              progress: Callable[[str], None] | None = None) -> BenchResult:
+    """Mean console refresh tick vs a PING round trip, with and without N extra keys."""
+    from relayctl.core.console import ConsoleState, refresh
+
+    say = progress or (lambda _m: None)
+    run_id = uuid.uuid4().hex[:8]
+    schema = bench_schema(run_id)
+    result = BenchResult(name="tui")
+    urls = metrics_urls or []
+
+    def mean_tick() -> float:
+        state = ConsoleState()
+        refresh(state, client, urls, redis_url)
+        t0 = time.perf_counter()
+        for _ in range(ticks):
+            refresh(state, client, urls, redis_url)
+        return (time.perf_counter() - t0) / ticks
+
+    try:
+        ping = _p50(client.ping, 500)
+        say(f"{ticks} ticks on the current keyspace")
+        before = mean_tick()
+        say(f"seeding {keys} keys under a private prefix")
+        _seed_jobs(client, schema, random.Random(3), keys, [f"ws-{i}" for i in range(10)], 0.5,
+                   time.time() - 86400)
+        say(f"{ticks} ticks with {keys} more keys")
+        after = mean_tick()
+        result.measurements = {"ticks": ticks, "extra_keys": keys, "ping_p50_ms": ping * 1e3,
+                               "tick_mean_ms": before * 1e3,
+                               "tick_mean_ms_with_extra_keys": after * 1e3}
+        result.ratios = {"tick_vs_ping": before / ping, "tick_with_keys_vs_without": after / before}
+        result.targets = {"tick_with_keys_vs_without": "~ 1 (no keyspace walk)"}
+        result.notes.append("a tick = flags, fleet, audit, backfill, census, verify, checklist, "
+                            "memory and the current phase's gates"
+                            + (", plus /metrics scrapes" if urls else ""))
+    finally:
+        say("cleaning up")
+        cleanup(client, f"bench:{run_id}:")
+    return result
