@@ -35,20 +35,23 @@ def rules(thresholds: dict[str, float] | None = None) -> list[Rule]:
     miss_now = _share("miss", "1h")
     return [
         Rule("RelayNewReadShareLow", f"{_share('new', '5m')} < {t['new_read_share_60']}", "1h",
-             "warning", "New-schema read share below 60% for over an hour",
+             "warning",
+             f"New-schema read share below {t['new_read_share_60']:.0%} for over an hour",
              "000: Alert: If new path <60% for >1 hour"),
         Rule("RelayNewReadShareRollback", f"{_share('new', '5m')} < {t['new_read_share_50']}",
              "15m", "critical",
-             "New-schema read share below 50%: step 1 rollback trigger (read-routing)",
+             f"New-schema read share below {t['new_read_share_50']:.0%}: step 1 rollback trigger",
              "000: If read path metrics show <50% new schema"),
         Rule("RelayDualWriteFailures",
              f'sum(rate({DW}{{result="failed"}}[5m])) / sum(rate({DW}[5m])) '
              f"> {t['dual_write_failure_1']}", "5m", "warning",
-             "Dual-write failures above 1%", "000: Alert: If failed >1%"),
+             f"Dual-write failures above {t['dual_write_failure_1']:.0%}",
+             "000: Alert: If failed >1%"),
         Rule("RelayDualWriteFailuresRollback",
              f'sum(rate({DW}{{result="failed"}}[5m])) / sum(rate({DW}[5m])) '
              f"> {t['dual_write_failure_5']}", "5m", "critical",
-             "Dual-write failures above 5%: disable AI_JOBS_NEW_SCHEMA (dual-write rollback)",
+             f"Dual-write failures above {t['dual_write_failure_5']:.0%}: "
+             "disable AI_JOBS_NEW_SCHEMA",
              "000: If dual-write failure rate >5%, disable AI_JOBS_NEW_SCHEMA"),
         Rule("RelayDualWriteLatencyHigh",
              "histogram_quantile(0.99, sum by (le) "
@@ -60,7 +63,8 @@ def rules(thresholds: dict[str, float] | None = None) -> list[Rule]:
              "000: Alert: If workspace_id mismatch detected; Emergency Rollback"),
         Rule("RelayMissRateIncrease",
              f"({miss_now}) > {1 + t['miss_increase']} * ({_share('miss', '1h', '1d')})",
-             "15m", "warning", "Job 404s (read misses) up more than 10% on a day ago",
+             "15m", "warning",
+             f"Job 404s (read misses) up more than {t['miss_increase']:.0%} on a day ago",
              "000: If 404 errors increase >10%"),
         Rule("RelayJobErrorRateIncrease",
              'sum(rate(relay_job_requests_total{outcome="error"}[1h])) > 1.5 * '
@@ -70,7 +74,7 @@ def rules(thresholds: dict[str, float] | None = None) -> list[Rule]:
         Rule("RelayDeserializeErrors",
              f"sum(increase(relay_job_deserialize_errors_total[1h])) > "
              f"{t['deserialize_errors']:g}", "0m", "warning",
-             "More than 100 deserialization errors per hour (possible corruption)",
+             f"Over {t['deserialize_errors']:g} deserialization errors/hour (corruption?)",
              "000: Alert: If deserialization errors >100/hour"),
         Rule("RelayBackfillErrors", "sum(increase(relay_backfill_errors_total[5m])) > 0", "5m",
              "warning", "Backfill errors for more than 5 minutes: investigate",
@@ -86,7 +90,8 @@ def rules(thresholds: dict[str, float] | None = None) -> list[Rule]:
              "Backfill below 90% after 72 h: manual review",
              "003: Migration stalled < 90 % after 72 h"),
         Rule("RelayFallbackReadsHigh", f"{_share('old', '1h')} > {t['old_read_share_2']}",
-             "1h", "info", "More than 2% of reads still hit the old schema (blocks step 5)",
+             "1h", "info",
+             f"Over {t['old_read_share_2']:.0%} of found reads still hit the old schema",
              "000: Step 5 prerequisite: <2% of reads still hitting old schema"),
     ]
 

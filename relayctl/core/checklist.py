@@ -202,8 +202,6 @@ def rollback(client: redis.Redis, procedure_id: str, *, actor: str,
                          f"{', '.join(PROCEDURES)}")
     if not reason.strip():
         raise UsageError("a reason is required for a rollback")
-    audit.record(client, actor, "rollback", proc.id, "", json.dumps(
-        {k: v for k, v in proc.flags.items()}), reason)
     stopped = False
     if proc.stop_backfill:
         try:
@@ -214,5 +212,8 @@ def rollback(client: redis.Redis, procedure_id: str, *, actor: str,
     changes = [set_flag(client, name, value, actor=actor, now=now,
                         reason=f"rollback {proc.id}: {reason}")
                for name, value in proc.flags.items()]
+    # recorded after the changes it summarises, so a failed change leaves no false entry
+    audit.record(client, actor, "rollback", proc.id, "", json.dumps(
+        {k: v for k, v in proc.flags.items()}), reason)
     return RollbackResult(proc.id, changes, stopped, proc.steps)
 

@@ -340,6 +340,12 @@ class JobStore:
         job = Job.from_record(record, source)
         if job is None or job.job_id != job_id:
             return None
+        try:
+            json.loads(job.params or "{}")
+        except ValueError:
+            # still served (the caller decides), but counted: the seeds alert on >100/hour
+            log.warning("Failed to deserialize job params (job_id=%s)", job_id)
+            self.metrics.inc(self.metrics.deserialize_errors)
         return job
 
     def get_job(self, workspace_id: str, job_id: str) -> Job | None:
