@@ -332,6 +332,7 @@ class Backfill:
         self._hb_stop = threading.Event()
         self._scan_complete = False
         self._server: str | None = None
+        self._has_info = True
         self._workspaces = frozenset(validate_workspace_id(w) for w in options.workspaces)
         if options.batch < 1 or options.batch > 100_000:
             raise UsageError("--batch must be between 1 and 100000")
@@ -450,16 +451,27 @@ class Backfill:
         """The Redis server process; SCAN cursors are only valid on the one that issued them
         (a restarted or failed-over server hashes keys with a new seed, in a new order)."""
         if self._server is None:
-            self._server = self.client.info("server").get("run_id", "")
+            try:
+                self._server = self.client.info("server").get("run_id", "")
+            except redis.ResponseError:  # no INFO (fakeredis, a strict ACL): cannot tell
+                self._server = ""
         return self._server
 
     def _read_batch(self, cursor: int) -> _Batch:
         t0 = time.perf_counter()
         pipe = self.client.pipeline(transaction=False)
         pipe.scan(cursor, match=self.schema.old_pattern, count=self.opt.batch)
-        pipe.info("server")
-        (next_cursor, keys), info = pipe.execute()
-        server = info.get("run_id", "")
+        if self._has_info:
+            pipe.info("server")
+        try:
+            replies = pipe.execute()
+        except redis.ResponseError as exc:
+            if self._has_info and "info" in str(exc).lower():
+                self._has_info = False  # a server without INFO (the embedded demo's fakeredis)
+                return self._read_batch(cursor)
+            raise
+        next_cursor, keys = replies[0]
+        server = replies[1].get("run_id", "") if self._has_info else ""
         if server != self._server:
             known, self._server = self._server, server
             if cursor != 0 and known is not None:

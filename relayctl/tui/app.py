@@ -94,7 +94,10 @@ class Dashboard(Screen):
         self.app._redraw()  # type: ignore[attr-defined]
 
     def on_resize(self) -> None:
-        self.query_one("#grid").set_class(self.size.width >= 140, "wide")
+        grid = self.query_one("#grid")
+        grid.set_class(self.size.width >= 140, "wide")
+        grid.set_class(self.size.width < 100, "narrow")
+        self.app._redraw()  # type: ignore[attr-defined]
 
 
 class RelayApp(App[None]):

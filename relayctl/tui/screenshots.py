@@ -13,7 +13,7 @@ from relayctl.core.connection import connect
 from relayctl.core.demo import seed_pre_migration, start_embedded_redis
 from relayctl.core.flags import set_flag
 from relayctl.core.jobs import JobStore
-from relayctl.core.keys import KeySchema
+from relayctl.core.keys import CHECKLIST_KEY, KeySchema
 from relayctl.core.metrics import Metrics
 from relayctl.core.simulate import Simulator, workspace_names
 from relayctl.tui.app import RelayApp
@@ -36,6 +36,7 @@ async def _shoot(outdir: Path) -> list[Path]:
                              ("AI_JOBS_NEW_SCHEMA", True, "phase 3: dual-write")):
         set_flag(client, flag, value, actor="sre-alice", reason=why)
     run_census(client, schema)
+    client.hset(CHECKLIST_KEY, "phase", "4")  # staged: the walkthrough is at the backfill
     store = JobStore(client, schema=schema, metrics=metrics)
     sim = Simulator(store, rate=60, workspaces=names, seed=5, known_jobs=summary.jobs[-3000:])
     sim.start()
@@ -68,6 +69,7 @@ async def _shoot(outdir: Path) -> list[Path]:
             save(app, "confirmation-160x48.svg")
             await pilot.press("escape")
             engine.request_stop()
+            worker.join(timeout=10)
             sim.stop()
             store.close()
             embedded.close()

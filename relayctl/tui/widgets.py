@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
-from textual.widgets import Sparkline, Static
+from textual.widgets import Static
 
 from relayctl.core.console import ConsoleState
 from relayctl.core.gates import THRESHOLDS
@@ -56,12 +56,14 @@ class HeaderBar(Static):
 
     def show(self, state: ConsoleState, *, redis_display: str, tls: bool, paused: bool,
              interval: float, read_only: bool) -> None:
+        compact = self.size.width and self.size.width < 120
         t = Text()
-        t.append(" relayctl ", style="bold reverse")
-        t.append(" ")
+        if not compact:
+            t.append(" relayctl ", style="bold reverse")
+            t.append(" ")
         t.append(f" {redis_display}{' TLS' if tls else ''} ", style="bold")
         t.append(f" {state.redis_status} ", style=f"bold white {BADGE[state.redis_status]}")
-        t.append("  metrics ")
+        t.append(" metrics " if compact else "  metrics ")
         t.append(f" {state.metrics_status} ", style=f"bold white {BADGE[state.metrics_status]}")
         t.append("  ")
         if paused:
@@ -73,10 +75,12 @@ class HeaderBar(Static):
             t.append(" READ-ONLY ", style="bold white on blue")
             t.append(" ")
         if state.checklist.complete:
-            t.append(" ROLLOUT COMPLETE ", style="bold white on dark_green")
+            t.append(" DONE " if compact else " ROLLOUT COMPLETE ",
+                     style="bold white on dark_green")
         else:
             p = phase(state.phase_number)
-            t.append(f" phase {p.number}: {p.title} ", style="bold white on grey23")
+            label = f" phase {p.number} " if compact else f" phase {p.number}: {p.title} "
+            t.append(label, style="bold white on grey23")
         self.update(t)
 
 
@@ -103,10 +107,19 @@ class Panel(Vertical):
         self.set_class(stale, "stale")
 
 
+BLOCKS = " ▁▂▃▄▅▆▇█"
+
+
+def spark(values: list[float], width: int) -> Text:
+    """New-read share history on a fixed 0-100% scale, coloured by the seed's thresholds."""
+    t = Text()
+    for v in values[-width:]:
+        t.append(BLOCKS[min(int(v * (len(BLOCKS) - 1) + 0.5), len(BLOCKS) - 1)],
+                 style=share_style(v))
+    return t
+
+
 class ReadPathPanel(Panel):
-    def compose(self) -> ComposeResult:
-        yield Static(id="read-body", classes="body")
-        yield Sparkline([], id="read-spark")
 
     def show(self, state: ConsoleState) -> None:
         r = state.rates
@@ -117,10 +130,10 @@ class ReadPathPanel(Panel):
             t.append(f"{path:>5} ", style="bold")
             t.append(pct(share), style=style)
             t.append(f"  {r.reads[path]:>6.0f}\n")
-        t.append("target >80% new, rollback <50%", style="dim")
+        t.append("target >80% new, rollback <50%\n", style="dim")
+        t.append("history ", style="dim")
+        t.append_text(spark(state.new_share_history, 40))
         self.body.update(t)
-        spark = self.query_one(Sparkline)
-        spark.data = [x * 100 for x in state.new_share_history] or [0]
 
 
 class ListPathPanel(Panel):
@@ -168,7 +181,6 @@ class BackfillPanel(Panel):
         head.append("  engine alive" if state.engine_alive else "  engine not running",
                     style="green" if state.engine_alive else "dim")
         completed = total if status == "completed" else min(scanned, total)
-        bar = ProgressBar(total=max(total, 1), completed=completed, width=30)
         rate = float(bf.get("rate", 0) or 0)
         counts = Text(
             f"scanned {scanned:,}  migrated {int(bf.get('migrated', 0) or 0):,}\n"
@@ -179,14 +191,21 @@ class BackfillPanel(Panel):
         eta = ""
         if rate > 0 and total > scanned:
             eta = f"  ETA {(total - scanned) / rate:,.0f}s"
-        self.body.update(Group(head, bar, Text(f"{rate:,.0f} keys/s{eta}"), counts))
+        # A ProgressBar ends without a newline: in a Group the rate would be drawn on the
+        # bar's line and clipped (the ETA was lost). A grid row keeps both.
+        bar = Table.grid(expand=True, padding=(0, 1))
+        bar.add_column(ratio=1)
+        bar.add_column(no_wrap=True, justify="right")
+        bar.add_row(ProgressBar(total=max(total, 1), completed=completed),
+                    Text(f"{rate:,.0f} keys/s{eta}"))
+        self.body.update(Group(head, bar, counts))
 
 
 class FlagsPanel(Panel):
     def show(self, state: ConsoleState) -> None:
         table = Table(box=None, expand=True, padding=(0, 1), show_edge=False)
         table.add_column("flag", no_wrap=True)
-        table.add_column("value")
+        table.add_column("value", no_wrap=True, min_width=5)
         table.add_column("changed", no_wrap=True)
         table.add_column("fleet", no_wrap=True)
         for row in state.flags:
@@ -233,8 +252,10 @@ class GatesPanel(Panel):
         table.add_column("gate", no_wrap=True)
         table.add_column("status", no_wrap=True)
         table.add_column("value", no_wrap=True)
-        table.add_column("threshold")
-        table.add_column("detail", ratio=1)
+        # One line per row at any width: the grid sizes the row of a column-spanning panel
+        # from its height at one column's width, so a table that wraps there leaves a hole.
+        table.add_column("threshold", no_wrap=True, overflow="ellipsis")
+        table.add_column("detail", ratio=1, no_wrap=True, overflow="ellipsis")
         for g in state.gates:
             table.add_row(g.gate, Text(g.status, style=STATUS_STYLE[g.status]), g.value,
                           g.threshold, Text(g.detail, style="dim"))
@@ -252,9 +273,8 @@ class AuditPanel(Panel):
         table.add_column("when", no_wrap=True)
         table.add_column("actor", no_wrap=True)
         table.add_column("action", no_wrap=True)
-        table.add_column("target")
-        table.add_column("change")
-        table.add_column("reason")
+        for name in ("target", "change", "reason"):  # one line per entry (see GatesPanel)
+            table.add_column(name, no_wrap=True, overflow="ellipsis")
         for e in state.audit:
             change = f"{e.before}->{e.after}" if (e.before or e.after) else ""
             table.add_row(time.strftime("%m-%d %H:%M:%S", time.gmtime(e.ts)), e.actor, e.action,
