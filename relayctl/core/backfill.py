@@ -40,9 +40,10 @@ RESCAN_MESSAGE = ("Redis restarted since the cursor was taken (its SCAN order ch
 
 EXIT_DONE, EXIT_ERRORS, EXIT_USAGE, EXIT_STOPPED, EXIT_LOST = 0, 1, 2, 3, 4
 
-# KEYS: state, lease, then (old, new, index) per job
+# KEYS: state, lease, control, then (old, new, index) per job
 # ARGV: token, cursor, now, scanned, invalid, filtered, start cursor, then (job_id, ws) per job
-# Returns one code per job: m migrated, e exists, g gone/changed since read, x index error.
+# Returns one code per job (m migrated, e exists, g gone/changed since read, x index error),
+# then '|' and the control key's value, so a pause or stop acts right after this batch.
 # A batch already applied (its reply was lost and the call retried) is not applied again:
 # its recorded codes are returned, so no counter is incremented twice.
 COPY_BATCH = ISO_MS + TYPE_OK + """
@@ -50,15 +51,16 @@ if redis.call('GET', KEYS[2]) ~= ARGV[1] then
   return redis.error_reply('LEASE backfill lease lost to another owner')
 end
 local last = redis.call('HMGET', KEYS[1], 'cursor', 'last_start', 'last_codes')
+local control = redis.call('GET', KEYS[3]) or ''
 if last[1] == ARGV[2] and last[2] == ARGV[7] then
-  return last[3] or ''
+  return (last[3] or '') .. '|' .. control
 end
-local n = (#KEYS - 2) / 3
+local n = (#KEYS - 3) / 3
 local codes = {}
 local migrated, exists, gone, errors = 0, 0, 0, 0
 local index_ok = {}
 for i = 1, n do
-  local old, new, idx = KEYS[3 * i], KEYS[3 * i + 1], KEYS[3 * i + 2]
+  local old, new, idx = KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]
   local job_id, ws = ARGV[6 + 2 * i], ARGV[7 + 2 * i]
   if index_ok[idx] == nil then index_ok[idx] = type_is(idx, 'zset') end
   local t = redis.call('TYPE', old)
@@ -89,7 +91,7 @@ redis.call('HINCRBY', KEYS[1], 'skipped_exists', exists)
 redis.call('HINCRBY', KEYS[1], 'skipped_invalid', tonumber(ARGV[5]) + gone)
 redis.call('HINCRBY', KEYS[1], 'skipped_filtered', ARGV[6])
 redis.call('HINCRBY', KEYS[1], 'errors', errors)
-return result
+return result .. '|' .. control
 """
 
 # KEYS: control, then the batch's legacy keys.  Read-only: returns the control value and,
@@ -503,24 +505,26 @@ class Backfill:
         return jobs, skipped, scanned
 
     def _apply(self, batch: _Batch, jobs: list[tuple[str, str, str]],
-               skipped: Counter) -> str:
+               skipped: Counter) -> tuple[str, str]:
+        """Copy (or, dry-run, only look); returns the codes and the current control value."""
         invalid = sum(v for (r, _), v in skipped.items() if r == "invalid")
         filtered = sum(v for (r, _), v in skipped.items() if r == "filtered")
         if not self.opt.execute:
-            if not jobs:
-                return ""
             pipe = self.client.pipeline(transaction=False)
             for _key, job_id, ws in jobs:
                 pipe.exists(self.schema.new_key(ws, job_id))
-            return "".join("e" if n else "m" for n in pipe.execute())
-        keys = [self.keys.state, self.keys.lease]
+            pipe.get(self.keys.control)
+            *found, control = pipe.execute()
+            return "".join("e" if n else "m" for n in found), control or ""
+        keys = [self.keys.state, self.keys.lease, self.keys.control]
         args: list[object] = [self.token, batch.cursor, f"{time.time():.3f}",
                               len(batch.keys), invalid, filtered, batch.start]
         s = self.schema
         for key, job_id, ws in jobs:
             keys += [key, s.new_key(ws, job_id), s.index_key(ws)]
             args += [job_id, ws]
-        return self._copy(keys=keys, args=args)
+        codes, _, control = str(self._copy(keys=keys, args=args)).partition("|")
+        return codes, control
 
     def _account(self, batch: _Batch, jobs: list[tuple[str, str, str]], codes: str,
                  skipped: Counter, scanned: Counter) -> None:
@@ -650,6 +654,7 @@ class Backfill:
         last_event = 0.0
         throttle = 0.0
         first = True
+        latest_control: str | None = None  # read by the last copy step: the freshest value
         while True:
             if self._lease_lost.is_set():
                 raise LeaseLostError("backfill lease lost (another owner took over)")
@@ -662,16 +667,17 @@ class Backfill:
             first = False
             batch_t0 = time.perf_counter()
             batch = prefetch.next()
-            control = batch.control
+            control = batch.control if latest_control is None else latest_control
             if control == "pause":
                 control = self._wait_while_paused()
+                latest_control = None
             if control == "stop":
                 self._set_status("stopped", "stopped by operator; resumable")
                 self.on_event("stopped", p)
                 return EXIT_STOPPED
             jobs, skipped, scanned = self._classify(batch)
-            codes = self._retrying(lambda b=batch, j=jobs, s=skipped: self._apply(b, j, s),
-                                   "copy")
+            codes, latest_control = self._retrying(
+                lambda b=batch, j=jobs, s=skipped: self._apply(b, j, s), "copy")
             self._account(batch, jobs, codes, skipped, scanned)
             duration = time.perf_counter() - batch_t0
             self.metrics.observe(self.metrics.backfill_duration, duration)

@@ -135,7 +135,9 @@ class HelpScreen(ModalScreen[None]):
         table.add_column("action")
         for key, desc in self.rows:
             table.add_row(key, desc)
-        with Vertical(id="dialog"):
+        # Scrollable: at 80x24 the rows do not all fit, and a plain Vertical clipped the last
+        # ones (the app-wide keys) with no way to reach them.
+        with VerticalScroll(id="dialog"):
             yield Label("Keys", id="dialog-title")
             yield Static(table)
             yield Static(Text("Esc to close", style="dim"))
@@ -205,7 +207,8 @@ class ChecklistScreen(Screen):
         for p in PHASES:
             mark = "x" if p.number < state.checklist.phase else (
                 ">" if p.number == state.checklist.phase else " ")
-            phases.add_option(Option(f"[{mark}] {p.number}. {p.title}", id=str(p.number)))
+            # Text, not a str: a str prompt is markup, where "[x]" is a tag and vanishes.
+            phases.add_option(Option(Text(f"[{mark}] {p.number}. {p.title}"), id=str(p.number)))
         phases.highlighted = highlighted if highlighted is not None else self.selected
         self._show_phase(state)
 
@@ -230,11 +233,17 @@ class ChecklistScreen(Screen):
             steps.append(f"  expected: {exp}\n", style="dim")
         self.query_one("#phase-steps", Static).update(steps)
         items = self.query_one("#phase-items", OptionList)
+        # Every refresh rebuilds the list: keep the operator's highlighted item, or the next
+        # tick drops it and space finds nothing to check off.
+        keep = (items.get_option_at_index(items.highlighted).id
+                if items.highlighted is not None else None)
         items.clear_options()
         for item in p.items:
             if item.manual:
                 box = "x" if state.checklist.done(item.id) else " "
-                items.add_option(Option(f"[{box}] {item.text}", id=item.id))
+                items.add_option(Option(Text(f"[{box}] {item.text}"), id=item.id))
+        if keep is not None and keep in {i.id for i in p.items if i.manual}:
+            items.highlighted = items.get_option_index(keep)
         live = state.gates if self.selected == state.phase_number else []
         table = Table(box=None, padding=(0, 1), expand=True, title="gates", title_justify="left")
         table.add_column("gate", no_wrap=True)
@@ -260,6 +269,12 @@ class ChecklistScreen(Screen):
             proc = PROCEDURES[t.procedure].title if t.procedure else "investigate"
             trig.append(f" {t.text} => {proc}\n")
         self.query_one("#phase-triggers", Static).update(trig)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Checking off an item writes: dimmed in read-only mode like the app's writes."""
+        if action == "mark" and self.app.read_only:  # type: ignore[attr-defined]
+            return None
+        return True
 
     def action_mark(self) -> None:
         items = self.query_one("#phase-items", OptionList)
