@@ -299,24 +299,31 @@ class RelayApp(App[None]):
         row = next((r for r in self.state.flags if r.name == name), None)
         current = row.value if row else None
         target = not current if current is not None else True
+
+        def flip(c: redis.Redis, reason: str) -> str:
+            change = set_flag(c, name, target, actor=self.actor, reason=reason, now=self.clock())
+            return f"{name}: {change.before} -> {change.after}"
+
         self._confirm(
             f"Set {name} = {word(target)}?",
             f"Currently {word(current) if current is not None else 'unknown'}. Every instance "
             "picks the change up within about a second.",
-            lambda reason: self._write(f"{name}={word(target)}", lambda c: (
-                f"{name}: {set_flag(c, name, target, actor=self.actor, reason=reason, now=self.clock()).before} "  # noqa: E501
-                f"-> {word(target)}")))
+            lambda reason: self._write(f"{name}={word(target)}", lambda c: flip(c, reason)))
 
     def action_backfill_start(self) -> None:
         if self._refuse_read_only():
             return
 
+        def spawn(c: redis.Redis, req: BackfillRequest) -> str:
+            pid = spawn_engine(self.redis_url or "", req.options, actor=self.actor,
+                               reason=req.reason, client=c,
+                               allow_plaintext=self.allow_plaintext)
+            return f"backfill engine started (pid {pid})"
+
         def start(req: BackfillRequest | None) -> None:
-            if req is None:
-                return
-            url = self.redis_url or ""
-            self._write("backfill start", lambda c: f"backfill engine started (pid "
-                        f"{spawn_engine(url, req.options, actor=self.actor, reason=req.reason, client=c, allow_plaintext=self.allow_plaintext)})")  # noqa: E501
+            if req is not None:
+                self._write("backfill start", lambda c: spawn(c, req))
+
         self.push_screen(BackfillForm(), start)
 
     def action_backfill_control(self, verb: str) -> None:
