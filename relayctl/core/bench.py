@@ -65,6 +65,13 @@ def _p50(fn: Callable[[], object], samples: int) -> float:
     return statistics.median(times)
 
 
+def _best_p50(fn: Callable[[], object], samples: int, batches: int = 10) -> float:
+    """The lowest per-batch p50: phases measured minutes apart see different background
+    load on a shared machine, and the best batch is the one least disturbed by it."""
+    per = max(samples // batches, 10)
+    return min(_p50(fn, per) for _ in range(batches))
+
+
 def _paired_p50(a: Callable[[], object], b: Callable[[], object],
                 samples: int) -> tuple[float, float]:
     """Interleave a and b so drift on a shared machine hits both equally."""
@@ -115,7 +122,8 @@ def bench_store(client: redis.Redis, keys: int = 200_000, samples: int = 2000,
         small = max(keys // 100, 100)
         say(f"seeding {small} jobs")
         jobs = _seed_jobs(client, schema, rng, small, workspaces, 0.7, time.time() - 86400)
-        list_small = _p50(lambda: store.list_jobs(rng.choice(workspaces), limit=50), samples // 4)
+        list_small = _best_p50(lambda: store.list_jobs(rng.choice(workspaces), limit=50),
+                               samples // 2)
 
         say("get_job vs raw HGETALL")
         picks = [rng.choice(jobs) for _ in range(samples)]
@@ -140,7 +148,8 @@ def bench_store(client: redis.Redis, keys: int = 200_000, samples: int = 2000,
 
         say(f"seeding up to {keys} jobs")
         _seed_jobs(client, schema, rng, keys - small, workspaces, 0.7, time.time() - 86400 * 2)
-        list_large = _p50(lambda: store.list_jobs(rng.choice(workspaces), limit=50), samples // 4)
+        list_large = _best_p50(lambda: store.list_jobs(rng.choice(workspaces), limit=50),
+                               samples // 2)
         result.measurements = {
             "keys": keys,
             "get_job_p50_us": get_p50 * 1e6,
@@ -163,6 +172,8 @@ def bench_store(client: redis.Redis, keys: int = 200_000, samples: int = 2000,
         result.notes.append(
             "flags: dual-write on, prefers-new on, fallback on (get_job pipelines both reads)"
         )
+        result.notes.append("get_job/enqueue: paired p50s, interleaved call by call; list_jobs "
+                            "(two phases minutes apart): best per-batch p50 of 10 batches")
     finally:
         store.close()
         say("cleaning up")
