@@ -24,8 +24,9 @@ import redis
 from relayctl.core import audit
 from relayctl.core.errors import RedisUnavailableError, UsageError
 from relayctl.core.flags import stored_flags
+from relayctl.core.jobs import iso_to_ms
 from relayctl.core.keys import BACKFILL_PREFIX, KeySchema
-from relayctl.core.lua import ISO_MS, TYPE_OK
+from relayctl.core.lua import TYPE_OK
 from relayctl.core.metrics import Metrics
 from relayctl.core.validate import is_valid_job_id, is_valid_workspace_id, validate_workspace_id
 
@@ -40,13 +41,14 @@ RESCAN_MESSAGE = ("Redis restarted since the cursor was taken (its SCAN order ch
 
 EXIT_DONE, EXIT_ERRORS, EXIT_USAGE, EXIT_STOPPED, EXIT_LOST = 0, 1, 2, 3, 4
 
-# KEYS: state, lease, control, then (old, new, index) per job
-# ARGV: token, cursor, now, scanned, invalid, filtered, start cursor, then (job_id, ws) per job
+# KEYS: state, lease, control, the batch's W workspace indexes, then (old, new) per job
+# ARGV: token, cursor, now, scanned, invalid, filtered, start cursor, W, the W workspace
+#       ids, then (job_id, workspace number 1..W, index score) per job
 # Returns one code per job (m migrated, e exists, g gone/changed since read, x index error),
 # then '|' and the control key's value, so a pause or stop acts right after this batch.
 # A batch already applied (its reply was lost and the call retried) is not applied again:
 # its recorded codes are returned, so no counter is incremented twice.
-COPY_BATCH = ISO_MS + TYPE_OK + """
+COPY_BATCH = TYPE_OK + """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then
   return redis.error_reply('LEASE backfill lease lost to another owner')
 end
@@ -55,29 +57,31 @@ local control = redis.call('GET', KEYS[3]) or ''
 if last[1] == ARGV[2] and last[2] == ARGV[7] then
   return (last[3] or '') .. '|' .. control
 end
-local n = (#KEYS - 3) / 3
+local w_count = tonumber(ARGV[8])
+local index_ok = {}
+for w = 1, w_count do index_ok[w] = type_is(KEYS[3 + w], 'zset') end
+local n = (#KEYS - 3 - w_count) / 2
 local codes = {}
 local migrated, exists, gone, errors = 0, 0, 0, 0
-local index_ok = {}
 for i = 1, n do
-  local old, new, idx = KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]
-  local job_id, ws = ARGV[6 + 2 * i], ARGV[7 + 2 * i]
-  if index_ok[idx] == nil then index_ok[idx] = type_is(idx, 'zset') end
-  local t = redis.call('TYPE', old)
-  if type(t) == 'table' then t = t['ok'] end
-  if redis.call('EXISTS', new) == 1 then
-    exists = exists + 1
-    codes[i] = 'e'
-  elseif t ~= 'hash' or redis.call('HGET', old, 'workspace_id') ~= ws
-      or redis.call('HGET', old, 'job_id') ~= job_id then
+  local old, new = KEYS[2 + w_count + 2 * i], KEYS[3 + w_count + 2 * i]
+  local base = 8 + w_count + 3 * (i - 1)
+  local job_id, w, score = ARGV[base + 1], tonumber(ARGV[base + 2]), ARGV[base + 3]
+  local ws = ARGV[8 + w]
+  -- pcall: a key that stopped being a hash is a value here, not an aborted script
+  local head = redis.pcall('HMGET', old, 'workspace_id', 'job_id')
+  if head['err'] or head[1] ~= ws or head[2] ~= job_id then
     gone = gone + 1
     codes[i] = 'g'
-  elseif not index_ok[idx] then
+  elseif not index_ok[w] then
     errors = errors + 1
     codes[i] = 'x'
+  elseif redis.call('COPY', old, new) == 0 then
+    -- without REPLACE, COPY never overwrites: a newer dual-written record stays as it is
+    exists = exists + 1
+    codes[i] = 'e'
   else
-    redis.call('COPY', old, new)
-    redis.call('ZADD', idx, iso_ms(redis.call('HGET', old, 'enqueued_at')), job_id)
+    redis.call('ZADD', KEYS[3 + w], score, job_id)
     migrated = migrated + 1
     codes[i] = 'm'
   end
@@ -99,13 +103,15 @@ return result .. '|' .. control
 READ_HEADS = TYPE_OK + """
 local out = {redis.call('GET', KEYS[1]) or ''}
 for i = 2, #KEYS do
-  if type_is(KEYS[i], 'hash') then
-    local head = redis.call('HMGET', KEYS[i], 'workspace_id', 'job_id')
+  local head = redis.pcall('HMGET', KEYS[i], 'workspace_id', 'job_id', 'enqueued_at')
+  if head['err'] then
+    out[#out + 1] = '\0'
+    out[#out + 1] = '\0'
+    out[#out + 1] = ''
+  else
     out[#out + 1] = head[1] or ''
     out[#out + 1] = head[2] or ''
-  else
-    out[#out + 1] = '\0'
-    out[#out + 1] = '\0'
+    out[#out + 1] = head[3] or ''
   end
 end
 return out
@@ -252,6 +258,9 @@ class _Batch:
     scan_ms: float
     heads: list
     control: str | None
+
+
+Job = tuple[str, str, str, int]  # legacy key, job_id, workspace_id, index score
 
 
 class _Prefetcher:
@@ -483,16 +492,16 @@ class Backfill:
         scan_ms = (time.perf_counter() - t0) * 1000
         flat = self._heads(keys=[self.keys.control, *keys])
         control = flat[0] or None
-        heads = list(zip(flat[1::2], flat[2::2], strict=True))
+        heads = list(zip(flat[1::3], flat[2::3], flat[3::3], strict=True))
         return _Batch(cursor, int(next_cursor), keys, scan_ms, heads, control)
 
-    def _classify(self, batch: _Batch) -> tuple[list[tuple[str, str, str]], Counter, Counter]:
-        """(key, job_id, ws) to copy; skip counts by reason; scanned counts by label."""
-        jobs: list[tuple[str, str, str]] = []
+    def _classify(self, batch: _Batch) -> tuple[list[Job], Counter, Counter]:
+        """(key, job_id, ws, index score) to copy; skips by reason; scanned by label."""
+        jobs: list[Job] = []
         skipped: Counter = Counter()
         scanned: Counter = Counter()
         label = self.metrics.label
-        for key, (ws, job_id) in zip(batch.keys, batch.heads, strict=True):
+        for key, (ws, job_id, enqueued_at) in zip(batch.keys, batch.heads, strict=True):
             lbl = label(ws) if is_valid_workspace_id(ws) else label(None)
             scanned[lbl] += 1
             if (not is_valid_workspace_id(ws) or not is_valid_job_id(job_id)
@@ -501,28 +510,34 @@ class Backfill:
             elif self._workspaces and ws not in self._workspaces:
                 skipped[("filtered", lbl)] += 1
             else:
-                jobs.append((key, job_id, ws))
+                # enqueued_at never changes, so the score computed here (off the Redis
+                # core) is the one the copy step would compute
+                jobs.append((key, job_id, ws, iso_to_ms(enqueued_at)))
         return jobs, skipped, scanned
 
-    def _apply(self, batch: _Batch, jobs: list[tuple[str, str, str]],
+    def _apply(self, batch: _Batch, jobs: list[Job],
                skipped: Counter) -> tuple[str, str]:
         """Copy (or, dry-run, only look); returns the codes and the current control value."""
         invalid = sum(v for (r, _), v in skipped.items() if r == "invalid")
         filtered = sum(v for (r, _), v in skipped.items() if r == "filtered")
         if not self.opt.execute:
             pipe = self.client.pipeline(transaction=False)
-            for _key, job_id, ws in jobs:
+            for _key, job_id, ws, _score in jobs:
                 pipe.exists(self.schema.new_key(ws, job_id))
             pipe.get(self.keys.control)
             *found, control = pipe.execute()
             return "".join("e" if n else "m" for n in found), control or ""
-        keys = [self.keys.state, self.keys.lease, self.keys.control]
-        args: list[object] = [self.token, batch.cursor, f"{time.time():.3f}",
-                              len(batch.keys), invalid, filtered, batch.start]
         s = self.schema
-        for key, job_id, ws in jobs:
-            keys += [key, s.new_key(ws, job_id), s.index_key(ws)]
-            args += [job_id, ws]
+        workspaces = sorted({ws for _k, _j, ws, _s in jobs})
+        number = {ws: i for i, ws in enumerate(workspaces, start=1)}
+        keys = [self.keys.state, self.keys.lease, self.keys.control,
+                *(s.index_key(ws) for ws in workspaces)]
+        args: list[object] = [self.token, batch.cursor, f"{time.time():.3f}",
+                              len(batch.keys), invalid, filtered, batch.start,
+                              len(workspaces), *workspaces]
+        for key, job_id, ws, score in jobs:
+            keys += [key, s.new_key(ws, job_id)]
+            args += [job_id, number[ws], score]
         codes, _, control = str(self._copy(keys=keys, args=args)).partition("|")
         return codes, control
 
@@ -537,7 +552,7 @@ class Backfill:
         for (reason, lbl), n in skipped.items():
             p.skipped[reason] += n
             m.inc(m.backfill_skipped, lbl, reason, amount=n)
-        outcomes = Counter((code, label(ws)) for (_k, _j, ws), code in
+        outcomes = Counter((code, label(ws)) for (_k, _j, ws, _s), code in
                            zip(jobs, codes, strict=True))
         for (code, lbl), n in outcomes.items():
             if code == "m":

@@ -188,17 +188,15 @@ _PROBE = ISO_MS + """
 local res = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3])
 local n = 0
 for _, key in ipairs(res[2]) do
-  local t = redis.call('TYPE', key)
-  if type(t) == 'table' then t = t['ok'] end
-  if t == 'hash' then
-    local ws = redis.call('HGET', key, 'workspace_id')
-    local id = redis.call('HGET', key, 'job_id')
+  local head = redis.pcall('HMGET', key, 'workspace_id', 'job_id', 'enqueued_at')
+  if not head['err'] then
+    local ws, id = head[1], head[2]
     if ws and id and string.match(ws, '^[a-z0-9][a-z0-9_-]*$')
         and string.match(id, '^[a-z0-9][a-z0-9_.-]*$') and key == ARGV[7] .. id then
       local new = ARGV[4] .. ws .. ARGV[5] .. id
       if redis.call('EXISTS', new) == 0 then
         redis.call('COPY', key, new)
-        redis.call('ZADD', ARGV[6] .. ws, iso_ms(redis.call('HGET', key, 'enqueued_at')), id)
+        redis.call('ZADD', ARGV[6] .. ws, iso_ms(head[3]), id)
         n = n + 1
       end
     end

@@ -200,6 +200,12 @@ class ChecklistScreen(Screen):
         self.selected = self.app.state.phase_number  # type: ignore[attr-defined]
         self.app._redraw()  # type: ignore[attr-defined]
 
+    def on_resize(self) -> None:
+        """The header's layout depends on the width (compact under 120 columns): redraw, as
+        the dashboard does, or it keeps the wide form until the next tick (or forever while
+        paused)."""
+        self.app._redraw()  # type: ignore[attr-defined]
+
     def refresh_state(self, state: ConsoleState) -> None:
         phases = self.query_one("#phases", OptionList)
         highlighted = phases.highlighted
