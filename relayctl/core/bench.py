@@ -295,18 +295,22 @@ def bench_backfill(client: redis.Redis, keys: int = 200_000, batch: int = 1000,
         say(f"seeding {keys} legacy jobs (a third with a TTL)")
         invalid = _seed_backfill_data(client, schema, keys, workspaces)
 
-        say("server-side Lua probe")
-        probe_s, probe_copied = _probe_run(client, schema, batch)
-        _reset_new_schema(client, schema, bkeys.prefix)
-
-        say("relayctl backfill --execute")
-        engine = Backfill(client, BackfillOptions(execute=True, batch=batch, force=True),
-                          schema=schema, metrics=Metrics(), keys=bkeys)
-        t0 = time.perf_counter()
-        engine.run()
-        relay_s = time.perf_counter() - t0
-        migrated = engine.progress.migrated
-        _reset_new_schema(client, schema, bkeys.prefix)
+        # best of two runs for the engine and for the probe alike: a shared machine's
+        # background load otherwise decides the ratio
+        probe_s, probe_copied, relay_s, migrated = float("inf"), 0, float("inf"), 0
+        for attempt in (1, 2):
+            say(f"server-side Lua probe (run {attempt})")
+            took, probe_copied = _probe_run(client, schema, batch)
+            probe_s = min(probe_s, took)
+            _reset_new_schema(client, schema, bkeys.prefix)
+            say(f"relayctl backfill --execute (run {attempt})")
+            engine = Backfill(client, BackfillOptions(execute=True, batch=batch, force=True),
+                              schema=schema, metrics=Metrics(), keys=bkeys)
+            t0 = time.perf_counter()
+            engine.run()
+            relay_s = min(relay_s, time.perf_counter() - t0)
+            migrated = engine.progress.migrated
+            _reset_new_schema(client, schema, bkeys.prefix)
 
         say("naive per-key loop (bounded sample)")
         naive_limit = min(keys, 20_000)
@@ -345,6 +349,7 @@ def bench_backfill(client: redis.Redis, keys: int = 200_000, batch: int = 1000,
         }
         result.notes.append("naive loop: SCAN, then HGETALL, EXISTS, PTTL, HSET, PEXPIRE, ZADD "
                             "per key, one round trip each, measured on a bounded sample")
+        result.notes.append("engine and probe: best of two runs each, on the same data")
     finally:
         say("cleaning up")
         cleanup(client, f"bench:{run_id}:")
