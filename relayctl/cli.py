@@ -984,9 +984,7 @@ def bench_store_cmd(c: Context, keys: int, samples: int, as_json: bool) -> None:
     """
     from relayctl.core.bench import bench_store
 
-    progress = None if as_json else (lambda m: click.echo(f"... {m}", err=True))
-    result = bench_store(c.client(), keys=keys, samples=samples, progress=progress)
-    _render_bench(result.as_dict(), as_json)
+    _run_bench(c, bench_store, as_json, keys=keys, samples=samples)
 
 
 @bench.command("backfill")
@@ -999,9 +997,7 @@ def bench_backfill_cmd(c: Context, keys: int, batch: int, as_json: bool) -> None
     """relayctl's keys/s vs a server-side Lua probe and a naive per-key loop, same data."""
     from relayctl.core.bench import bench_backfill
 
-    progress = None if as_json else (lambda m: click.echo(f"... {m}", err=True))
-    result = bench_backfill(c.client(), keys=keys, batch=batch, progress=progress)
-    _render_bench(result.as_dict(), as_json)
+    _run_bench(c, bench_backfill, as_json, keys=keys, batch=batch)
 
 
 @bench.command("tui")
@@ -1014,10 +1010,14 @@ def bench_tui_cmd(c: Context, keys: int, ticks: int, as_json: bool) -> None:
     """Mean console refresh tick, against a PING and with N more keys present."""
     from relayctl.core.bench import bench_tui
 
+    _run_bench(c, bench_tui, as_json, keys=keys, ticks=ticks, metrics_urls=c.metrics_urls,
+               redis_url=c.redis_url)
+
+
+def _run_bench(c: Context, fn: Callable[..., Any], as_json: bool, **kwargs: Any) -> None:
+    """Progress on stderr unless --json, then the measurements and ratios."""
     progress = None if as_json else (lambda m: click.echo(f"... {m}", err=True))
-    result = bench_tui(c.client(), keys=keys, ticks=ticks, metrics_urls=c.metrics_urls,
-                       redis_url=c.redis_url, progress=progress)
-    _render_bench(result.as_dict(), as_json)
+    _render_bench(fn(c.client(), progress=progress, **kwargs).as_dict(), as_json)
 
 
 def _render_bench(data: dict, as_json: bool) -> None:
