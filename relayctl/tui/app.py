@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 
 import redis
 from textual import work
-from textual.app import App, ComposeResult, SystemCommand
+from textual.app import App, ComposeResult, ScreenStackError, SystemCommand
 from textual.binding import Binding
 from textual.containers import Grid
 from textual.message import Message
@@ -46,7 +46,7 @@ from relayctl.tui.widgets import (
 )
 
 WRITE_ACTIONS = {"toggle_flag", "backfill_start", "backfill_control", "apply_phase", "advance",
-                 "rollback", "mark_item"}
+                 "rollback", "mark_item", "census", "verify"}
 MIN_INTERVAL, MAX_INTERVAL = 0.5, 30.0
 MAX_BACKOFF = 15.0
 
@@ -191,7 +191,10 @@ class RelayApp(App[None]):
         self._redraw()
 
     def _redraw(self) -> None:
-        screen = self.screen
+        try:
+            screen = self.screen
+        except ScreenStackError:  # quitting: a fetch finished after the last screen went
+            return
         for header in screen.query(HeaderBar):
             header.show(self.state, redis_display=self.redis_display, tls=self.tls,
                         paused=self.paused, interval=self.interval, read_only=self.read_only)
@@ -342,6 +345,9 @@ class RelayApp(App[None]):
             else "verify: DIFFERENCES FOUND"))
 
     def _background(self, what: str, fn: Callable[[redis.Redis], str]) -> None:
+        """census / verify store their summary for the gates: a write, so not read-only."""
+        if self._refuse_read_only():
+            return
         self.notify(f"{what} running in the background…")
         self._write(what, fn)
 

@@ -81,6 +81,10 @@ class HeaderBar(Static):
             p = phase(state.phase_number)
             label = f" phase {p.number} " if compact else f" phase {p.number}: {p.title} "
             t.append(label, style="bold white on grey23")
+        if state.redis_status in ("DOWN", "RECONNECTING") and state.redis_error:
+            t.append(f"  {state.redis_error}", style="bold red")
+        elif state.metrics_status in ("DOWN", "STALE") and state.metrics_error:
+            t.append(f"  {state.metrics_error}", style="yellow")
         self.update(t)
 
 

@@ -1,0 +1,105 @@
+"""Snapshots (pytest-textual-snapshot) of the console at 80x24 and 160x48.
+
+Deterministic: each app renders a ConsoleState built by hand (`source=`), its clock is fixed,
+nothing talks to Redis or HTTP, animations are off and no text cursor is on screen (the
+confirmation has the focus on Cancel; the Inputs' blinking is switched off anyway).
+Regenerate after a deliberate change with `pytest tests/tui --snapshot-update`, then look at
+the SVGs under __snapshots__/ before committing them.
+"""
+
+from __future__ import annotations
+
+import pytest
+from textual.pilot import Pilot
+from textual.widgets import Button, Input
+
+from relayctl.tui.screens import ChecklistScreen, ConfirmScreen, HelpScreen
+from tests.tui.kit import (
+    disconnected_state,
+    fixed_app,
+    mid_backfill_state,
+    rendered_text,
+    run_pilot,
+)
+
+SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((160, 48), id="160x48")]
+
+
+def press_then_freeze(*keys: str):
+    """A run_before that presses `keys`, then stops every Input cursor from blinking."""
+    async def run_before(pilot: Pilot) -> None:
+        await pilot.press(*keys)
+        await pilot.pause()
+        for field in pilot.app.screen.query(Input):
+            field.cursor_blink = False
+        await pilot.pause()
+    return run_before
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_snapshot_dashboard_mid_backfill(snap_compare, size):
+    assert snap_compare(fixed_app(mid_backfill_state()), terminal_size=size)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_snapshot_checklist_screen_at_the_backfill_phase(snap_compare, size):
+    assert snap_compare(fixed_app(mid_backfill_state()), terminal_size=size,
+                        run_before=press_then_freeze("c"))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_snapshot_help_generated_from_the_bindings(snap_compare, size):
+    assert snap_compare(fixed_app(mid_backfill_state()), terminal_size=size,
+                        run_before=press_then_freeze("question_mark"))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_snapshot_confirmation_with_cancel_focused_and_a_reason_field(snap_compare, size):
+    assert snap_compare(fixed_app(mid_backfill_state()), terminal_size=size,
+                        run_before=press_then_freeze("2"))
+
+
+@pytest.mark.parametrize("status", ["DOWN", "RECONNECTING"])
+@pytest.mark.parametrize("size", SIZES)
+def test_snapshot_disconnected_keeps_last_values_on_stale_panels(snap_compare, size, status):
+    assert snap_compare(fixed_app(disconnected_state(status)), terminal_size=size)
+
+
+# What the snapshots show, asserted directly (so a re-generated snapshot cannot hide it).
+
+def test_the_snapshot_screens_are_what_they_claim_to_be():
+    app = fixed_app(mid_backfill_state())
+
+    async def scenario(pilot: Pilot) -> None:
+        await pilot.pause()
+        assert not pilot.app.screen.query(".stale")
+        await pilot.press("c")
+        assert isinstance(pilot.app.screen, ChecklistScreen)
+        await pilot.press("escape", "question_mark")
+        assert isinstance(pilot.app.screen, HelpScreen)
+        await pilot.press("escape", "2")
+        screen = pilot.app.screen
+        assert isinstance(screen, ConfirmScreen)
+        assert isinstance(screen.focused, Button) and screen.focused.id == "cancel"
+        assert screen.title_text == "Set READ_PREFERS_NEW = off?"
+
+    run_pilot(app, scenario, size=(80, 24))
+
+
+@pytest.mark.parametrize("status", ["DOWN", "RECONNECTING"])
+def test_disconnected_state_marks_every_panel_stale_and_shows_the_badges(status):
+    app = fixed_app(disconnected_state(status))
+
+    async def scenario(pilot: Pilot) -> None:
+        await pilot.pause()
+        panels = pilot.app.screen.query(".panel")
+        assert len(panels) == 8
+        assert all(p.has_class("stale") for p in panels)
+        header = str(pilot.app.screen.query_one("#header").render())
+        assert f" {status} " in header and " STALE " in header
+        flags = rendered_text(pilot.app.screen.query_one("#flags-body").content)
+        assert "AI_JOBS_NEW_SCHEMA" in flags and "alice" in flags, "the last values stay"
+        backfill = rendered_text(pilot.app.screen.query_one("#backfill-body").content)
+        assert "RUNNING" in backfill and "scanned 12,000" in backfill
+
+    run_pilot(app, scenario, size=(160, 48))
