@@ -20,6 +20,7 @@ from relayctl import __version__
 from relayctl.core import audit, fleet
 from relayctl.core.config import Config, load_config
 from relayctl.core.connection import (
+    TLSOptions,
     connect,
     describe_redis_error,
     parse_target,
@@ -41,11 +42,13 @@ class Context:
     actor: str
     allow_plaintext: bool
     config: Config
+    tls: TLSOptions = field(default_factory=TLSOptions)
     _client: redis.Redis | None = field(default=None, repr=False)
 
     def client(self) -> redis.Redis:
         if self._client is None:
-            self._client = connect(self.redis_url, allow_plaintext=self.allow_plaintext)
+            self._client = connect(self.redis_url, allow_plaintext=self.allow_plaintext,
+                                   tls=self.tls)
         return self._client
 
     @property
@@ -98,16 +101,24 @@ def _split_env_list(value: str | None) -> list[str]:
               help="Allow redis:// to a non-loopback host.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="TOML file: key templates, thresholds, labelled workspaces.")
+@click.option("--tls-ca", envvar="RELAYCTL_TLS_CA", default=None, metavar="FILE",
+              help="CA bundle to verify a rediss:// server [env RELAYCTL_TLS_CA].")
+@click.option("--tls-cert", envvar="RELAYCTL_TLS_CERT", default=None, metavar="FILE",
+              help="Client certificate for rediss:// [env RELAYCTL_TLS_CERT].")
+@click.option("--tls-key", envvar="RELAYCTL_TLS_KEY", default=None, metavar="FILE",
+              help="Client certificate's private key [env RELAYCTL_TLS_KEY].")
 @click.pass_context
 def cli(ctx: click.Context, redis_url: str | None, metrics_url: tuple[str, ...],
         prometheus_url: str | None, actor: str | None, allow_plaintext: bool,
-        config_path: str | None) -> None:
+        config_path: str | None, tls_ca: str | None, tls_cert: str | None,
+        tls_key: str | None) -> None:
     """Run the Relay job store's zero-downtime Redis key-schema migration."""
     urls = list(metrics_url) or _split_env_list(os.environ.get("RELAYCTL_METRICS_URL"))
     ctx.obj = Context(
         redis_url=redis_url, metrics_urls=urls, prometheus_url=prometheus_url,
         actor=actor or audit.default_actor(), allow_plaintext=allow_plaintext,
         config=load_config(config_path),
+        tls=TLSOptions(ca=tls_ca or None, cert=tls_cert or None, key=tls_key or None),
     )
 
 
@@ -950,7 +961,8 @@ def tui(c: Context, read_only: bool, refresh_s: float) -> None:
     from relayctl.tui.app import RelayApp
 
     parse_target(c.redis_url, c.allow_plaintext)  # a bad URL fails here, not in the UI
-    RelayApp(redis_url=c.redis_url, allow_plaintext=c.allow_plaintext,
+    c.tls.check()
+    RelayApp(redis_url=c.redis_url, allow_plaintext=c.allow_plaintext, tls=c.tls,
              metrics_urls=c.metrics_urls, actor=c.actor, read_only=read_only,
              refresh_s=refresh_s, schema=c.config.schema, clock=c.now).run()
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import redis
 
 from relayctl.core import audit
+from relayctl.core.connection import TLS_ENV, TLSOptions
 from relayctl.core.errors import RedisUnavailableError, UsageError
 from relayctl.core.flags import stored_flags
 from relayctl.core.jobs import iso_to_ms
@@ -754,11 +755,12 @@ def iter_status_fields(state: dict[str, str]) -> Iterable[tuple[str, str]]:
 
 
 def spawn_engine(redis_url: str, options: BackfillOptions, *, actor: str, reason: str,
-                 client: redis.Redis, allow_plaintext: bool = False) -> int:
+                 client: redis.Redis, allow_plaintext: bool = False,
+                 tls: TLSOptions | None = None) -> int:
     """Start `relayctl backfill` as its own process (it outlives the console); audited.
 
-    The URL travels in the environment, never on the command line, so `ps` shows no
-    credentials.
+    The URL and the TLS files travel in the environment, never on the command line, so `ps`
+    shows no credentials.
     """
     import subprocess
     import sys
@@ -778,7 +780,9 @@ def spawn_engine(redis_url: str, options: BackfillOptions, *, actor: str, reason
         args.append("--resume")
     if options.force:
         args.append("--force")
-    env = {**os.environ, "REDIS_URL": redis_url}
+    env = {k: v for k, v in os.environ.items() if k not in TLS_ENV.values()}
+    env.update((tls if tls is not None else TLSOptions.from_env()).env())
+    env["REDIS_URL"] = redis_url
     proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     audit.record(client, actor, "backfill.start", "backfill", "",

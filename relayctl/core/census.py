@@ -109,7 +109,11 @@ def run_census(
 
 
 def last_census(client: redis.Redis) -> Census | None:
-    raw = client.hgetall(CENSUS_KEY)
+    return parse_census(client.hgetall(CENSUS_KEY))
+
+
+def parse_census(raw: dict[str, str]) -> Census | None:
+    """The stored relay:census hash, or None when absent or malformed."""
     if not raw:
         return None
     try:

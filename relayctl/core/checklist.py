@@ -44,7 +44,11 @@ class ChecklistState:
 
 
 def read_checklist(client: redis.Redis) -> ChecklistState:
-    raw = client.hgetall(CHECKLIST_KEY)
+    return parse_checklist(client.hgetall(CHECKLIST_KEY))
+
+
+def parse_checklist(raw: dict[str, str]) -> ChecklistState:
+    """The relay:checklist hash as a ChecklistState (defaults for what is missing)."""
     state = ChecklistState()
     try:
         state.phase = int(raw.get("phase", 0))

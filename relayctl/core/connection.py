@@ -58,6 +58,51 @@ def is_loopback_host(host: str | None) -> bool:
         return False
 
 
+TLS_ENV = {"ca": "RELAYCTL_TLS_CA", "cert": "RELAYCTL_TLS_CERT", "key": "RELAYCTL_TLS_KEY"}
+
+
+@dataclass(frozen=True)
+class TLSOptions:
+    """Files for rediss:// connections: the CA to trust and an optional client certificate.
+
+    Travels to child processes (spawned backfill engines) in RELAYCTL_TLS_* environment
+    variables, never on the command line.
+    """
+
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> TLSOptions:
+        env = os.environ if environ is None else environ
+        return cls(**{k: env.get(v) or None for k, v in TLS_ENV.items()})
+
+    def env(self) -> dict[str, str]:
+        """The RELAYCTL_TLS_* variables that reproduce these options in a child process."""
+        return {TLS_ENV[k]: v for k, v in (("ca", self.ca), ("cert", self.cert),
+                                            ("key", self.key)) if v}
+
+    def check(self) -> None:
+        """Every given file must exist; a client certificate needs its key and vice versa."""
+        for name, path in (("--tls-ca", self.ca), ("--tls-cert", self.cert),
+                           ("--tls-key", self.key)):
+            if path and not os.path.isfile(path):
+                raise UsageError(f"{name}: no such file: {path}")
+        if bool(self.cert) != bool(self.key):
+            raise UsageError("--tls-cert and --tls-key must be given together")
+
+    def ssl_kwargs(self) -> dict:
+        self.check()
+        kwargs: dict = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
+        if self.ca:
+            kwargs["ssl_ca_certs"] = self.ca
+        if self.cert:
+            kwargs["ssl_certfile"] = self.cert
+            kwargs["ssl_keyfile"] = self.key
+        return kwargs
+
+
 @dataclass(frozen=True)
 class RedisTarget:
     """A parsed, policy-checked Redis URL."""
@@ -105,9 +150,15 @@ def connect(
     decode_responses: bool = True,
     check: bool = True,
     max_connections: int | None = None,
+    tls: TLSOptions | None = None,
 ) -> redis.Redis:
-    """Open a client for the URL; with check=True, PING it and fail with exit 4 if down."""
+    """Open a client for the URL; with check=True, PING it and fail with exit 4 if down.
+
+    `tls` (default: the RELAYCTL_TLS_* environment) applies to rediss:// URLs.
+    """
     target = parse_target(url, allow_plaintext)
+    tls = TLSOptions.from_env() if tls is None else tls
+    tls.check()
     kwargs: dict = {
         "socket_timeout": socket_timeout,
         "socket_connect_timeout": connect_timeout,
@@ -116,6 +167,8 @@ def connect(
     }
     if max_connections is not None:
         kwargs["max_connections"] = max_connections
+    if target.tls:
+        kwargs.update(tls.ssl_kwargs())
     try:
         client = redis.Redis.from_url(target.url, **kwargs)
     except (ValueError, TypeError) as exc:

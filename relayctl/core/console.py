@@ -13,16 +13,16 @@ import redis
 
 from relayctl.core import audit, fleet
 from relayctl.core.backfill import BackfillKeys
-from relayctl.core.census import Census, last_census
-from relayctl.core.checklist import ChecklistState, gate_context, read_checklist
+from relayctl.core.census import Census, parse_census
+from relayctl.core.checklist import ChecklistState, gate_context, parse_checklist
 from relayctl.core.connection import describe_redis_error
 from relayctl.core.flags import DEFAULTS, FLAG_NAMES, stored_flags
 from relayctl.core.gates import GateResult, evaluate
-from relayctl.core.keys import AUDIT_KEY
+from relayctl.core.keys import AUDIT_KEY, CENSUS_KEY, CHECKLIST_KEY, VERIFY_KEY
 from relayctl.core.phases import LAST_PHASE, phase
 from relayctl.core.scrape import Snapshot, SourceError, scrape
 from relayctl.core.serverinfo import memory_info
-from relayctl.core.verify import last_verify
+from relayctl.core.verify import parse_verify
 
 HISTORY = 60
 AUDIT_ROWS = 30
@@ -174,17 +174,23 @@ def refresh(state: ConsoleState, client: redis.Redis | None, metrics_urls: list[
         pipe.hgetall(bk.state)
         pipe.exists(bk.lease)
         pipe.xrevrange(AUDIT_KEY, count=AUDIT_ROWS)
-        bf, lease, rows = pipe.execute()
+        pipe.hgetall(CENSUS_KEY)
+        pipe.hgetall(VERIFY_KEY)
+        pipe.hgetall(CHECKLIST_KEY)
+        bf, lease, rows, census_raw, verify_raw, checklist_raw = pipe.execute()
         state.backfill, state.engine_alive = bf, bool(lease)
         state.memory = memory_info(client) or {}
         state.audit = [audit.AuditEntry.from_stream(i, f) for i, f in rows]
-        state.census = last_census(client)
-        state.verify = last_verify(client)
-        state.checklist = read_checklist(client)
+        state.census = parse_census(census_raw)
+        state.verify = parse_verify(verify_raw)
+        state.checklist = parse_checklist(checklist_raw)
         number = state.phase_number
         ctx = gate_context(client, state.checklist, number, redis_url=redis_url,
                            metrics_urls=metrics_urls, now=lambda: state.ts, shared=shared)
         ctx.audit_scan = FLAG_HISTORY_SCAN
+        # what this tick already read, the gates reuse instead of reading again
+        ctx._cache.update({"census": state.census, "verify": state.verify, "backfill": bf,
+                           "fleet": instances, "memory": state.memory or None})
         if thresholds:
             ctx.thresholds = {**ctx.thresholds, **thresholds}
         p = phase(number)

@@ -283,7 +283,11 @@ def _check_extra(client: redis.Redis, s: KeySchema, keys: list[str],
 
 
 def last_verify(client: redis.Redis) -> dict | None:
-    raw = client.hgetall(VERIFY_KEY)
+    return parse_verify(client.hgetall(VERIFY_KEY))
+
+
+def parse_verify(raw: dict[str, str]) -> dict | None:
+    """The stored relay:verify:last hash, or None when absent or malformed."""
     if not raw:
         return None
     try:

@@ -18,7 +18,7 @@ from textual.widgets import Footer
 from relayctl.core import checklist as checklist_core
 from relayctl.core.backfill import BackfillKeys, send_control, spawn_engine
 from relayctl.core.census import run_census
-from relayctl.core.connection import connect, describe_redis_error, parse_target
+from relayctl.core.connection import TLSOptions, connect, describe_redis_error, parse_target
 from relayctl.core.console import ConsoleState, refresh
 from relayctl.core.errors import RelayError
 from relayctl.core.flags import DUAL_WRITE, FALLBACK_OLD, FLAG_NAMES, PREFERS_NEW, set_flag, word
@@ -119,6 +119,7 @@ class RelayApp(App[None]):
         *,
         redis_url: str | None = None,
         allow_plaintext: bool = False,
+        tls: TLSOptions | None = None,
         metrics_urls: list[str] | None = None,
         actor: str = "operator",
         read_only: bool = False,
@@ -131,6 +132,7 @@ class RelayApp(App[None]):
         super().__init__()
         self.redis_url = redis_url
         self.allow_plaintext = allow_plaintext
+        self.tls_options = tls if tls is not None else TLSOptions.from_env()
         target = parse_target(redis_url, allow_plaintext)
         self.redis_display = f"{target.host}:{target.port or 6379}"
         self.tls = target.tls
@@ -170,7 +172,8 @@ class RelayApp(App[None]):
         try:
             if self._client is None:
                 self._client = connect(self.redis_url, allow_plaintext=self.allow_plaintext,
-                                       check=False, socket_timeout=2.0, connect_timeout=1.0)
+                                       tls=self.tls_options, check=False,
+                                       socket_timeout=2.0, connect_timeout=1.0)
             refresh(state, self._client, self.metrics_urls, self.redis_url, now=self.clock(),
                     thresholds=self.thresholds)
         except RelayError as exc:
@@ -277,7 +280,8 @@ class RelayApp(App[None]):
         try:
             if self._client is None:
                 self._client = connect(self.redis_url, allow_plaintext=self.allow_plaintext,
-                                       check=False, socket_timeout=2.0, connect_timeout=1.0)
+                                       tls=self.tls_options, check=False,
+                                       socket_timeout=2.0, connect_timeout=1.0)
             result = fn(self._client)
             self.call_from_thread(self.notify, result or f"{what}: done")
         except RelayError as exc:
@@ -320,7 +324,8 @@ class RelayApp(App[None]):
         def spawn(c: redis.Redis, req: BackfillRequest) -> str:
             pid = spawn_engine(self.redis_url or "", req.options, actor=self.actor,
                                reason=req.reason, client=c,
-                               allow_plaintext=self.allow_plaintext)
+                               allow_plaintext=self.allow_plaintext,
+                               tls=self.tls_options)
             return f"backfill engine started (pid {pid})"
 
         def start(req: BackfillRequest | None) -> None:
