@@ -952,6 +952,26 @@ def export_grafana(c: Context) -> None:
 
 
 @cli.command()
+@click.option("--user", default=None, help="ACL user name (default relay-<role>).")
+@click.option("--role", type=click.Choice(["console", "app", "operator"]), default=None,
+              help="Only this role's rule (default: all three; the console's with --user).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def acl(c: Context, user: str | None, role: str | None, as_json: bool) -> None:
+    """The least-privilege Redis ACL SETUSER rules (add a password when applying them)."""
+    from relayctl.core.acl import rules_for
+
+    found = rules_for(role, user, c.config.schema)
+    if as_json:
+        emit_json({"users": [r.as_dict() for r in found]})
+        return
+    click.echo("# relayctl least-privilege Redis ACL; append >PASSWORD (or #SHA256) to each")
+    for r in found:
+        click.echo(f"# {r.role}")
+        click.echo(r.command)
+
+
+@cli.command()
 @click.option("--read-only", is_flag=True, help="Show write actions dimmed and refuse them.")
 @click.option("--refresh", "refresh_s", type=click.FloatRange(0.5, 30), default=2.0,
               show_default=True, help="Seconds between refreshes.")

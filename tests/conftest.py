@@ -117,3 +117,145 @@ def fake_r() -> Iterator[redis.Redis]:
     client = fakeredis.FakeRedis(decode_responses=True)
     yield client
     client.close()
+
+
+# --- TLS: a throwaway CA, a server certificate for 127.0.0.1 and TLS redis-servers ---------
+
+
+@dataclass
+class TLSFiles:
+    """PEM files made by the test session's own throwaway CA."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    other_ca: Path  # a second CA that did not sign anything the server presents
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def _make_ca(d: Path, name: str) -> None:
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+             "-subj", f"/CN=relayctl-test-{name}", "-keyout", f"{name}.key",
+             "-out", f"{name}.crt", cwd=d)
+
+
+def _make_leaf(d: Path, name: str, ca: str, ext: str) -> None:
+    (d / f"{name}.ext").write_text(ext)
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+             "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=d)
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
+             "-CAcreateserial", "-days", "2", "-extfile", f"{name}.ext",
+             "-out", f"{name}.crt", cwd=d)
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
+    if shutil.which("openssl") is None:
+        if REQUIRE_REDIS:
+            pytest.fail("openssl is not on PATH and RELAYCTL_REQUIRE_REDIS=1")
+        pytest.skip("openssl is not on PATH")
+    d = tmp_path_factory.mktemp("tls")
+    _make_ca(d, "ca")
+    _make_ca(d, "otherca")
+    _make_leaf(d, "server", "ca", "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+               "extendedKeyUsage=serverAuth\n")
+    _make_leaf(d, "client", "ca", "extendedKeyUsage=clientAuth\n")
+    return TLSFiles(ca=d / "ca.crt", server_cert=d / "server.crt", server_key=d / "server.key",
+                    client_cert=d / "client.crt", client_key=d / "client.key",
+                    other_ca=d / "otherca.crt")
+
+
+@dataclass
+class TLSRedisServer(RedisServer):
+    """A redis-server that only listens with TLS (`--port 0 --tls-port P`)."""
+
+    tls: TLSFiles | None = None
+
+    @property
+    def url(self) -> str:
+        return f"rediss://127.0.0.1:{self.port}/0"
+
+    def admin(self, **kwargs) -> redis.Redis:
+        """A client trusting the test CA, with the client certificate (works either mode)."""
+        assert self.tls is not None
+        return redis.Redis(host="127.0.0.1", port=self.port, ssl=True,
+                           ssl_ca_certs=str(self.tls.ca), ssl_certfile=str(self.tls.client_cert),
+                           ssl_keyfile=str(self.tls.client_key), **kwargs)
+
+    def start(self) -> None:
+        assert self.tls is not None
+        args = [
+            self.binary, "--port", "0", "--tls-port", str(self.port), "--bind", "127.0.0.1",
+            "--tls-cert-file", str(self.tls.server_cert),
+            "--tls-key-file", str(self.tls.server_key),
+            "--tls-ca-cert-file", str(self.tls.ca),
+            "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
+            "--daemonize", "no", "--loglevel", "warning",
+            "--logfile", str(self.workdir / "redis.log"), *self.extra,
+        ]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        client = self.admin(socket_connect_timeout=0.5)
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    log = (self.workdir / "redis.log").read_text(errors="replace")[-2000:]
+                    raise RuntimeError(
+                        f"TLS redis-server failed to start on {self.port}: {log}") from None
+                time.sleep(0.05)
+            finally:
+                client.close()
+
+
+def _tls_server(tmp_path_factory: pytest.TempPathFactory, tls: TLSFiles,
+                auth_clients: str) -> TLSRedisServer:
+    binary = _redis_binary()
+    if binary is None:
+        if REQUIRE_REDIS:
+            pytest.fail("redis-server is not on PATH and RELAYCTL_REQUIRE_REDIS=1")
+        pytest.skip("redis-server is not on PATH")
+    server = TLSRedisServer(binary=binary, port=free_port(),
+                            workdir=tmp_path_factory.mktemp("redis-tls"), tls=tls,
+                            extra=("--tls-auth-clients", auth_clients))
+    try:
+        server.start()
+    except RuntimeError as exc:
+        if REQUIRE_REDIS:
+            raise
+        pytest.skip(f"redis-server without TLS support: {exc}")
+    return server
+
+
+@pytest.fixture(scope="session")
+def tls_redis_server(tmp_path_factory: pytest.TempPathFactory,
+                     tls_files: TLSFiles) -> Iterator[TLSRedisServer]:
+    """TLS-only redis-server; client certificates optional."""
+    server = _tls_server(tmp_path_factory, tls_files, "optional")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_mtls_redis_server(tmp_path_factory: pytest.TempPathFactory,
+                          tls_files: TLSFiles) -> Iterator[TLSRedisServer]:
+    """TLS-only redis-server that requires a client certificate (`--tls-auth-clients yes`)."""
+    server = _tls_server(tmp_path_factory, tls_files, "yes")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def tls_redis_url(tls_redis_server: TLSRedisServer) -> Iterator[str]:
+    """rediss:// URL of the TLS server, flushed first."""
+    client = tls_redis_server.admin()
+    client.flushall()
+    client.close()
+    yield tls_redis_server.url

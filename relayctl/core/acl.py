@@ -1,0 +1,139 @@
+"""Least-privilege Redis ACL rules for the three kinds of relayctl clients (SPEC §9).
+
+- `app`: the application's JobStore (scripts, job reads, flags read, fleet heartbeat, the
+  list-cursor secret);
+- `console`: what one console tick and its read-only views read (no writes at all);
+- `operator`: the CLI's writes as well (flags, checklist, audit, backfill, census/verify
+  summaries, job copies, archive delete/restore).
+
+Key patterns come from the configured KeySchema, so custom key templates are honoured. The
+rules never contain a password: the operator adds `>password` (or `#sha256`) when applying.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from relayctl.core.errors import UsageError
+from relayctl.core.keys import (
+    AUDIT_KEY,
+    BACKFILL_PREFIX,
+    CENSUS_KEY,
+    CHECKLIST_KEY,
+    CURSOR_SECRET_KEY,
+    FLAGS_KEY,
+    FLEET_INDEX_KEY,
+    FLEET_PREFIX,
+    VERIFY_KEY,
+    KeySchema,
+)
+
+ROLES = ("console", "app", "operator")
+DEFAULT_USERS = {"console": "relay-console", "app": "relay-app", "operator": "relay-operator"}
+_USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+
+# Every client: PING (connect()'s check). redis-py tolerates a refused CLIENT SETINFO.
+_CONNECT = ("ping", "echo")
+
+# Commands the job store's Lua scripts run (relayctl.core.lua): a script's inner commands
+# are checked against the caller's ACL too.
+_STORE_SCRIPTS = ("type", "get", "set", "exists", "hget", "hset", "hgetall", "pexpire",
+                  "pttl", "zadd", "rpush")
+
+_APP_COMMANDS = (
+    *_CONNECT,
+    "evalsha", "eval", "script|load", *_STORE_SCRIPTS,
+    # reads of the job keys (get_job / list_jobs)
+    "hmget", "zrange", "zmscore", "scan",
+    # fleet heartbeat (relay:fleet:<instance> + the relay:fleet index), removed on close
+    "zremrangebyscore", "zrem", "del",
+)
+
+# One console tick (relayctl.core.console.refresh) and its read-only views.
+_CONSOLE_COMMANDS = (
+    *_CONNECT,
+    "info", "hgetall", "exists", "get", "xrevrange", "zrangebyscore",
+)
+
+# The CLI's writes: flags and checklist scripts, the audit stream, backfill state / lease /
+# control (MULTI/EXEC pipelines and scripts that COPY, HINCRBY, UNLINK), census and verify
+# summaries, archive export / delete / restore (DUMP, UNLINK, RESTORE).
+_OPERATOR_COMMANDS = (
+    *_CONSOLE_COMMANDS, *_APP_COMMANDS,
+    "dbsize", "hlen", "hincrby", "copy", "xadd", "unlink", "persist", "zscore",
+    "dump", "restore", "multi", "exec", "discard",
+)
+
+
+@dataclass(frozen=True)
+class AclRule:
+    role: str
+    user: str
+    rules: tuple[str, ...]
+
+    @property
+    def command(self) -> str:
+        return f"ACL SETUSER {self.user} " + " ".join(self.rules)
+
+    def as_dict(self) -> dict:
+        return {"role": self.role, "user": self.user, "rules": list(self.rules),
+                "command": self.command}
+
+
+def _job_patterns(schema: KeySchema) -> list[str]:
+    return [schema.old_pattern, schema.new_pattern, schema.index_pattern, schema.queue,
+            schema.idempotency.replace("<ws>", "*").replace("<request_id>", "*")]
+
+
+def _dedupe(items: list[str] | tuple[str, ...]) -> list[str]:
+    seen: dict[str, None] = {}
+    for item in items:
+        seen.setdefault(item, None)
+    return list(seen)
+
+
+def key_patterns(role: str, schema: KeySchema, backfill_prefix: str = BACKFILL_PREFIX) \
+        -> list[str]:
+    """ACL key selectors: `~p` read+write, `%R~p` read-only."""
+    jobs = _job_patterns(schema)
+    if role == "app":
+        return [*(f"~{p}" for p in jobs), f"~{FLEET_INDEX_KEY}", f"~{FLEET_PREFIX}*",
+                f"~{CURSOR_SECRET_KEY}", f"%R~{FLAGS_KEY}"]
+    relay = [FLAGS_KEY, AUDIT_KEY, FLEET_INDEX_KEY, f"{FLEET_PREFIX}*", CHECKLIST_KEY,
+             CENSUS_KEY, VERIFY_KEY, f"{backfill_prefix}*"]
+    if role == "console":
+        return [*(f"%R~{p}" for p in relay), f"%R~{schema.index_pattern}"]
+    if role == "operator":
+        return [*(f"~{p}" for p in relay), *(f"~{p}" for p in jobs),
+                f"~{CURSOR_SECRET_KEY}"]
+    raise UsageError(f"unknown role {role!r}: expected one of {', '.join(ROLES)}")
+
+
+def commands(role: str) -> list[str]:
+    table = {"app": _APP_COMMANDS, "console": _CONSOLE_COMMANDS,
+             "operator": _OPERATOR_COMMANDS}
+    if role not in table:
+        raise UsageError(f"unknown role {role!r}: expected one of {', '.join(ROLES)}")
+    return _dedupe(table[role])
+
+
+def rule(role: str, schema: KeySchema | None = None, user: str | None = None) -> AclRule:
+    schema = schema or KeySchema()
+    name = user or DEFAULT_USERS.get(role, "")
+    if not _USER_RE.match(name or ""):
+        raise UsageError(f"invalid ACL user name {name!r}: letters, digits, _ . @ - only")
+    patterns = _dedupe(key_patterns(role, schema))
+    rules = ("reset", "on", "resetchannels", "-@all",
+             *(f"+{c}" for c in commands(role)), *patterns)
+    return AclRule(role=role, user=name, rules=rules)
+
+
+def rules_for(role: str | None = None, user: str | None = None,
+              schema: KeySchema | None = None) -> list[AclRule]:
+    """One rule per role; without a role all three, or the console's when a user is named."""
+    if role is None:
+        if user is not None:
+            return [rule("console", schema, user)]
+        return [rule(r, schema) for r in ROLES]
+    return [rule(role, schema, user)]
