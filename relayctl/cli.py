@@ -1075,8 +1075,12 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         fail("aborted", EXIT_STOPPED)
     except click.exceptions.ClickException as exc:
-        exc.show()
-        sys.exit(EXIT_USAGE)
+        # one line like every other error (click's default is a multi-line usage block)
+        message = " ".join(exc.format_message().split())
+        ctx = getattr(exc, "ctx", None)
+        if ctx is not None:
+            message += f" (see '{ctx.command_path} --help')"
+        fail(message, EXIT_USAGE)
     except RedisUnavailableError as exc:
         fail(str(exc), EXIT_REDIS)
     except RelayError as exc:

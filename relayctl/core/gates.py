@@ -427,28 +427,23 @@ _census_gate("census_coverage_98", "98%+ of jobs in the new schema",
                              f"new >= {pct(ctx.t('census_coverage_98'))} of old"))
 
 
-def _verify_gate(gid: str, title: str, full_only: bool) -> None:
-    def check(ctx: GateContext) -> GateResult:
-        threshold = "latest verify clean" + (" (full)" if full_only else "")
-        try:
-            v = ctx.redis_call("verify", last_verify)
-        except SourceError as exc:
-            return _r(gid, UNKNOWN, "-", threshold, str(exc))
-        if v is None or (full_only and v["mode"] != "full"):
-            return _r(gid, WAIT, "no verify", threshold, "run `relayctl verify`")
-        age = ctx.now() - v["ts"]
-        if age > ctx.t("max_age_s"):
-            return _r(gid, WAIT, f"verify {age / 3600:.1f} h old", threshold,
-                      "run `relayctl verify` again")
-        bad = sum(v["counts"].values())
-        detail = ", ".join(f"{k} {n}" for k, n in v["counts"].items() if n)
-        return _r(gid, PASS if bad == 0 else FAIL, f"{bad} differences of {v['checked']}",
-                  threshold, detail)
-    gate(gid, title)(check)
-
-
-_verify_gate("verify_clean", "Verification clean (workspace consistency, parity)", True)
-_verify_gate("verify_sample", "New jobs appear in both schemas (verify)", False)
+@gate("verify_clean", "Verification clean (workspace consistency, parity)")
+def _verify_clean(ctx: GateContext) -> GateResult:
+    threshold = "latest verify clean (full)"
+    try:
+        v = ctx.redis_call("verify", last_verify)
+    except SourceError as exc:
+        return _r("verify_clean", UNKNOWN, "-", threshold, str(exc))
+    if v is None or v["mode"] != "full":
+        return _r("verify_clean", WAIT, "no verify", threshold, "run `relayctl verify`")
+    age = ctx.now() - v["ts"]
+    if age > ctx.t("max_age_s"):
+        return _r("verify_clean", WAIT, f"verify {age / 3600:.1f} h old", threshold,
+                  "run `relayctl verify` again")
+    bad = sum(v["counts"].values())
+    detail = ", ".join(f"{k} {n}" for k, n in v["counts"].items() if n)
+    return _r("verify_clean", PASS if bad == 0 else FAIL, f"{bad} differences of {v['checked']}",
+              threshold, detail)
 
 
 @gate("backfill_complete", "Backfill 100% complete")

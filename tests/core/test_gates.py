@@ -467,10 +467,10 @@ def test_new_keys_1000_needs_more_than_a_thousand_new_keys(r):
 # verify
 
 
-@covers("verify_clean", "verify_sample")
+@covers("verify_clean")
 def test_verify_gates_wait_fail_and_pass_with_the_stored_summary(r):
     seeded = seed_pre_migration(r, SCHEMA, ["ws-a"], jobs=60, recent_share=0.0, invalid=0)
-    gates = ("verify_clean", "verify_sample")
+    gates = ("verify_clean",)
     assert statuses(GateContext(client=r), *gates) == dict.fromkeys(gates, WAIT)
     run_verify(r, SCHEMA)  # before the backfill: every legacy job is missing its copy
     failing = {g.gate: g for g in evaluate(GateContext(client=r), gates)}
@@ -479,8 +479,7 @@ def test_verify_gates_wait_fail_and_pass_with_the_stored_summary(r):
     assert Backfill(r, BackfillOptions(execute=True, force=True)).run() == 0
     run_verify(r, SCHEMA, sample=10)
     # a sample does not satisfy the full-verification gate
-    assert statuses(GateContext(client=r), *gates) == {"verify_clean": WAIT,
-                                                       "verify_sample": PASS}
+    assert statuses(GateContext(client=r), *gates) == {"verify_clean": WAIT}
     report = run_verify(r, SCHEMA)
     assert report.clean
     assert statuses(GateContext(client=r), *gates) == dict.fromkeys(gates, PASS)
