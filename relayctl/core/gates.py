@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
@@ -99,58 +100,51 @@ class GateContext:
 
     def metrics(self) -> Snapshot:
         """Counters for the gate window: two scrapes S apart, since apply, or cumulative."""
-        if "metrics" not in self._cache:
-            try:
-                first, second = self._raw_scrapes()
-                if second is not None:
-                    self._cache["metrics"] = second.minus(first)
-                elif self.baseline is not None:
-                    self._cache["metrics"] = first.minus(self.baseline)
-                else:
-                    self._cache["metrics"] = first
-            except SourceError as exc:
-                self._cache["metrics"] = exc
-        value = self._cache["metrics"]
-        if isinstance(value, Exception):
-            raise value
-        return value
+        def window() -> Snapshot:
+            first, second = self._raw_scrapes()
+            if second is not None:
+                return second.minus(first)
+            return first.minus(self.baseline) if self.baseline is not None else first
+        return _memo(self._cache, "metrics", window)
 
     def _raw_scrapes(self) -> tuple[Snapshot, Snapshot | None]:
         """Scraped once per `shared` dict, so checking several phases scrapes once."""
-        if "raw" not in self.shared:
-            try:
-                if not self.metrics_urls:
-                    raise SourceError("no /metrics endpoint given (--metrics-url)")
-                first = scrape(self.metrics_urls)
-                second = None
-                if self.window_s:
-                    self.sleep(self.window_s)
-                    second = scrape(self.metrics_urls)
-                self.shared["raw"] = (first, second)
-            except SourceError as exc:
-                self.shared["raw"] = exc
-        raw = self.shared["raw"]
-        if isinstance(raw, Exception):
-            raise raw
-        return raw
+        def scrapes() -> tuple[Snapshot, Snapshot | None]:
+            if not self.metrics_urls:
+                raise SourceError("no /metrics endpoint given (--metrics-url)")
+            first = scrape(self.metrics_urls)
+            if not self.window_s:
+                return first, None
+            self.sleep(self.window_s)
+            return first, scrape(self.metrics_urls)
+        return _memo(self.shared, "raw", scrapes)
 
     def redis_call(self, key: str, fn: Callable[[redis.Redis], object]) -> object:
-        if key not in self._cache:
+        def call() -> object:
             if self.client is None:
-                self._cache[key] = SourceError("Redis unreachable")
-            else:
-                try:
-                    self._cache[key] = fn(self.client)
-                except (redis.RedisError, OSError) as exc:
-                    self._cache[key] = SourceError(f"Redis error: {type(exc).__name__}")
-        value = self._cache[key]
-        if isinstance(value, Exception):
-            raise value
-        return value
+                raise SourceError("Redis unreachable")
+            try:
+                return fn(self.client)
+            except (redis.RedisError, OSError) as exc:
+                raise SourceError(f"Redis error: {type(exc).__name__}") from None
+        return _memo(self._cache, key, call)
 
     def prom(self, promql: str) -> float | None:
         assert self.prometheus_url
         return prom_query(self.prometheus_url, promql)
+
+
+def _memo(store: dict, key: str, compute: Callable[[], Any]) -> Any:
+    """Compute once per store; a source failure is remembered and raised again too."""
+    if key not in store:
+        try:
+            store[key] = compute()
+        except SourceError as exc:
+            store[key] = exc
+    value = store[key]
+    if isinstance(value, SourceError):
+        raise value
+    return value
 
 
 Gate = Callable[[GateContext], GateResult]
