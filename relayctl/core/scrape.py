@@ -28,9 +28,23 @@ class SourceError(RelayError):
 def _get(url: str, timeout: float) -> bytes:
     if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
         raise SourceError(f"unsupported metrics URL {redact_url(url)}: expected http(s)://")
+    # `timeout` bounds each socket operation; the deadline bounds the whole body, so an
+    # endpoint trickling a byte at a time cannot hold the caller for longer than ~2x timeout
+    deadline = time.monotonic() + timeout
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
-            body = resp.read(MAX_BODY + 1)
+            chunks: list[bytes] = []
+            size = 0
+            while size <= MAX_BODY:
+                if time.monotonic() > deadline:
+                    raise SourceError(f"{redact_url(url)} too slow: body not complete "
+                                      f"within {timeout:g}s")
+                chunk = resp.read1(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+            body = b"".join(chunks)
     except (urllib.error.URLError, TimeoutError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         raise SourceError(f"{redact_url(url)} unreachable: {reason}") from None
