@@ -37,16 +37,22 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def listen_args(self) -> list[str]:
+        return ["--port", str(self.port)]
+
+    def ping_client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_connect_timeout=0.2)
+
     def start(self) -> None:
         args = [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+            self.binary, *self.listen_args(), "--bind", "127.0.0.1",
             "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
             "--daemonize", "no", "--loglevel", "warning",
             "--logfile", str(self.workdir / "redis.log"), *self.extra,
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = self.ping_client()
         while True:
             try:
                 client.ping()
@@ -187,32 +193,15 @@ class TLSRedisServer(RedisServer):
                            ssl_ca_certs=str(self.tls.ca), ssl_certfile=str(self.tls.client_cert),
                            ssl_keyfile=str(self.tls.client_key), **kwargs)
 
-    def start(self) -> None:
+    def listen_args(self) -> list[str]:
         assert self.tls is not None
-        args = [
-            self.binary, "--port", "0", "--tls-port", str(self.port), "--bind", "127.0.0.1",
-            "--tls-cert-file", str(self.tls.server_cert),
-            "--tls-key-file", str(self.tls.server_key),
-            "--tls-ca-cert-file", str(self.tls.ca),
-            "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
-            "--daemonize", "no", "--loglevel", "warning",
-            "--logfile", str(self.workdir / "redis.log"), *self.extra,
-        ]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        client = self.admin(socket_connect_timeout=0.5)
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    log = (self.workdir / "redis.log").read_text(errors="replace")[-2000:]
-                    raise RuntimeError(
-                        f"TLS redis-server failed to start on {self.port}: {log}") from None
-                time.sleep(0.05)
-            finally:
-                client.close()
+        return ["--port", "0", "--tls-port", str(self.port),
+                "--tls-cert-file", str(self.tls.server_cert),
+                "--tls-key-file", str(self.tls.server_key),
+                "--tls-ca-cert-file", str(self.tls.ca)]
+
+    def ping_client(self) -> redis.Redis:
+        return self.admin(socket_connect_timeout=0.5)
 
 
 def _tls_server(tmp_path_factory: pytest.TempPathFactory, tls: TLSFiles,
