@@ -17,6 +17,18 @@ import redis
 REQUIRE_REDIS = os.environ.get("RELAYCTL_REQUIRE_REDIS") == "1"
 
 
+def wait_for(predicate, timeout: float, what: str = "condition", interval: float = 0.02):
+    """Poll until `predicate()` is truthy and return its value; fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

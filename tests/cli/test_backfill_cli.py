@@ -23,6 +23,7 @@ from relayctl.core.demo import legacy_record
 from relayctl.core.flags import DUAL_WRITE, set_flag
 from relayctl.core.jobs import iso_to_ms
 from relayctl.core.keys import KeySchema
+from tests.conftest import wait_for
 
 RELAYCTL = [sys.executable, "-m", "relayctl"]
 SCHEMA = KeySchema()
@@ -50,15 +51,6 @@ def spawn(url: str, *args: str, **extra: str) -> subprocess.Popen:
                             env=env(**extra))
 
 
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def seed(client: redis.Redis, n: int, *, ttl_share: float = 1 / 3, existing: int = 0,

@@ -31,6 +31,7 @@ from relayctl.core.jobs import iso_to_ms
 from relayctl.core.keys import KeySchema
 from relayctl.core.metrics import Metrics
 from relayctl.core.validate import is_valid_job_id, is_valid_workspace_id
+from tests.conftest import wait_for
 
 SCHEMA = KeySchema()
 WORKSPACES = ("ws-a", "ws-b", "ws-c", "ws-d")
@@ -252,15 +253,6 @@ def run_relayctl(url: str, *args: str, timeout: float = 120,
                           text=True, timeout=timeout, env=env or cli_env())
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.02, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def wait_lease_gone(client: redis.Redis, timeout: float = 20) -> None:

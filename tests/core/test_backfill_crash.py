@@ -29,12 +29,12 @@ from test_backfill import (
     seed_jobs,
     snapshot_keys,
     spawn_backfill,
-    wait_for,
     wait_lease_gone,
 )
 
 from relayctl.core.backfill import LEASE_TTL_MS, UNFINISHED, BackfillKeys
 from relayctl.core.jobs import STATUSES, JobStore
+from tests.conftest import wait_for
 
 LEASE_KEY = BackfillKeys().lease
 SHORT_LEASE = cli_env(RELAYCTL_BACKFILL_LEASE_MS="1200")
@@ -81,7 +81,7 @@ def _wait_engine_started(client: redis.Redis, proc, timeout: float = 20) -> None
 def _wait_scanned(client: redis.Redis, proc, at_least: int, timeout: float = 20,
                   poll: float = 0.02) -> None:
     wait_for(lambda: int(read_state(client).get("scanned", 0)) >= at_least
-             or proc.poll() is not None, timeout, poll, what=f"{at_least} keys scanned")
+             or proc.poll() is not None, timeout, what=f"{at_least} keys scanned", interval=poll)
     assert proc.poll() is None, proc.communicate()
 
 
