@@ -260,3 +260,133 @@ def tls_redis_url(tls_redis_server: TLSRedisServer) -> Iterator[str]:
     client.flushall()
     client.close()
     yield tls_redis_server.url
+
+
+# --- Redis Cluster: three primaries with one replica each, built with redis-cli -------------
+
+
+@dataclass
+class ClusterNodeServer(RedisServer):
+    """One cluster node; its bus port is chosen free too (port+10000 may be taken)."""
+
+    bus_port: int = 0
+
+    def listen_args(self) -> list[str]:
+        return ["--port", str(self.port), "--cluster-enabled", "yes",
+                "--cluster-config-file", f"nodes-{self.port}.conf",
+                "--cluster-node-timeout", "2000", "--cluster-port", str(self.bus_port),
+                "--cluster-replica-validity-factor", "0"]
+
+
+@dataclass
+class RedisClusterServers:
+    """A real cluster of redis-server processes on loopback, torn down by its fixture."""
+
+    nodes: list[ClusterNodeServer]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.nodes[0].port}/0"
+
+    @property
+    def ports(self) -> list[int]:
+        return [n.port for n in self.nodes if n.proc is not None]
+
+    def node_client(self, port: int, **kwargs) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=port, **kwargs)
+
+    def primaries(self) -> list[int]:
+        """Ports of the live nodes that currently serve as primaries."""
+        out = []
+        for port in self.ports:
+            c = self.node_client(port, decode_responses=True, socket_timeout=2)
+            try:
+                if c.info("replication").get("role") == "master":
+                    out.append(port)
+            except redis.ConnectionError:
+                pass
+            finally:
+                c.close()
+        return out
+
+    def healthy(self) -> bool:
+        """Every live node says the cluster is ok and every live replica is in sync."""
+        for port in self.ports:
+            c = self.node_client(port, decode_responses=True, socket_timeout=2)
+            try:
+                if c.cluster("info").get("cluster_state") != "ok":
+                    return False
+                info = c.info("replication")
+                if info.get("role") == "slave" and info.get("master_link_status") != "up":
+                    return False
+            except redis.RedisError:
+                return False
+            finally:
+                c.close()
+        return True
+
+    def flush(self) -> None:
+        for port in self.primaries():
+            c = self.node_client(port)
+            c.flushall()
+            c.close()
+
+    def dbsize_sum(self) -> int:
+        total = 0
+        for port in self.primaries():
+            c = self.node_client(port)
+            total += c.dbsize()
+            c.close()
+        return total
+
+    def node(self, port: int) -> ClusterNodeServer:
+        return next(n for n in self.nodes if n.port == port)
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            if n.proc is not None:
+                n.stop(kill=True)
+
+
+def start_cluster(workdir: Path, primaries: int = 3) -> RedisClusterServers:
+    """Start 2×`primaries` cluster-enabled servers and join them with `redis-cli --cluster`."""
+    binary = _redis_binary()
+    cli = shutil.which("redis-cli")
+    if binary is None or cli is None:
+        if REQUIRE_REDIS:
+            pytest.fail("redis-server/redis-cli not on PATH and RELAYCTL_REQUIRE_REDIS=1")
+        pytest.skip("redis-server/redis-cli not on PATH")
+    nodes = []
+    for i in range(2 * primaries):
+        d = workdir / f"node{i}"
+        d.mkdir(parents=True)
+        nodes.append(ClusterNodeServer(binary=binary, port=free_port(), workdir=d,
+                                       bus_port=free_port()))
+    cluster = RedisClusterServers(nodes=nodes)
+    try:
+        for n in nodes:
+            n.start()
+        subprocess.run(
+            [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in nodes),
+             "--cluster-replicas", "1", "--cluster-yes"],
+            check=True, capture_output=True, timeout=60)
+        wait_for(cluster.healthy, 60, "the cluster to be ok with replicas in sync", 0.2)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """The session's cluster (3 primaries, 3 replicas); tests that kill nodes make their own."""
+    cluster = start_cluster(tmp_path_factory.mktemp("cluster"))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: RedisClusterServers) -> Iterator[str]:
+    """URL of a node of the session cluster, every primary flushed before the test."""
+    redis_cluster.flush()
+    yield redis_cluster.url

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
+from redis.cluster import RedisCluster
 
 from relayctl.core.errors import RedisUnavailableError, UsageError
 
@@ -112,6 +113,7 @@ class RedisTarget:
     host: str
     port: int | None
     tls: bool
+    cluster: bool | None = None  # None: ask the server (INFO cluster)
 
     @property
     def display(self) -> str:
@@ -132,13 +134,34 @@ def parse_target(url: str | None = None, allow_plaintext: bool = False) -> Redis
             f"invalid Redis URL {redact_url(url)}: scheme must be redis://, rediss:// or unix://"
         )
     host = parts.hostname or ""
+    cluster, url = _cluster_option(url, parts.query)
+    if scheme == "unix" and cluster:
+        raise UsageError(f"invalid Redis URL {redact_url(url)}: a cluster needs a host and port")
     if scheme == "redis" and not is_loopback_host(host) and not allow_plaintext:
         raise UsageError(
             f"refusing plaintext Redis connection to non-loopback host {host}: "
             "use rediss:// or pass --allow-plaintext"
         )
     return RedisTarget(url=url, scheme=scheme, host=host or "localhost", port=port,
-                       tls=scheme == "rediss")
+                       tls=scheme == "rediss", cluster=cluster)
+
+
+_CLUSTER_WORDS = {"yes": True, "true": True, "1": True, "on": True,
+                  "no": False, "false": False, "0": False, "off": False, "auto": None}
+
+
+def _cluster_option(url: str, query: str) -> tuple[bool | None, str]:
+    """`?cluster=yes|no|auto` in the URL, removed from it (redis-py does not know it)."""
+    pairs = parse_qsl(query, keep_blank_values=True)
+    chosen = [v for k, v in pairs if k.lower() == "cluster"]
+    if not chosen:
+        return None, url
+    word = chosen[-1].strip().lower()
+    if word not in _CLUSTER_WORDS:
+        raise UsageError(f"invalid Redis URL {redact_url(url)}: cluster= must be yes, no or auto")
+    parts = urlsplit(url)
+    rest = urlencode([(k, v) for k, v in pairs if k.lower() != "cluster"])
+    return _CLUSTER_WORDS[word], urlunsplit(parts._replace(query=rest))
 
 
 def connect(
@@ -175,9 +198,46 @@ def connect(
         raise UsageError(
             f"invalid Redis URL {target.display}: {redact_text(str(exc))}"
         ) from None
+    cluster = target.cluster
+    if cluster is None and target.scheme != "unix":
+        cluster = _cluster_enabled(client, target.display, strict=check)
+    if cluster:
+        client.close()
+        return _connect_cluster(target, kwargs)
     if check:
         ping(client, target.display)
     return client
+
+
+def _cluster_enabled(client: redis.Redis, display: str, *, strict: bool) -> bool:
+    """INFO cluster says whether the server is a cluster node; a server without INFO is not."""
+    try:
+        return bool(int(client.info("cluster").get("cluster_enabled", 0)))
+    except redis.ResponseError:
+        return False  # INFO refused (a strict ACL, the embedded demo): treat as standalone
+    except (redis.ConnectionError, redis.TimeoutError, OSError, redis.AuthenticationError):
+        if strict:
+            ping(client, display)  # raises the one-line unavailable/credentials error
+        return False
+
+
+def _connect_cluster(target: RedisTarget, kwargs: dict) -> RedisCluster:
+    """The cluster client; it discovers every node from the one in the URL."""
+    kwargs = dict(kwargs)
+    kwargs.pop("health_check_interval", None)
+    max_connections = kwargs.pop("max_connections", None)
+    if max_connections is not None:
+        kwargs["max_connections"] = max_connections
+    try:
+        return RedisCluster.from_url(target.url, **kwargs)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"invalid Redis URL {target.display}: {redact_text(str(exc))}") from None
+    except redis.AuthenticationError:
+        raise RedisUnavailableError(f"Redis at {target.display} rejected the credentials") from None
+    except (redis.RedisError, OSError) as exc:
+        raise RedisUnavailableError(
+            f"cannot reach Redis Cluster at {target.display}: {describe_redis_error(exc)}"
+        ) from None
 
 
 def ping(client: redis.Redis, display: str) -> None:

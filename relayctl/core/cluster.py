@@ -1,0 +1,140 @@
+"""Redis Cluster: which kind of client we hold, its shards, and SCAN over every primary.
+
+A shard is the set of slots one primary serves. It is named by its first slot, so the name
+(and a cursor saved under it) survives a failover, when a replica takes the same slots over.
+On a standalone server there is one shard, named "0", served by the client itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from redis.cluster import RedisCluster
+from redis.crc import key_slot as _key_slot
+
+SLOTS = 16384
+
+
+def is_cluster(client: Any) -> bool:
+    return isinstance(client, RedisCluster)
+
+
+def key_slot(key: str) -> int:
+    """The cluster slot of a key (hash tags honoured), as Redis computes it."""
+    return _key_slot(key.encode())
+
+
+@dataclass(frozen=True)
+class Shard:
+    name: str
+    address: str
+    slots: str
+    client: redis.Redis
+
+    @property
+    def first_slot(self) -> int:
+        return int(self.name)
+
+
+def _ranges(slots: list[int]) -> str:
+    out: list[str] = []
+    start = prev = None
+    for s in sorted(slots):
+        if start is None:
+            start = prev = s
+        elif s == prev + 1:
+            prev = s
+        else:
+            out.append(f"{start}-{prev}" if start != prev else str(start))
+            start = prev = s
+    if start is not None:
+        out.append(f"{start}-{prev}" if start != prev else str(start))
+    return ",".join(out)
+
+
+def node_client(cluster: RedisCluster, node: Any, *, decode_responses: bool | None = None
+                ) -> redis.Redis:
+    """A plain client for one node with the cluster client's settings (TLS, auth, timeouts).
+
+    Commands sent through it are not redirected: use it only for keys that node serves.
+    """
+    base = cluster.get_redis_connection(node)
+    kwargs = dict(base.connection_pool.connection_kwargs)
+    kwargs.pop("redis_connect_func", None)
+    for name in list(kwargs):
+        if name.startswith(("maint_", "oss_cluster_", "orig_")):
+            kwargs.pop(name)
+    if decode_responses is not None:
+        kwargs["decode_responses"] = decode_responses
+    pool = redis.ConnectionPool(connection_class=base.connection_pool.connection_class,
+                                **kwargs)
+    return redis.Redis(connection_pool=pool)
+
+
+def shards(client: Any, *, decode_responses: bool | None = None) -> list[Shard]:
+    """Every shard, ordered by first slot, each with a plain client for its primary."""
+    if not is_cluster(client):
+        if decode_responses is None or decode_responses == _decodes(client):
+            return [Shard(name="0", address="", slots=f"0-{SLOTS - 1}", client=client)]
+        kwargs = dict(client.connection_pool.connection_kwargs)
+        kwargs["decode_responses"] = decode_responses
+        pool = redis.ConnectionPool(connection_class=client.connection_pool.connection_class,
+                                    **kwargs)
+        return [Shard(name="0", address="", slots=f"0-{SLOTS - 1}",
+                      client=redis.Redis(connection_pool=pool))]
+    owned: dict[str, list[int]] = {}
+    nodes: dict[str, Any] = {}
+    for slot, holders in client.nodes_manager.slots_cache.items():
+        if holders:
+            owned.setdefault(holders[0].name, []).append(slot)
+            nodes[holders[0].name] = holders[0]
+    out = [Shard(name=str(min(slots)), address=name, slots=_ranges(slots),
+                 client=node_client(client, nodes[name], decode_responses=decode_responses))
+           for name, slots in owned.items()]
+    return sorted(out, key=lambda s: s.first_slot)
+
+
+def _decodes(client: Any) -> bool:
+    return bool(client.connection_pool.connection_kwargs.get("decode_responses"))
+
+
+def refresh_topology(client: Any) -> None:
+    """Re-read which node serves which slots (after a failover); no-op when standalone."""
+    if is_cluster(client):
+        client.nodes_manager.initialize()
+
+
+def close_shards(found: list[Shard], owner: Any) -> None:
+    for shard in found:
+        if shard.client is not owner:
+            shard.client.close()
+
+
+def scan_all(client: Any, match: str | None = None, count: int = 1000,
+             _type: str | None = None) -> Iterator[list[str]]:
+    """SCAN every primary to its end, one batch at a time (one shard after the other)."""
+    found = shards(client)
+    try:
+        for shard in found:
+            cursor = 0
+            while True:
+                cursor, keys = shard.client.scan(cursor, match=match, count=count, _type=_type)
+                if keys:
+                    yield keys
+                if int(cursor) == 0:
+                    break
+    finally:
+        close_shards(found, client)
+
+
+def dbsize(client: Any) -> int:
+    """Keys in the whole keyspace: the sum of DBSIZE over every primary."""
+    if not is_cluster(client):
+        return int(client.dbsize())
+    replies = client.dbsize(target_nodes=RedisCluster.PRIMARIES)
+    if isinstance(replies, dict):
+        return sum(int(v) for v in replies.values())
+    return int(replies)
