@@ -5,7 +5,9 @@ from __future__ import annotations
 import getpass
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -87,3 +89,32 @@ def recent(client: redis.Redis, count: int = 50) -> list[AuditEntry]:
     """The newest entries first; one XREVRANGE, bounded by count."""
     rows = client.xrevrange(AUDIT_KEY, count=count)
     return [AuditEntry.from_stream(i, f) for i, f in rows]
+
+
+def write_audited(
+    client: redis.Redis, entries: list[dict[str, str]], write: Callable[[Any], None],
+) -> None:
+    """Apply `write` (commands queued on a pipeline) and append `entries` to the audit stream.
+
+    Standalone: one MULTI/EXEC, so the change and its entries land together or not at all.
+    Cluster: relay:audit and the written keys live in different slots, so the entries are
+    appended first and the change follows; a crash in between leaves an entry for a change
+    that did not happen (visible, re-doable), never a change without its entry.
+    """
+    from relayctl.core.cluster import is_cluster
+
+    if not is_cluster(client):
+        pipe = client.pipeline(transaction=True)
+        write(pipe)
+        for entry in entries:
+            pipe.xadd(AUDIT_KEY, entry, maxlen=AUDIT_MAXLEN, approximate=True)
+        pipe.execute()
+        return
+    if entries:
+        pipe = client.pipeline(transaction=False)
+        for entry in entries:
+            pipe.xadd(AUDIT_KEY, entry, maxlen=AUDIT_MAXLEN, approximate=True)
+        pipe.execute()
+    pipe = client.pipeline(transaction=False)
+    write(pipe)
+    pipe.execute()
