@@ -344,17 +344,19 @@ def demo(c: Context, no_tui: bool, speed: float, duration: float | None, redis_p
 @click.option("--force", is_flag=True, help="Execute even while dual-write is off.")
 @click.option("--retry-for", type=click.FloatRange(min=0), default=30.0, show_default=True,
               help="Seconds to retry a lost Redis before exiting 4.")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Redis Cluster: walk this many shards in parallel.")
 @click.option("--json", "as_json", is_flag=True, help="Only a final summary object.")
 @click.pass_context
 def backfill(ctx: click.Context, dry_run: bool, execute: bool, workspaces: tuple[str, ...],
              rps: float, batch: int, max_keys: int | None, fresh: bool, resume: bool,
              max_latency_ms: float | None, metrics_port: int | None, force: bool,
-             retry_for: float, as_json: bool) -> None:
+             retry_for: float, workers: int, as_json: bool) -> None:
     """Copy legacy jobs to the workspace-scoped schema (resumable, steerable, one at a time).
 
     \b
     relayctl backfill --dry-run [--workspace WS ...] [--max-keys N]
-    relayctl backfill --execute [--rps N] [--batch N] [--resume|--fresh]
+    relayctl backfill --execute [--rps N] [--batch N] [--resume|--fresh] [--workers N]
     relayctl backfill status | pause | resume | stop
     """
     if ctx.invoked_subcommand is not None:
@@ -370,7 +372,7 @@ def backfill(ctx: click.Context, dry_run: bool, execute: bool, workspaces: tuple
     options = BackfillOptions(
         execute=execute, workspaces=workspaces, rps=rps, batch=batch, max_keys=max_keys,
         fresh=fresh, resume=resume, max_latency_ms=max_latency_ms, force=force,
-        retry_for_s=retry_for, actor=c.actor,
+        retry_for_s=retry_for, actor=c.actor, workers=workers,
     )
     metrics = Metrics(labelled_workspaces=c.config.labelled_workspaces or workspaces)
     view = BackfillView(as_json=as_json)
@@ -612,7 +614,8 @@ def _gate_context(c: Context, number: int, window: float | None,
         thresholds = {**THRESHOLDS, **c.config.thresholds}
     ctx = gate_context(client, state, number, redis_url=c.redis_url,
                        metrics_urls=c.metrics_urls, prometheus_url=c.prometheus_url,
-                       window_s=window, now=c.now, shared={} if shared is None else shared)
+                       window_s=window, now=c.now, shared={} if shared is None else shared,
+                       schema=c.config.schema)
     if thresholds:
         ctx.thresholds = thresholds
     return ctx, state
@@ -865,30 +868,91 @@ def rollback(c: Context, procedure: str, reason: str, yes: bool, as_json: bool) 
         click.echo(f"  - {step}")
 
 
+def _deployment(client: redis.Redis) -> dict:
+    """Standalone, or the cluster's shards (named by first slot) with primary and slots."""
+    from relayctl.core.cluster import close_shards, is_cluster, shards
+
+    if not is_cluster(client):
+        return {"kind": "standalone", "shards": []}
+    found = shards(client)
+    close_shards(found, client)
+    return {"kind": "cluster", "shards": [{"name": s.name, "primary": s.address,
+                                           "slots": s.slots} for s in found]}
+
+
+def _echo_deployment(deployment: dict) -> None:
+    if deployment["kind"] == "standalone":
+        click.echo("deploy   standalone")
+        return
+    import textwrap
+
+    found = deployment["shards"]
+    click.echo(f"deploy   cluster, {len(found)} shards")
+    width = max(len(s["name"]) for s in found)
+    for s in found:
+        head = f"         shard {s['name']:<{width}}  {s['primary']}  slots "
+        click.echo(textwrap.fill(s["slots"].replace(",", ", "), 80, initial_indent=head,
+                                 subsequent_indent=" " * len(head)))
+
+
+def _echo_layout(layout) -> None:
+    """The dual-write's atomic groups; each line is one step with what its keys hash."""
+    if not layout.cluster:
+        click.echo("layout   one atomic script per dual-write (standalone)")
+        return
+    if layout.atomic:
+        click.echo(f"layout   one atomic script per dual-write (all keys hash "
+                   f"{layout.records[0].hashed_display})")
+        return
+    click.echo(f"layout   dual-write in {len(layout.split)} steps, not atomic with each other:")
+    names = ["+".join(g) for g in layout.split]
+    width = max(len(n) for n in names)
+    for name, group in zip(names, layout.split, strict=True):
+        click.echo(f"         {name:<{width}}  hashes {layout.record(group[0]).hashed_display}")
+    if not layout.together("new_job", "index"):
+        from relayctl.core.layout import hash_tagged
+
+        new_job, index = layout.record("new_job"), layout.record("index")
+        click.echo(f'         fix: [keys] new_job = "{hash_tagged(new_job.template)}"')
+        click.echo(f'              [keys] index = "{hash_tagged(index.template)}"')
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def status(c: Context, as_json: bool) -> None:
-    """One screen: flags, fleet, backfill, keyspace, current phase and its gates."""
+    """One screen: deployment and slot layout, flags, fleet, backfill, keyspace, current phase
+    and its gates."""
+    from redis.exceptions import RedisClusterException
+
     from relayctl.core.backfill import lease_owner, read_state
     from relayctl.core.census import last_census
     from relayctl.core.checklist import read_checklist
+    from relayctl.core.cluster import is_cluster
     from relayctl.core.gates import evaluate_phase, overall
+    from relayctl.core.layout import slot_layout
     from relayctl.core.phases import LAST_PHASE, phase
     from relayctl.core.serverinfo import memory_info
 
     client = c.client()
+    deployment = _deployment(client)
+    layout = slot_layout(c.config.schema, cluster=is_cluster(client))
     flags_state = read_flags(client, pins={})
     instances = fleet.live_instances(client)
     bf = read_state(client)
     census_ = last_census(client)
-    mem = memory_info(client) or {}
+    try:
+        mem = memory_info(client) or {}
+    except RedisClusterException:  # a cluster client refuses the pipelined INFO: no figure
+        mem = {}
     state = read_checklist(client)
     number = min(state.phase, LAST_PHASE)
     ctx, _ = _gate_context(c, number, None)
     results = evaluate_phase(ctx, phase(number))
     data = {
         "redis": c.redis_display,
+        "deployment": deployment,
+        "layout": layout.as_dict(),
         "flags": flags_state.as_dict(),
         "fleet": {"instances": len(instances),
                   "pinned": [i.instance for i in instances if i.pinned]},
@@ -905,6 +969,8 @@ def status(c: Context, as_json: bool) -> None:
     else:
         used = f"{mem['used'] / 2**20:,.1f} MiB" if mem else "n/a"
         click.echo(f"redis    {c.redis_display}  used {used}")
+        _echo_deployment(deployment)
+        _echo_layout(layout)
         click.echo("flags    " + "  ".join(f"{k}={v}" for k, v in flags_state.as_dict().items()))
         click.echo(f"fleet    {len(instances)} live instances"
                    + (f", pinned: {', '.join(data['fleet']['pinned'])}"

@@ -9,6 +9,7 @@ either the whole batch applied and recorded, or none of it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import socket
@@ -20,8 +21,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import redis
+from redis.exceptions import ClusterError, SlotNotCoveredError, TryAgainError
 
 from relayctl.core import audit
+from relayctl.core import cluster as clusterlib
 from relayctl.core.connection import TLS_ENV, TLSOptions
 from relayctl.core.errors import RedisUnavailableError, UsageError
 from relayctl.core.flags import stored_flags
@@ -29,6 +32,7 @@ from relayctl.core.jobs import iso_to_ms
 from relayctl.core.keys import BACKFILL_PREFIX, KeySchema
 from relayctl.core.lua import TYPE_OK
 from relayctl.core.metrics import Metrics
+from relayctl.core.roundtrip import read_many
 from relayctl.core.validate import is_valid_job_id, is_valid_workspace_id, validate_workspace_id
 
 REASONS = ("exists", "invalid", "filtered", "error")
@@ -127,6 +131,49 @@ redis.call('HSET', KEYS[2], 'heartbeat', ARGV[3], 'rate', ARGV[4], 'fraction', A
 return 1
 """
 
+# Cluster steps. The legacy key, the new key, the index and the engine's own keys live in
+# different slots there, so a batch is: reads on the shard's primary, copies routed to each
+# new key's primary, then one commit on the state hash. The state hash carries the owner's
+# token, which fences the commit as the lease key fences COPY_BATCH on a standalone server.
+
+# KEYS: new, index   ARGV: ttl_ms (0 = none), dump, score, job_id
+# Copy-if-absent of one record and its index entry, atomic when both share a slot.
+RESTORE_INDEXED = TYPE_OK + """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 'e' end
+if not type_is(KEYS[2], 'zset') then return 'x' end
+redis.call('RESTORE', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+return 'm'
+"""
+
+# KEYS: state   ARGV: token, shard, cursor, start, now, scanned, migrated, exists, invalid,
+#                     filtered, errors, done
+# Records one shard's batch; a batch already recorded (a retried commit) is not counted twice.
+COMMIT_SHARD = """
+if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then
+  return redis.error_reply('LEASE backfill lease lost to another owner')
+end
+local cf, sf = 'cursor:' .. ARGV[2], 'start:' .. ARGV[2]
+local last = redis.call('HMGET', KEYS[1], cf, sf)
+if last[1] == ARGV[3] and last[2] == ARGV[4] then return 0 end
+redis.call('HSET', KEYS[1], cf, ARGV[3], sf, ARGV[4], 'updated', ARGV[5],
+  'done:' .. ARGV[2], ARGV[12])
+redis.call('HINCRBY', KEYS[1], 'scanned', ARGV[6])
+redis.call('HINCRBY', KEYS[1], 'migrated', ARGV[7])
+redis.call('HINCRBY', KEYS[1], 'skipped_exists', ARGV[8])
+redis.call('HINCRBY', KEYS[1], 'skipped_invalid', ARGV[9])
+redis.call('HINCRBY', KEYS[1], 'skipped_filtered', ARGV[10])
+redis.call('HINCRBY', KEYS[1], 'errors', ARGV[11])
+return 1
+"""
+
+# KEYS: lease   ARGV: token, ttl_ms  (the cluster half of RENEW; the state hash is separate)
+RENEW_LEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
 # KEYS: lease   ARGV: token
 RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -166,6 +213,7 @@ class BackfillOptions:
     force: bool = False
     retry_for_s: float = 30.0
     actor: str = ""
+    workers: int = 1
 
 
 @dataclass
@@ -187,6 +235,8 @@ class Progress:
     throttle_s: float = 0.0
     latency_ms: float = 0.0
     message: str = ""
+    cursors: dict[str, int] = field(default_factory=dict)  # per shard, on a cluster
+    shards_done: int = 0
 
     @property
     def errors(self) -> int:
@@ -202,6 +252,8 @@ class Progress:
             "eta_s": None if self.eta_s is None else round(self.eta_s, 1),
             "throttle_s": round(self.throttle_s, 4), "latency_ms": round(self.latency_ms, 3),
             "message": self.message,
+            **({"cursors": dict(self.cursors), "shards_done": self.shards_done}
+               if self.cursors else {}),
         }
 
 
@@ -242,12 +294,10 @@ def send_control(client: redis.Redis, action: str, *, actor: str, reason: str,
                "`relayctl backfill --execute --resume`)" if state else "")
         )
     before = client.get(keys.control) or "run"
-    pipe = client.pipeline(transaction=True)
-    pipe.set(keys.control, CONTROL_ACTIONS[action])
-    pipe.xadd(audit.AUDIT_KEY, audit.audit_fields(actor, f"backfill.{action}", "backfill",
-                                                  before, CONTROL_ACTIONS[action], reason),
-              maxlen=audit.AUDIT_MAXLEN, approximate=True)
-    pipe.execute()
+    entry = audit.audit_fields(actor, f"backfill.{action}", "backfill", before,
+                               CONTROL_ACTIONS[action], reason)
+    audit.write_audited(client, [entry],
+                        lambda pipe: pipe.set(keys.control, CONTROL_ACTIONS[action]))
     return state
 
 
@@ -259,6 +309,29 @@ class _Batch:
     scan_ms: float
     heads: list
     control: str | None
+    lane: str = "0"
+    dumps: list[tuple[bytes | None, int]] = field(default_factory=list)
+
+
+@dataclass
+class _Lane:
+    """One shard's walk on a cluster: its cursor, its primary's identity and a reader."""
+
+    name: str
+    cursor: int = 0
+    done: bool = False
+    server: str = ""
+    reader: redis.Redis | None = None
+    gen: int = 0
+
+
+class _Rescan(Exception):
+    """A shard's primary changed (failover, restart): cursors and unreplicated copies are
+    gone with it, so every shard is walked again."""
+
+
+_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, OSError, ClusterError, TryAgainError,
+              SlotNotCoveredError)
 
 
 Job = tuple[str, str, str, int]  # legacy key, job_id, workspace_id, index score
@@ -335,9 +408,18 @@ class Backfill:
         self.sleep = sleep
         self.token = f"{owner_id()}:{uuid.uuid4().hex[:8]}"
         self.progress = Progress(mode="execute" if options.execute else "dry-run")
+        self.cluster = clusterlib.is_cluster(client)
+        self._lock = threading.RLock()
+        self._halt = threading.Event()
+        self._lanes: dict[str, _Lane] = {}
+        self._router = clusterlib.Router(client) if self.cluster else None
+        self._topology_lock = threading.Lock()
+        self._topology_gen = 0
+        self._scanned_this_run = 0
         self._copy = client.register_script(COPY_BATCH)
         self._heads = client.register_script(READ_HEADS)
         self._renew = client.register_script(RENEW)
+        self._renew_lease = client.register_script(RENEW_LEASE)
         self._release = client.register_script(RELEASE)
         self._stop_signal = threading.Event()
         self._lease_lost = threading.Event()
@@ -352,6 +434,8 @@ class Backfill:
             raise UsageError("--rps must be >= 0 (0 = unlimited)")
         if options.max_keys is not None and options.max_keys < 1:
             raise UsageError("--max-keys must be >= 1")
+        if not 1 <= options.workers <= 64:
+            raise UsageError("--workers must be between 1 and 64")
         if options.fresh and options.resume:
             raise UsageError("--fresh and --resume are mutually exclusive")
 
@@ -366,12 +450,15 @@ class Backfill:
         while True:
             try:
                 return fn()
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            except _TRANSIENT as exc:
+                if self.cluster:
+                    self._forget_topology()
                 if time.monotonic() + delay > deadline:
+                    saved = ("every shard's cursor is saved" if self.cluster
+                             else f"cursor {self.progress.cursor} is saved")
                     raise RedisUnavailableError(
                         f"lost Redis during {what} for {self.opt.retry_for_s:g}s "
-                        f"({type(exc).__name__}); cursor {self.progress.cursor} is saved, "
-                        "rerun with --resume"
+                        f"({type(exc).__name__}); {saved}, rerun with --resume"
                     ) from None
                 self.progress.message = f"Redis unavailable, retrying ({type(exc).__name__})"
                 self.on_event("retry", self.progress)
@@ -422,6 +509,8 @@ class Backfill:
                 p.skipped[reason] = int(saved.get(field_name, 0))
             p.started = float(saved.get("started", time.time()))
             p.message = f"resumed at cursor {p.cursor}"
+            if self.cluster:
+                self._resume_lanes(saved)
             # cursor 0 after a batch was applied: the scan ended before the status was saved
             self._scan_complete = p.cursor == 0 and ("last_start" in saved or p.scanned > 0)
             if (p.cursor != 0 and saved.get("server")
@@ -431,8 +520,10 @@ class Backfill:
         else:
             p.run_id = uuid.uuid4().hex[:12]
             p.started = time.time()
+            if self.cluster:
+                self._resume_lanes({})
         now = f"{time.time():.3f}"
-        pipe = c.pipeline(transaction=True)
+        pipe = c.pipeline(transaction=not self.cluster)
         if p.run_id != saved.get("run_id"):
             pipe.delete(k.state)
         pipe.hset(k.state, mapping={
@@ -442,6 +533,7 @@ class Backfill:
             "batch": str(self.opt.batch), "max_keys": str(self.opt.max_keys or ""),
             "cursor": str(p.cursor), "message": p.message, "finished": "",
             "server": self._server_id(),
+            **self._lane_fields(),
         })
         pipe.persist(k.state)
         pipe.delete(k.control)
@@ -453,7 +545,14 @@ class Backfill:
                 p = self.progress
                 args = [self.token, LEASE_TTL_MS, f"{time.time():.3f}", f"{p.rate:.1f}",
                         f"{p.fraction:.4f}", "" if p.eta_s is None else f"{p.eta_s:.0f}"]
-                if not self._renew(keys=[self.keys.lease, self.keys.state], args=args):
+                if self.cluster:
+                    if not self._renew_lease(keys=[self.keys.lease], args=args[:2]):
+                        self._lease_lost.set()
+                        return
+                    self.client.hset(self.keys.state, mapping={
+                        "heartbeat": args[2], "rate": args[3], "fraction": args[4],
+                        "eta_s": args[5]})
+                elif not self._renew(keys=[self.keys.lease, self.keys.state], args=args):
                     self._lease_lost.set()
                     return
             except (redis.RedisError, OSError):
@@ -462,6 +561,8 @@ class Backfill:
     def _server_id(self) -> str:
         """The Redis server process; SCAN cursors are only valid on the one that issued them
         (a restarted or failed-over server hashes keys with a new seed, in a new order)."""
+        if self.cluster:
+            return "cluster"
         if self._server is None:
             try:
                 self._server = self.client.info("server").get("run_id", "")
@@ -640,6 +741,8 @@ class Backfill:
             self._hb_stop.set()
             if hb is not None:
                 hb.join(timeout=5)
+            if self._router is not None:
+                self._router.close()
             if self.opt.execute:
                 try:
                     if p.status == "lost":
@@ -650,6 +753,8 @@ class Backfill:
                     pass
 
     def _loop(self) -> int:
+        if self.cluster:
+            return self._cluster_loop()
         if self._scan_complete:
             self.progress.fraction = 1.0
             return self._finish()
@@ -736,6 +841,350 @@ class Backfill:
                 self.sleep(wait)
         return self._finish()
 
+    def _shard_servers(self) -> dict[str, str]:
+        """run_id of the primary now serving each shard."""
+        found = clusterlib.shards(self.client)
+        try:
+            return {sh.name: str(sh.client.info("server").get("run_id", "")) for sh in found}
+        finally:
+            clusterlib.close_shards(found, self.client)
+
+    def _resume_lanes(self, saved: dict[str, str]) -> None:
+        """Lanes from the saved per-shard cursors; all from 0 if any primary changed since."""
+        servers = self._shard_servers()
+        changed = any(saved.get(f"server:{name}", server) != server
+                      for name, server in servers.items())
+        self._lanes = {}
+        for name, server in servers.items():
+            lane = _Lane(name=name, server=server)
+            if saved and not changed:
+                lane.cursor = int(saved.get(f"cursor:{name}", 0) or 0)
+                lane.done = saved.get(f"done:{name}") == "1"
+            self._lanes[name] = lane
+        if changed:
+            self.progress.message = RESCAN_MESSAGE
+        self._sync_progress()
+
+    def _lane_fields(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for name, lane in self._lanes.items():
+            out[f"cursor:{name}"] = str(lane.cursor)
+            out[f"done:{name}"] = "1" if lane.done else "0"
+            out[f"server:{name}"] = lane.server
+            out[f"start:{name}"] = ""
+        return out
+
+    def _sync_progress(self) -> None:
+        lanes = self._lanes.values()
+        p = self.progress
+        p.cursors = {lane.name: lane.cursor for lane in lanes}
+        p.shards_done = sum(lane.done for lane in lanes)
+        if lanes:
+            p.fraction = sum(1.0 if lane.done else scan_fraction(lane.cursor)
+                             for lane in lanes) / len(self._lanes)
+
+    def _forget_topology(self) -> None:
+        """After a node failure: re-read the slot map; each lane re-resolves its reader."""
+        with self._topology_lock:
+            self._topology_gen += 1
+            with contextlib.suppress(redis.RedisError, OSError, SlotNotCoveredError):
+                clusterlib.refresh_topology(self.client)  # may still be failing over
+
+    def _reader(self, lane: _Lane) -> redis.Redis:
+        if lane.reader is not None and lane.gen != self._topology_gen:
+            lane.reader.close()
+            lane.reader = None
+        if lane.reader is None:
+            lane.gen = self._topology_gen
+            found = clusterlib.shards(self.client, decode_responses=False)
+            for shard in found:
+                if shard.name == lane.name:
+                    lane.reader = shard.client
+                else:
+                    shard.client.close()
+            if lane.reader is None:
+                raise ClusterError(f"shard {lane.name} is not served by any primary")
+        return lane.reader
+
+    def _read_lane(self, lane: _Lane, cursor: int) -> _Batch:
+        """SCAN one shard's primary, then read heads (and dumps) there: two round trips."""
+        t0 = time.perf_counter()
+        reader = self._reader(lane)
+        pipe = reader.pipeline(transaction=False)
+        pipe.scan(cursor, match=self.schema.old_pattern, count=self.opt.batch)
+        pipe.info("server")
+        (next_cursor, raw_keys), info = pipe.execute()
+        server = info.get("run_id", "")
+        server = server.decode() if isinstance(server, bytes) else str(server)
+        if server != lane.server:
+            raise _Rescan(lane.name)
+        scan_ms = (time.perf_counter() - t0) * 1000
+        keys = [k.decode() if isinstance(k, bytes) else k for k in raw_keys]
+        per_key = 3 if self.opt.execute else 1
+        commands: list[tuple] = []
+        for key in keys:
+            commands.append(("HMGET", key, "workspace_id", "job_id", "enqueued_at"))
+            if self.opt.execute:
+                commands += [("DUMP", key), ("PTTL", key)]
+        replies = read_many(reader, commands)
+        heads, dumps = [], []
+        for i in range(len(keys)):
+            head = replies[per_key * i]
+            if isinstance(head, list):
+                heads.append(tuple(v.decode(errors="replace") if isinstance(v, bytes) else
+                                   (v or "") for v in head))
+            else:
+                heads.append(("\0", "\0", ""))
+            if self.opt.execute:
+                dump, pttl = replies[per_key * i + 1], replies[per_key * i + 2]
+                dumps.append((dump if isinstance(dump, bytes) else None,
+                              pttl if isinstance(pttl, int) else -2))
+        return _Batch(cursor, int(next_cursor), keys, scan_ms, heads, None, lane.name, dumps)
+
+    def _copy_cluster(self, batch: _Batch, jobs: list[Job]) -> str:
+        """Copy-if-absent through the cluster client; one code per job as COPY_BATCH."""
+        s = self.schema
+        dumps = dict(zip(batch.keys, batch.dumps, strict=True))
+        items: list[tuple[str, tuple]] = []
+        plan: list[str] = []  # per job: 'g' (no command), 's' (script), 'r' (restore + zadd)
+        for key, job_id, ws, score in jobs:
+            dump, pttl = dumps[key]
+            if dump is None or pttl == -2:
+                plan.append("g")
+                continue
+            ttl = pttl if pttl > 0 else 0
+            new, idx = s.new_key(ws, job_id), s.index_key(ws)
+            if clusterlib.key_slot(new) == clusterlib.key_slot(idx):
+                items.append((new, ("EVALSHA", self._restore_sha, 2, new, idx, ttl, dump,
+                                    score, job_id)))
+                plan.append("s")
+            else:
+                items.append((new, ("RESTORE", new, ttl, dump)))
+                items.append((idx, ("ZADD", idx, "NX", score, job_id)))
+                plan.append("r")
+        replies = iter(self._router.execute(items) if items else ())
+        codes = []
+        for step in plan:
+            if step == "g":
+                codes.append("g")
+                continue
+            first = next(replies)
+            self._raise_transient(first)
+            if step == "s":
+                codes.append(first if isinstance(first, str) and first in "mex" else "x")
+                continue
+            indexed = next(replies)
+            self._raise_transient(indexed)
+            if isinstance(first, Exception):
+                codes.append("e" if "BUSYKEY" in str(first) else "x")
+            else:
+                codes.append("x" if isinstance(indexed, Exception) else "m")
+        return "".join(codes)
+
+    def _raise_transient(self, reply: object) -> None:
+        if isinstance(reply, Exception):
+            if "NOSCRIPT" in str(reply):
+                # a promoted replica does not have the scripts: load them and redo the batch
+                self._restore_sha = self.client.script_load(RESTORE_INDEXED)
+                raise TryAgainError("scripts reloaded after a failover")
+            if isinstance(reply, _TRANSIENT) or not isinstance(reply, redis.ResponseError):
+                raise reply
+
+    def _commit_lane(self, batch: _Batch, skipped: Counter, codes: str,
+                     done: bool) -> str:
+        """Record the batch in the state hash (fenced by the token); returns the control."""
+        invalid = sum(v for (r, _), v in skipped.items() if r == "invalid")
+        filtered = sum(v for (r, _), v in skipped.items() if r == "filtered")
+        args = [self.token, batch.lane, batch.cursor, batch.start, f"{time.time():.3f}",
+                len(batch.keys), codes.count("m"), codes.count("e"),
+                invalid + codes.count("g"), filtered, codes.count("x"), "1" if done else "0"]
+        pipe = self.client.pipeline(transaction=False)
+        pipe.execute_command("EVALSHA", self._commit_sha, 1, self.keys.state, *args)
+        pipe.get(self.keys.control)
+        committed, control = pipe.execute(raise_on_error=False)
+        if isinstance(committed, Exception):
+            if "NOSCRIPT" in str(committed):
+                self._commit_sha = self.client.script_load(COMMIT_SHARD)
+                return self._commit_lane(batch, skipped, codes, done)
+            raise committed
+        self._raise_transient(control)
+        return control or ""
+
+    def _cluster_loop(self) -> int:
+        """Walk every shard (up to --workers at a time); a failover anywhere walks them all
+        again, since the copies a lost primary had not replicated are gone with it."""
+        if self.opt.execute:
+            self._restore_sha = self._retrying(
+                lambda: self.client.script_load(RESTORE_INDEXED), "script load")
+            self._commit_sha = self._retrying(
+                lambda: self.client.script_load(COMMIT_SHARD), "script load")
+        if not self._lanes:
+            self._retrying(lambda: self._resume_lanes({}), "topology")
+        self._t_start = time.monotonic()
+        while True:
+            try:
+                outcome = self._run_lanes()
+                if outcome is not None:
+                    return outcome
+                if self._retrying(self._shard_servers, "final check") == {
+                        n: lane.server for n, lane in self._lanes.items()}:
+                    return self._finish()
+                raise _Rescan("final check")
+            except _Rescan:
+                self._retrying(self._rescan_all, "rescan")
+
+    def _rescan_all(self) -> None:
+        self._forget_topology()
+        self._resume_lanes({})
+        self.progress.message = RESCAN_MESSAGE
+        self.on_event("retry", self.progress)
+        fields = self._lane_fields()
+        fields.update({"message": RESCAN_MESSAGE, "updated": f"{time.time():.3f}"})
+        self.client.hset(self.keys.state, mapping=fields)
+
+    def _run_lanes(self) -> int | None:
+        """Run the unfinished lanes on worker threads; None when every shard is done."""
+        pending: queue.Queue[_Lane] = queue.Queue()
+        for lane in self._lanes.values():
+            if not lane.done:
+                pending.put(lane)
+        results: list[int] = []
+        errors: list[BaseException] = []
+        self._halt.clear()
+
+        def work() -> None:
+            while not self._halt.is_set():
+                try:
+                    lane = pending.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    code = self._lane_batches(lane)
+                except BaseException as exc:
+                    errors.append(exc)
+                    self._halt.set()
+                    return
+                if code is not None:
+                    results.append(code)
+                    self._halt.set()
+                    return
+
+        threads = [threading.Thread(target=work, name=f"relayctl-backfill-w{i}", daemon=True)
+                   for i in range(min(self.opt.workers, max(1, pending.qsize())))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        rescans = [e for e in errors if isinstance(e, _Rescan)]
+        others = [e for e in errors if not isinstance(e, _Rescan)]
+        if others:
+            raise others[0]
+        if rescans:
+            raise rescans[0]
+        if results:
+            return min(results, key=lambda c: (c != EXIT_STOPPED, c))
+        return None
+
+    def _lane_batches(self, lane: _Lane) -> int | None:
+        """One shard to its end; an exit code if the run must stop early, else None."""
+        p, opt = self.progress, self.opt
+        prefetch = _Prefetcher(
+            lambda cursor: self._retrying(lambda: self._read_lane(lane, cursor), "scan"),
+            lane.cursor)
+        control = self._retrying(lambda: self.client.get(self.keys.control), "control") or ""
+        throttle = 0.0
+        try:
+            first = True
+            while True:
+                if self._halt.is_set():
+                    return None
+                if self._lease_lost.is_set():
+                    raise LeaseLostError("backfill lease lost (another owner took over)")
+                if self._stop_signal.is_set():
+                    self._set_status("stopped", "stopped by signal; resumable")
+                    self.on_event("stopped", p)
+                    return EXIT_STOPPED
+                if not first and lane.cursor == 0:
+                    break
+                first = False
+                batch_t0 = time.perf_counter()
+                batch = prefetch.next()
+                if control == "pause":
+                    with self._lock:
+                        control = self._wait_while_paused()
+                if control == "stop":
+                    self._set_status("stopped", "stopped by operator; resumable")
+                    self.on_event("stopped", p)
+                    return EXIT_STOPPED
+                jobs, skipped, scanned = self._classify(batch)
+                if opt.execute:
+                    codes = self._retrying(lambda b=batch, j=jobs: self._copy_cluster(b, j),
+                                           "copy")
+                    control = self._retrying(
+                        lambda b=batch, s=skipped, c=codes: self._commit_lane(
+                            b, s, c, b.cursor == 0), "commit")
+                else:
+                    codes, control = self._retrying(
+                        lambda b=batch, j=jobs, s=skipped: self._apply(b, j, s), "copy")
+                with self._lock:
+                    self._account(batch, jobs, codes, skipped, scanned)
+                    lane.cursor = batch.cursor
+                    lane.done = batch.cursor == 0
+                    self._scanned_this_run += len(batch.keys)
+                    self._sync_progress()
+                    self.metrics.observe(self.metrics.backfill_duration,
+                                         time.perf_counter() - batch_t0)
+                    elapsed = time.monotonic() - self._t_start
+                    p.elapsed_s = elapsed
+                    p.rate = self._scanned_this_run / elapsed if elapsed > 0 else 0.0
+                    p.latency_ms = batch.scan_ms
+                    p.eta_s = (elapsed * (1 - p.fraction) / p.fraction) if p.fraction > 0 \
+                        else None
+                    self._progress_events()
+                    over = (opt.max_keys is not None
+                            and self._scanned_this_run >= opt.max_keys and not lane.done)
+                if lane.done:
+                    break
+                if over:
+                    self._set_status("partial", f"--max-keys {opt.max_keys} reached; resumable")
+                    self.on_event("partial", p)
+                    return EXIT_DONE
+                if opt.max_latency_ms is not None:
+                    if batch.scan_ms > opt.max_latency_ms:
+                        throttle = min(max(throttle * 2, 0.01), 5.0)
+                    else:
+                        throttle = throttle / 2 if throttle > 0.001 else 0.0
+                    p.throttle_s = throttle
+                wait = max(throttle, self._pace())
+                if wait > 0:
+                    self.sleep(wait)
+        finally:
+            prefetch.close()
+        return None
+
+    def _pace(self) -> float:
+        """Seconds to wait so all lanes together stay under --rps (a shared schedule)."""
+        if self.opt.rps <= 0:
+            return 0.0
+        with self._lock:
+            now = time.monotonic()
+            origin, done = getattr(self, "_paced", (now, 0))
+            ahead = (self._scanned_this_run - done) / self.opt.rps - (now - origin)
+            if ahead < 0:
+                self._paced = (now, self._scanned_this_run)
+            return max(ahead, 0.0)
+
+    def _progress_events(self) -> None:
+        p = self.progress
+        if p.scanned >= getattr(self, "_next_checkpoint", 0):
+            self._next_checkpoint = (p.scanned // CHECKPOINT_EVERY + 1) * CHECKPOINT_EVERY
+            if p.scanned >= CHECKPOINT_EVERY:
+                self.on_event("checkpoint", p)
+        now = time.monotonic()
+        if now - getattr(self, "_last_event", 0.0) >= 0.5:
+            self._last_event = now
+            self.on_event("progress", p)
+
     def _finish(self) -> int:
         p = self.progress
         errors = p.errors
@@ -752,6 +1201,11 @@ def iter_status_fields(state: dict[str, str]) -> Iterable[tuple[str, str]]:
     for name in order:
         if name in state:
             yield name, state[name]
+    for name in sorted((f for f in state if f.startswith("cursor:")),
+                       key=lambda f: int(f.partition(":")[2] or 0)):
+        shard = name.partition(":")[2]
+        done = state.get(f"done:{shard}") == "1"
+        yield f"shard {shard}", "done" if done else f"cursor {state[name]}"
 
 
 def spawn_engine(redis_url: str, options: BackfillOptions, *, actor: str, reason: str,
@@ -771,7 +1225,8 @@ def spawn_engine(redis_url: str, options: BackfillOptions, *, actor: str, reason
     if allow_plaintext:
         args.append("--allow-plaintext")
     args += ["--actor", actor, "backfill", "--execute" if options.execute else "--dry-run",
-             "--batch", str(options.batch), "--rps", str(options.rps), "--json"]
+             "--batch", str(options.batch), "--rps", str(options.rps),
+             "--workers", str(options.workers), "--json"]
     for ws in options.workspaces:
         args += ["--workspace", validate_workspace_id(ws)]
     if options.max_keys:

@@ -7,13 +7,20 @@ On a standalone server there is one shard, named "0", served by the client itsel
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 from redis.cluster import RedisCluster
 from redis.crc import key_slot as _key_slot
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    ClusterError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 
 SLOTS = 16384
 
@@ -138,3 +145,66 @@ def dbsize(client: Any) -> int:
     if isinstance(replies, dict):
         return sum(int(v) for v in replies.values())
     return int(replies)
+
+
+class Router:
+    """Sends commands straight to the primaries that serve their keys.
+
+    One packed write per node, every node in flight before any reply is read: one round
+    trip for a whole batch. redis-py's cluster pipeline spends ~100 µs of Python per command
+    on routing, which made it the bottleneck of the backfill. A MOVED or ASK reply (the slot
+    map changed) is raised as a ClusterError, so the caller refreshes and retries.
+    """
+
+    def __init__(self, cluster: RedisCluster) -> None:
+        self.cluster = cluster
+        self._clients: dict[str, redis.Redis] = {}
+
+    def node_name(self, key: str) -> str:
+        holders = self.cluster.nodes_manager.slots_cache.get(key_slot(key))
+        if not holders:
+            raise SlotNotCoveredError(f"slot of {key!r} is not covered by the cluster")
+        return holders[0].name
+
+    def _client(self, name: str) -> redis.Redis:
+        client = self._clients.get(name)
+        if client is None:
+            node = self.cluster.get_node(node_name=name)
+            client = self._clients[name] = node_client(self.cluster, node)
+        return client
+
+    def execute(self, items: Sequence[tuple[str, tuple[Any, ...]]]) -> list[Any]:
+        """(routing key, command) pairs; the replies in order, error replies as values."""
+        by_node: dict[str, list[int]] = {}
+        for i, (key, _cmd) in enumerate(items):
+            by_node.setdefault(self.node_name(key), []).append(i)
+        replies: list[Any] = [None] * len(items)
+        taken: list[tuple[Any, Any, list[int]]] = []
+        try:
+            for name, idxs in by_node.items():
+                pool = self._client(name).connection_pool
+                conn = pool.get_connection()
+                taken.append((pool, conn, idxs))
+                conn.send_packed_command(conn.pack_commands([items[i][1] for i in idxs]))
+            for _pool, conn, idxs in taken:
+                for i in idxs:
+                    try:
+                        replies[i] = conn.read_response()
+                    except redis.ResponseError as exc:
+                        replies[i] = exc
+        except BaseException:
+            for _pool, conn, _idxs in taken:
+                conn.disconnect()
+            raise
+        finally:
+            for pool, conn, _idxs in taken:
+                pool.release(conn)
+        for reply in replies:
+            if isinstance(reply, (AskError, ClusterDownError, TryAgainError)):
+                raise ClusterError(f"cluster topology changed: {reply}")
+        return replies
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
