@@ -1089,13 +1089,23 @@ def bench_store_cmd(c: Context, keys: int, samples: int, as_json: bool) -> None:
 @click.option("--keys", type=click.IntRange(1000, 10_000_000), default=200_000,
               show_default=True, help="Legacy jobs to seed (under a private prefix).")
 @click.option("--batch", type=click.IntRange(1, 100_000), default=1000, show_default=True)
+@click.option("--workers", "workers", type=click.IntRange(1, 64), multiple=True,
+              help="Redis Cluster: run the engine with each of these --workers values "
+                   "(repeatable; default 1 and 3 on a cluster).")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def bench_backfill_cmd(c: Context, keys: int, batch: int, as_json: bool) -> None:
-    """relayctl's keys/s vs a server-side Lua probe and a naive per-key loop, same data."""
-    from relayctl.core.bench import bench_backfill
+def bench_backfill_cmd(c: Context, keys: int, batch: int, workers: tuple[int, ...],
+                       as_json: bool) -> None:
+    """relayctl's keys/s vs a server-side Lua probe and a naive per-key loop, same data.
 
-    _run_bench(c, bench_backfill, as_json, keys=keys, batch=batch)
+    On a Redis Cluster: the engine at each --workers value, with ratios to the first.
+    """
+    from relayctl.core.bench import bench_backfill
+    from relayctl.core.cluster import is_cluster
+
+    client = c.client()
+    chosen = workers or ((1, 3) if is_cluster(client) else (1,))
+    _run_bench(c, bench_backfill, as_json, keys=keys, batch=batch, workers=chosen)
 
 
 @bench.command("tui")

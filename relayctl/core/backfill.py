@@ -136,12 +136,12 @@ return 1
 # new key's primary, then one commit on the state hash. The state hash carries the owner's
 # token, which fences the commit as the lease key fences COPY_BATCH on a standalone server.
 
-# KEYS: new, index   ARGV: ttl_ms (0 = none), dump, score, job_id
+# KEYS: new, index   ARGV: expiry (absolute ms, 0 = none), dump, score, job_id
 # Copy-if-absent of one record and its index entry, atomic when both share a slot.
 RESTORE_INDEXED = TYPE_OK + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 'e' end
 if not type_is(KEYS[2], 'zset') then return 'x' end
-redis.call('RESTORE', KEYS[1], ARGV[1], ARGV[2])
+redis.call('RESTORE', KEYS[1], ARGV[1], ARGV[2], 'ABSTTL')
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
 return 'm'
 """
@@ -925,7 +925,8 @@ class Backfill:
         for key in keys:
             commands.append(("HMGET", key, "workspace_id", "job_id", "enqueued_at"))
             if self.opt.execute:
-                commands += [("DUMP", key), ("PTTL", key)]
+                # the absolute expiry, so a copy made later expires exactly with its source
+                commands += [("DUMP", key), ("PEXPIRETIME", key)]
         replies = read_many(reader, commands)
         heads, dumps = [], []
         for i in range(len(keys)):
@@ -952,14 +953,14 @@ class Backfill:
             if dump is None or pttl == -2:
                 plan.append("g")
                 continue
-            ttl = pttl if pttl > 0 else 0
+            ttl = pttl if pttl > 0 else 0  # PEXPIRETIME: -1 none, -2 gone
             new, idx = s.new_key(ws, job_id), s.index_key(ws)
             if clusterlib.key_slot(new) == clusterlib.key_slot(idx):
                 items.append((new, ("EVALSHA", self._restore_sha, 2, new, idx, ttl, dump,
                                     score, job_id)))
                 plan.append("s")
             else:
-                items.append((new, ("RESTORE", new, ttl, dump)))
+                items.append((new, ("RESTORE", new, ttl, dump, "ABSTTL")))
                 items.append((idx, ("ZADD", idx, "NX", score, job_id)))
                 plan.append("r")
         replies = iter(self._router.execute(items) if items else ())

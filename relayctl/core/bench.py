@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import statistics
 import time
@@ -11,7 +12,9 @@ from dataclasses import dataclass, field
 
 import redis
 
+from relayctl.core.cluster import Router, is_cluster, shards
 from relayctl.core.demo import legacy_record
+from relayctl.core.errors import UsageError
 from relayctl.core.flags import DUAL_WRITE, FALLBACK_OLD, PREFERS_NEW
 from relayctl.core.jobs import JobStore, iso_to_ms
 from relayctl.core.keys import KeySchema
@@ -209,23 +212,38 @@ return {res[1], #res[2], n}
 def _seed_backfill_data(client: redis.Redis, schema: KeySchema, keys: int,
                         workspaces: list[str]) -> int:
     rng = random.Random(2)
-    pipe = client.pipeline(transaction=False)
+    router = Router(client) if is_cluster(client) else None
+    items: list[tuple[str, tuple]] = []
     invalid = 0
     start = time.time() - 30 * 86400
+
+    def flush() -> None:
+        if router is not None:
+            router.execute(items)
+        else:
+            pipe = client.pipeline(transaction=False)
+            for _key, cmd in items:
+                pipe.execute_command(*cmd)
+            pipe.execute()
+        items.clear()
+
     for i in range(keys):
         job_id = f"{rng.getrandbits(64):016x}"
         key = schema.old_key(job_id)
         if i % 2000 == 1999:
-            pipe.set(key, "garbage")
+            items.append((key, ("SET", key, "garbage")))
             invalid += 1
         else:
             ws = workspaces[i % len(workspaces)]
-            pipe.hset(key, mapping=legacy_record(rng, ws, job_id, start + i * 0.01))
+            record = legacy_record(rng, ws, job_id, start + i * 0.01)
+            items.append((key, ("HSET", key, *(x for kv in record.items() for x in kv))))
             if i % 3 == 0:
-                pipe.pexpire(key, rng.randint(3, 30) * 86400 * 1000)
+                items.append((key, ("PEXPIRE", key, rng.randint(3, 30) * 86400 * 1000)))
         if i % 2000 == 1999:
-            pipe.execute()
-    pipe.execute()
+            flush()
+    flush()
+    if router is not None:
+        router.close()
     return invalid
 
 
@@ -279,8 +297,17 @@ def _naive_run(client: redis.Redis, schema: KeySchema, limit: int,
 
 
 def bench_backfill(client: redis.Redis, keys: int = 200_000, batch: int = 1000,
+                   workers: tuple[int, ...] = (1,),
                    progress: Callable[[str], None] | None = None) -> BenchResult:
-    """relayctl's backfill vs a server-side Lua probe vs a naive per-key loop, same data."""
+    """relayctl's backfill vs a server-side Lua probe vs a naive per-key loop, same data.
+
+    On a cluster there is no single-server probe: the engine runs once per --workers value
+    and the ratios are to the first value and to the naive loop.
+    """
+    if is_cluster(client):
+        return _bench_backfill_cluster(client, keys, batch, workers, progress)
+    if workers != (1,):
+        raise UsageError("--workers applies to a Redis Cluster; this server is standalone")
     import tracemalloc
 
     from relayctl.core.backfill import Backfill, BackfillKeys, BackfillOptions
@@ -350,6 +377,60 @@ def bench_backfill(client: redis.Redis, keys: int = 200_000, batch: int = 1000,
         result.notes.append("naive loop: SCAN, then HGETALL, EXISTS, PTTL, HSET, PEXPIRE, ZADD "
                             "per key, one round trip each, measured on a bounded sample")
         result.notes.append("engine and probe: best of two runs each, on the same data")
+    finally:
+        say("cleaning up")
+        cleanup(client, f"bench:{run_id}:")
+    return result
+
+
+def _bench_backfill_cluster(client: redis.Redis, keys: int, batch: int,
+                            workers: tuple[int, ...],
+                            progress: Callable[[str], None] | None) -> BenchResult:
+    from relayctl.core.backfill import Backfill, BackfillKeys, BackfillOptions
+
+    say = progress or (lambda _m: None)
+    run_id = uuid.uuid4().hex[:8]
+    schema = bench_schema(run_id)
+    bkeys = BackfillKeys(prefix=f"bench:{run_id}:relay:backfill:")
+    workspaces = [f"ws-{i:02d}" for i in range(10)]
+    result = BenchResult(name="backfill-cluster")
+    shard_count = len(shards(client))
+    try:
+        say(f"seeding {keys} legacy jobs over {shard_count} shards (a third with a TTL)")
+        invalid = _seed_backfill_data(client, schema, keys, workspaces)
+        rates: dict[int, float] = {}
+        for n in workers:
+            best = float("inf")
+            for attempt in (1, 2):
+                say(f"relayctl backfill --execute --workers {n} (run {attempt})")
+                engine = Backfill(client, BackfillOptions(execute=True, batch=batch, force=True,
+                                                          workers=n),
+                                  schema=schema, metrics=Metrics(), keys=bkeys)
+                t0 = time.perf_counter()
+                engine.run()
+                best = min(best, time.perf_counter() - t0)
+                if engine.progress.migrated != keys - invalid:
+                    result.notes.append(f"workers {n} run {attempt}: migrated "
+                                        f"{engine.progress.migrated} of {keys - invalid}")
+                _reset_new_schema(client, schema, bkeys.prefix)
+            rates[n] = keys / best
+        say("naive per-key loop (bounded sample)")
+        naive_s, naive_n = _naive_run(client, schema, min(keys, 5_000), budget_s=60)
+        _reset_new_schema(client, schema, bkeys.prefix)
+        naive_rate = naive_n / naive_s
+        base = workers[0]
+        result.measurements = {"keys": keys, "invalid_seeded": invalid, "batch": batch,
+                               "shards": shard_count, "naive_keys_per_s": naive_rate,
+                               "naive_sample_keys": naive_n,
+                               **{f"relayctl_workers_{n}_keys_per_s": r
+                                  for n, r in rates.items()}}
+        result.ratios = {f"workers_{n}_vs_workers_{base}": rates[n] / rates[base]
+                         for n in workers if n != base}
+        result.ratios.update({f"workers_{n}_vs_naive_loop": rates[n] / naive_rate
+                              for n in workers})
+        result.notes.append("each --workers value: best of two runs on the same data; the "
+                            f"machine has {os.cpu_count()} CPUs shared by every cluster node "
+                            "and the engine")
     finally:
         say("cleaning up")
         cleanup(client, f"bench:{run_id}:")
