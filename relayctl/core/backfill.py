@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import redis
-from redis.exceptions import ClusterError, SlotNotCoveredError, TryAgainError
+from redis.exceptions import ClusterError, NoScriptError, SlotNotCoveredError, TryAgainError
 
 from relayctl.core import audit
 from relayctl.core import cluster as clusterlib
@@ -43,6 +43,9 @@ HEARTBEAT_S = min(2.0, LEASE_TTL_MS / 3000)
 CHECKPOINT_EVERY = 5_000
 RESCAN_MESSAGE = ("Redis restarted since the cursor was taken (its SCAN order changed): "
                   "rescanning from cursor 0; copied records count as exists")
+RESCAN_CLUSTER_MESSAGE = ("a shard's primary changed (failover or restart): its cursor and any "
+                          "copies it had not replicated are gone, so every shard is walked "
+                          "again from cursor 0; copied records count as exists")
 
 EXIT_DONE, EXIT_ERRORS, EXIT_USAGE, EXIT_STOPPED, EXIT_LOST = 0, 1, 2, 3, 4
 
@@ -469,7 +472,7 @@ class Backfill:
                     raise LeaseLostError(
                         "backfill lease was taken over by another owner; stopping"
                     ) from None
-                if "NOSCRIPT" in str(exc):
+                if isinstance(exc, NoScriptError):
                     continue
                 raise
 
@@ -862,7 +865,7 @@ class Backfill:
                 lane.done = saved.get(f"done:{name}") == "1"
             self._lanes[name] = lane
         if changed:
-            self.progress.message = RESCAN_MESSAGE
+            self.progress.message = RESCAN_CLUSTER_MESSAGE
         self._sync_progress()
 
     def _lane_fields(self) -> dict[str, str]:
@@ -984,7 +987,7 @@ class Backfill:
 
     def _raise_transient(self, reply: object) -> None:
         if isinstance(reply, Exception):
-            if "NOSCRIPT" in str(reply):
+            if isinstance(reply, NoScriptError):
                 # a promoted replica does not have the scripts: load them and redo the batch
                 self._restore_sha = self.client.script_load(RESTORE_INDEXED)
                 raise TryAgainError("scripts reloaded after a failover")
@@ -1004,7 +1007,7 @@ class Backfill:
         pipe.get(self.keys.control)
         committed, control = pipe.execute(raise_on_error=False)
         if isinstance(committed, Exception):
-            if "NOSCRIPT" in str(committed):
+            if isinstance(committed, NoScriptError):
                 self._commit_sha = self.client.script_load(COMMIT_SHARD)
                 return self._commit_lane(batch, skipped, codes, done)
             raise committed
@@ -1022,6 +1025,7 @@ class Backfill:
         if not self._lanes:
             self._retrying(lambda: self._resume_lanes({}), "topology")
         self._t_start = time.monotonic()
+        self._paced = (self._t_start, 0)  # --rps schedule origin: (time, keys scanned)
         while True:
             try:
                 outcome = self._run_lanes()
@@ -1037,10 +1041,10 @@ class Backfill:
     def _rescan_all(self) -> None:
         self._forget_topology()
         self._resume_lanes({})
-        self.progress.message = RESCAN_MESSAGE
+        self.progress.message = RESCAN_CLUSTER_MESSAGE
         self.on_event("retry", self.progress)
         fields = self._lane_fields()
-        fields.update({"message": RESCAN_MESSAGE, "updated": f"{time.time():.3f}"})
+        fields.update({"message": RESCAN_CLUSTER_MESSAGE, "updated": f"{time.time():.3f}"})
         self.client.hset(self.keys.state, mapping=fields)
 
     def _run_lanes(self) -> int | None:
@@ -1169,7 +1173,7 @@ class Backfill:
             return 0.0
         with self._lock:
             now = time.monotonic()
-            origin, done = getattr(self, "_paced", (now, 0))
+            origin, done = self._paced
             ahead = (self._scanned_this_run - done) / self.opt.rps - (now - origin)
             if ahead < 0:
                 self._paced = (now, self._scanned_this_run)
