@@ -7,6 +7,7 @@ On a standalone server there is one shard, named "0", served by the client itsel
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -159,6 +160,7 @@ class Router:
     def __init__(self, cluster: RedisCluster) -> None:
         self.cluster = cluster
         self._clients: dict[str, redis.Redis] = {}
+        self._lock = threading.Lock()
 
     def node_name(self, key: str) -> str:
         holders = self.cluster.nodes_manager.slots_cache.get(key_slot(key))
@@ -167,11 +169,12 @@ class Router:
         return holders[0].name
 
     def _client(self, name: str) -> redis.Redis:
-        client = self._clients.get(name)
-        if client is None:
-            node = self.cluster.get_node(node_name=name)
-            client = self._clients[name] = node_client(self.cluster, node)
-        return client
+        with self._lock:
+            client = self._clients.get(name)
+            if client is None:
+                node = self.cluster.get_node(node_name=name)
+                client = self._clients[name] = node_client(self.cluster, node)
+            return client
 
     def execute(self, items: Sequence[tuple[str, tuple[Any, ...]]]) -> list[Any]:
         """(routing key, command) pairs; the replies in order, error replies as values."""
