@@ -923,8 +923,6 @@ def _echo_layout(layout) -> None:
 def status(c: Context, as_json: bool) -> None:
     """One screen: deployment and slot layout, flags, fleet, backfill, keyspace, current phase
     and its gates."""
-    from redis.exceptions import RedisClusterException
-
     from relayctl.core.backfill import lease_owner, read_state
     from relayctl.core.census import last_census
     from relayctl.core.checklist import read_checklist
@@ -941,10 +939,7 @@ def status(c: Context, as_json: bool) -> None:
     instances = fleet.live_instances(client)
     bf = read_state(client)
     census_ = last_census(client)
-    try:
-        mem = memory_info(client) or {}
-    except RedisClusterException:  # a cluster client refuses the pipelined INFO: no figure
-        mem = {}
+    mem = memory_info(client) or {}
     state = read_checklist(client)
     number = min(state.phase, LAST_PHASE)
     ctx, _ = _gate_context(c, number, None)

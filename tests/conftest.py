@@ -349,7 +349,7 @@ class RedisClusterServers:
 
 
 def start_cluster(workdir: Path, primaries: int = 3) -> RedisClusterServers:
-    """Start 2×`primaries` cluster-enabled servers and join them with `redis-cli --cluster`."""
+    """Start 2 * `primaries` cluster-enabled servers and join them with `redis-cli --cluster`."""
     binary = _redis_binary()
     cli = shutil.which("redis-cli")
     if binary is None or cli is None:

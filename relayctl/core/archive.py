@@ -19,14 +19,17 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
+from redis.cluster import ClusterNode, RedisCluster
 
 from relayctl.core import audit
+from relayctl.core.cluster import Router, close_shards, is_cluster, run_script, shards
 from relayctl.core.errors import RelayError, UsageError
 from relayctl.core.flags import FALLBACK_OLD, stored_flags
 from relayctl.core.keys import KeySchema
-from relayctl.core.roundtrip import read_many
+from relayctl.core.roundtrip import Command, read_many
 from relayctl.core.validate import is_valid_job_id, is_valid_workspace_id
 
 FORMAT = "relayctl-archive"
@@ -69,6 +72,28 @@ end
 return table.concat(codes)
 """
 
+# Cluster form of DELETE_VERIFIED: the legacy key and its new copy live in different slots,
+# so the new record is read first and its fields are passed in.
+# KEYS: old.  ARGV: dump, '1' if the new record is a non-empty hash, then its field, value...
+# Same codes as DELETE_VERIFIED, for one key.
+DELETE_LEGACY = """
+local dump = redis.call('DUMP', KEYS[1])
+if not dump then return 'g' end
+if dump ~= ARGV[1] then return 'c' end
+local t = redis.call('TYPE', KEYS[1])
+if type(t) == 'table' then t = t['ok'] end
+if ARGV[2] ~= '1' or t ~= 'hash' then return 'n' end
+local want = {}
+for j = 3, #ARGV, 2 do want[ARGV[j]] = ARGV[j + 1] end
+local fields = redis.call('HGETALL', KEYS[1])
+if #fields ~= #ARGV - 2 then return 'n' end
+for j = 1, #fields, 2 do
+  if want[fields[j]] ~= fields[j + 1] then return 'n' end
+end
+redis.call('UNLINK', KEYS[1])
+return 'd'
+"""
+
 
 class ArchiveError(RelayError):
     """The archive file is missing, truncated, tampered with or of another version."""
@@ -99,12 +124,29 @@ class ArchivedKey:
 
 
 def binary_client(client: redis.Redis) -> redis.Redis:
-    """A client on the same server that returns bytes (DUMP payloads are binary)."""
+    """A client on the same server (or cluster) that returns bytes: DUMP payloads are binary."""
+    if is_cluster(client):
+        return _binary_cluster(client)
     kwargs = dict(client.connection_pool.connection_kwargs)
     kwargs["decode_responses"] = False
     pool = redis.ConnectionPool(connection_class=client.connection_pool.connection_class,
                                 **kwargs)
     return redis.Redis(connection_pool=pool)
+
+
+def _binary_cluster(client: Any) -> RedisCluster:
+    """A bytes RedisCluster with the decoded one's nodes and settings (TLS, auth, timeouts).
+
+    redis-py fixes decode_responses per client, so the cluster client cannot be switched.
+    """
+    manager = client.nodes_manager
+    kwargs = {k: v for k, v in manager.connection_kwargs.items()
+              if k not in ("db", "redis_connect_func")
+              and not k.startswith(("maint_", "oss_cluster_", "orig_"))}
+    kwargs["decode_responses"] = False
+    nodes = [ClusterNode(n.host, n.port) for n in manager.startup_nodes.values()]
+    return RedisCluster(startup_nodes=nodes, retry=client.retry,
+                        address_remap=manager.address_remap, **kwargs)
 
 
 def _record_hash(key: str, expire_at_ms: int, dump: bytes) -> str:
@@ -120,45 +162,52 @@ def _record_hash(key: str, expire_at_ms: int, dump: bytes) -> str:
 def export(client: redis.Redis, schema: KeySchema, path: str | Path, *,
            progress: Callable[[int], None] | None = None,
            now_ms: Callable[[], int] = lambda: int(time.time() * 1000)) -> ArchiveSummary:
-    """Stream every legacy key into a new archive; written to a temp file, then renamed."""
+    """Stream every legacy key into a new archive; written to a temp file, then renamed.
+
+    Each shard (the server itself when standalone) is scanned with its own bytes client,
+    so DUMP and PTTL of a batch are one round trip to the node that holds the keys.
+    """
     target = Path(path)
     if target.exists():
         raise UsageError(f"archive {target} already exists; refusing to overwrite it")
     tmp = target.with_name(target.name + ".partial")
-    bclient = binary_client(client)
     summary = ArchiveSummary(action="export", path=str(target))
     manifest = hashlib.sha256()
     t0 = time.perf_counter()
+    found = shards(client, decode_responses=False)
     try:
         with gzip.open(tmp, "wt", encoding="utf-8") as out:
             out.write(json.dumps({"format": FORMAT, "version": VERSION,
                                   "pattern": schema.old_pattern, "created_ms": now_ms()}) + "\n")
-            cursor = 0
-            while True:
-                cursor, keys = bclient.scan(cursor, match=schema.old_pattern, count=SCAN_COUNT)
-                if keys:
-                    pipe = bclient.pipeline(transaction=False)
-                    for key in keys:
-                        pipe.dump(key)
-                        pipe.pttl(key)
-                    replies = pipe.execute()
-                    stamp = now_ms()
-                    for i, raw_key in enumerate(keys):
-                        dump, pttl = replies[2 * i], replies[2 * i + 1]
-                        if dump is None:
-                            continue
-                        key = raw_key.decode()
-                        expire_at = stamp + pttl if pttl > 0 else -1
-                        digest = _record_hash(key, expire_at, dump)
-                        manifest.update(digest.encode())
-                        out.write(json.dumps({"k": key, "x": expire_at,
-                                              "d": base64.b64encode(dump).decode(),
-                                              "h": digest}) + "\n")
-                        summary.count += 1
-                    if progress is not None:
-                        progress(summary.count)
-                if int(cursor) == 0:
-                    break
+            for shard in found:
+                bclient = shard.client
+                cursor = 0
+                while True:
+                    cursor, keys = bclient.scan(cursor, match=schema.old_pattern,
+                                                count=SCAN_COUNT)
+                    if keys:
+                        pipe = bclient.pipeline(transaction=False)
+                        for key in keys:
+                            pipe.dump(key)
+                            pipe.pttl(key)
+                        replies = pipe.execute()
+                        stamp = now_ms()
+                        for i, raw_key in enumerate(keys):
+                            dump, pttl = replies[2 * i], replies[2 * i + 1]
+                            if dump is None:
+                                continue
+                            key = raw_key.decode()
+                            expire_at = stamp + pttl if pttl > 0 else -1
+                            digest = _record_hash(key, expire_at, dump)
+                            manifest.update(digest.encode())
+                            out.write(json.dumps({"k": key, "x": expire_at,
+                                                  "d": base64.b64encode(dump).decode(),
+                                                  "h": digest}) + "\n")
+                            summary.count += 1
+                        if progress is not None:
+                            progress(summary.count)
+                    if int(cursor) == 0:
+                        break
             summary.sha256 = manifest.hexdigest()
             out.write(json.dumps({"manifest": {"count": summary.count,
                                                "sha256": summary.sha256}}) + "\n")
@@ -167,7 +216,7 @@ def export(client: redis.Redis, schema: KeySchema, path: str | Path, *,
         tmp.unlink(missing_ok=True)
         raise
     finally:
-        bclient.close()
+        close_shards(found, client)
     summary.duration_s = time.perf_counter() - t0
     return summary
 
@@ -254,7 +303,11 @@ def delete_verified(client: redis.Redis, schema: KeySchema, path: str | Path, *,
                     actor: str, reason: str, batch: int = 500, rps: float = 0.0,
                     force: bool = False,
                     progress: Callable[[ArchiveSummary], None] | None = None) -> ArchiveSummary:
-    """Delete legacy keys that are in the export, unchanged since, and equal in the new schema."""
+    """Delete legacy keys that are in the export, unchanged since, and equal in the new schema.
+
+    Standalone: one DELETE_VERIFIED script per batch checks and deletes each (old, new) pair
+    atomically. Cluster: see _delete_on_cluster.
+    """
     if not reason.strip():
         raise UsageError("a reason is required for archive delete")
     total = check_archive(path, schema)
@@ -262,7 +315,10 @@ def delete_verified(client: redis.Redis, schema: KeySchema, path: str | Path, *,
         raise UsageError("refusing archive delete while READ_FALLBACK_OLD is on: reads still "
                          "fall back to legacy keys (phase 5 first, or --force)")
     bclient = binary_client(client)
-    script = bclient.register_script(DELETE_VERIFIED)
+    on_cluster = is_cluster(client)
+    script = None if on_cluster else bclient.register_script(DELETE_VERIFIED)
+    router = Router(client) if on_cluster else None
+    brouter = Router(bclient) if on_cluster else None
     summary = ArchiveSummary(action="delete", path=str(path), count=total,
                              counts={"deleted": 0, "changed": 0, "new_differs": 0, "gone": 0,
                                      "invalid": 0})
@@ -271,7 +327,8 @@ def delete_verified(client: redis.Redis, schema: KeySchema, path: str | Path, *,
     t0 = time.perf_counter()
     try:
         for group in _batches(read_archive(path, schema), batch):
-            heads = read_many(client, [("HMGET", i.key, "workspace_id", "job_id") for i in group])
+            reads = [("HMGET", i.key, "workspace_id", "job_id") for i in group]
+            heads = router.run(reads) if router is not None else read_many(client, reads)
             keys: list[str] = []
             dumps: list[bytes] = []
             for item, head in zip(group, heads, strict=True):
@@ -283,7 +340,10 @@ def delete_verified(client: redis.Redis, schema: KeySchema, path: str | Path, *,
                 keys += [item.key, schema.new_key(ws, job_id)]
                 dumps.append(item.dump)
             if keys:
-                codes = script(keys=keys, args=dumps).decode()
+                if brouter is not None:
+                    codes = _delete_on_cluster(brouter, keys, dumps)
+                else:
+                    codes = script(keys=keys, args=dumps).decode()
                 for code in codes:
                     summary.counts[names[code]] += 1
             if progress is not None:
@@ -294,6 +354,9 @@ def delete_verified(client: redis.Redis, schema: KeySchema, path: str | Path, *,
                 if wait > 0:
                     time.sleep(wait)
     finally:
+        for r in (router, brouter):
+            if r is not None:
+                r.close()
         bclient.close()
         summary.duration_s = time.perf_counter() - t0
         audit.record(client, actor, "archive.delete.end", str(path), "",
@@ -301,31 +364,61 @@ def delete_verified(client: redis.Redis, schema: KeySchema, path: str | Path, *,
     return summary
 
 
+def _delete_on_cluster(brouter: Router, keys: list[str], dumps: list[bytes]) -> str:
+    """DELETE_VERIFIED split in two, as a legacy key and its copy are in different slots.
+
+    The copies are read first, then DELETE_LEGACY checks and deletes each legacy key on its
+    node. A copy changed after its read held the legacy data when read, and the export keeps
+    it, so nothing is lost that `restore` cannot put back.
+    """
+    olds, news = keys[0::2], keys[1::2]
+    records = brouter.run([("HGETALL", new) for new in news])
+    calls: list[tuple[list[str], list[Any]]] = []
+    for old, dump, record in zip(olds, dumps, records, strict=True):
+        args: list[Any] = [dump, b"0"]
+        if isinstance(record, dict) and record:
+            args[1] = b"1"
+            for name, value in record.items():
+                args += [name, value]
+        calls.append(([old], args))
+    return "".join(code.decode() for code in run_script(brouter, DELETE_LEGACY, calls))
+
+
 def restore(client: redis.Redis, schema: KeySchema, path: str | Path, *, actor: str,
             reason: str, now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
             progress: Callable[[ArchiveSummary], None] | None = None) -> ArchiveSummary:
-    """Put archived keys back byte-identical (absolute TTL); never overwrites a key."""
+    """Put archived keys back byte-identical (absolute TTL); never overwrites a key.
+
+    On a cluster each batch's RESTOREs go to the primaries serving their keys (Router).
+    """
     if not reason.strip():
         raise UsageError("a reason is required for archive restore")
     total = check_archive(path, schema)
     bclient = binary_client(client)
+    brouter = Router(bclient) if is_cluster(client) else None
     summary = ArchiveSummary(action="restore", path=str(path), count=total,
                              counts={"restored": 0, "exists": 0, "expired": 0})
     audit.record(client, actor, "archive.restore.start", str(path), "", f"{total} keys", reason)
     t0 = time.perf_counter()
     try:
         for group in _batches(read_archive(path, schema), SCAN_COUNT):
-            pipe = bclient.pipeline(transaction=False)
-            sent = 0
+            commands: list[Command] = []
             for item in group:
                 if 0 <= item.expire_at_ms <= now_ms():
                     summary.counts["expired"] += 1
                     continue
                 ttl = max(item.expire_at_ms, 0)
-                pipe.restore(item.key, ttl, item.dump, absttl=item.expire_at_ms >= 0)
-                sent += 1
-            if sent:
-                for reply in pipe.execute(raise_on_error=False):
+                commands.append(("RESTORE", item.key, ttl, item.dump,
+                                 *(("ABSTTL",) if item.expire_at_ms >= 0 else ())))
+            if commands:
+                if brouter is not None:
+                    replies = brouter.run(commands)
+                else:
+                    pipe = bclient.pipeline(transaction=False)
+                    for command in commands:
+                        pipe.execute_command(*command)
+                    replies = pipe.execute(raise_on_error=False)
+                for reply in replies:
                     if isinstance(reply, redis.ResponseError):
                         if "BUSYKEY" not in str(reply):
                             raise reply
@@ -335,6 +428,8 @@ def restore(client: redis.Redis, schema: KeySchema, path: str | Path, *, actor: 
             if progress is not None:
                 progress(summary)
     finally:
+        if brouter is not None:
+            brouter.close()
         bclient.close()
         summary.duration_s = time.perf_counter() - t0
         audit.record(client, actor, "archive.restore.end", str(path), "",

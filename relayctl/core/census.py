@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 import redis
 
-from relayctl.core.keys import CENSUS_KEY, KeySchema
+from relayctl.core.cluster import close_shards, dbsize, shards
+from relayctl.core.keys import CENSUS_KEY, KeyClassifier, KeySchema
 from relayctl.core.roundtrip import read_many
 
 SCAN_COUNT = 5000
@@ -53,18 +54,43 @@ def run_census(
 ) -> Census:
     """SCAN the whole keyspace once (never KEYS), classify names, ZCARD each index key.
 
-    Stores the result and its time in relay:census for the gates and the console.
+    Stores the result and its time in relay:census for the gates and the console. On a
+    cluster every primary is scanned (the sum is the keyspace); relay:census is written after
+    the scan, so `scanned` counts it only when a previous census had stored it.
     """
     kc = (schema or KeySchema()).classifier()
-    oh, ot, nh, nm, nt, ih, it = (kc.old_head, kc.old_tail, kc.new_head, kc.new_mid,
-                                  kc.new_tail, kc.idx_head, kc.idx_tail)
     census = Census()
     per_ws: dict[str, Counter] = {}
     t0 = time.perf_counter()
-    dbsize = max(client.dbsize(), 1)
+    total = max(dbsize(client), 1)
+    found = shards(client)
+    try:
+        for shard in found:
+            _census_shard(shard.client, kc, census, per_ws, by_workspace, progress, total)
+    finally:
+        close_shards(found, client)
+    census.duration_s = time.perf_counter() - t0
+    census.ts = now()
+    census.by_workspace = {ws: dict(c) for ws, c in sorted(per_ws.items())}
+    if store:
+        client.hset(CENSUS_KEY, mapping={
+            "old": census.old, "new": census.new, "index_keys": census.index_keys,
+            "index_entries": census.index_entries, "other": census.other,
+            "scanned": census.scanned, "duration_s": f"{census.duration_s:.3f}",
+            "ts": f"{census.ts:.3f}", "by_workspace": json.dumps(census.by_workspace),
+        })
+    return census
+
+
+def _census_shard(shard: redis.Redis, kc: KeyClassifier, census: Census,
+                  per_ws: dict[str, Counter], by_workspace: bool,
+                  progress: Callable[[Census, float], None] | None, total: int) -> None:
+    """SCAN one shard to its end; its index keys live there, so ZCARD goes to it too."""
+    oh, ot, nh, nm, nt, ih, it = (kc.old_head, kc.old_tail, kc.new_head, kc.new_mid,
+                                  kc.new_tail, kc.idx_head, kc.idx_tail)
     cursor = 0
     while True:
-        cursor, keys = client.scan(cursor, count=SCAN_COUNT)
+        cursor, keys = shard.scan(cursor, count=SCAN_COUNT)
         census.scanned += len(keys)
         index_keys: list[tuple[str, str]] = []
         # Pattern semantics, like the MATCH patterns the engines scan with: a key counts
@@ -82,7 +108,7 @@ def run_census(
             else:
                 census.other += 1
         if index_keys:
-            cards = read_many(client, [("ZCARD", k) for k, _ in index_keys])
+            cards = read_many(shard, [("ZCARD", k) for k, _ in index_keys])
             for (_key, ws), card in zip(index_keys, cards, strict=True):
                 if isinstance(card, int):
                     census.index_keys += 1
@@ -92,20 +118,9 @@ def run_census(
                 else:
                     census.other += 1
         if progress is not None:
-            progress(census, min(census.scanned / dbsize, 1.0))
+            progress(census, min(census.scanned / total, 1.0))
         if int(cursor) == 0:
-            break
-    census.duration_s = time.perf_counter() - t0
-    census.ts = now()
-    census.by_workspace = {ws: dict(c) for ws, c in sorted(per_ws.items())}
-    if store:
-        client.hset(CENSUS_KEY, mapping={
-            "old": census.old, "new": census.new, "index_keys": census.index_keys,
-            "index_entries": census.index_entries, "other": census.other,
-            "scanned": census.scanned, "duration_s": f"{census.duration_s:.3f}",
-            "ts": f"{census.ts:.3f}", "by_workspace": json.dumps(census.by_workspace),
-        })
-    return census
+            return
 
 
 def last_census(client: redis.Redis) -> Census | None:

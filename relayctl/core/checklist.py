@@ -1,6 +1,7 @@
 """The shared walkthrough: current phase, checked-off items, baselines, overrides, rollbacks.
 
-State lives in relay:checklist; every write goes with its audit entry in one MULTI/EXEC.
+State lives in relay:checklist; every write goes with its audit entry through
+`audit.write_audited` (one MULTI/EXEC standalone; entries first, then the write, on a cluster).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from relayctl.core.backfill import send_control
 from relayctl.core.errors import UsageError
 from relayctl.core.flags import FlagChange, set_flag
 from relayctl.core.gates import PASS, GateContext, GateResult, evaluate_phase
-from relayctl.core.keys import AUDIT_KEY, CHECKLIST_KEY
+from relayctl.core.keys import CHECKLIST_KEY
 from relayctl.core.phases import LAST_PHASE, PROCEDURES, Phase, find_item, phase
 from relayctl.core.scrape import Snapshot, SourceError, scrape
 from relayctl.core.serverinfo import memory_info
@@ -71,10 +72,7 @@ def parse_checklist(raw: dict[str, str]) -> ChecklistState:
 
 
 def _write(client: redis.Redis, fields: dict[str, str], entry: dict[str, str]) -> None:
-    pipe = client.pipeline(transaction=True)
-    pipe.hset(CHECKLIST_KEY, mapping=fields)
-    pipe.xadd(AUDIT_KEY, entry, maxlen=audit.AUDIT_MAXLEN, approximate=True)
-    pipe.execute()
+    audit.write_audited(client, [entry], lambda pipe: pipe.hset(CHECKLIST_KEY, mapping=fields))
 
 
 def mark(client: redis.Redis, item_ids: list[str], *, actor: str, reason: str = "",
@@ -171,19 +169,15 @@ def advance(client: redis.Redis, ctx: GateContext, *, actor: str,
     if blocking or open_items:
         return result
     ts = now()
-    pipe = client.pipeline(transaction=True)
-    for r in results:
-        if r.gate in overrides:
-            pipe.xadd(AUDIT_KEY, audit.audit_fields(
-                actor, "gate.override", f"phase {current.number}/{r.gate}", r.status, PASS,
-                overrides[r.gate], ts), maxlen=audit.AUDIT_MAXLEN, approximate=True)
     nxt = current.number + 1
-    pipe.hset(CHECKLIST_KEY, "phase", str(nxt))
-    pipe.xadd(AUDIT_KEY, audit.audit_fields(
+    entries = [audit.audit_fields(actor, "gate.override", f"phase {current.number}/{r.gate}",
+                                  r.status, PASS, overrides[r.gate], ts)
+               for r in results if r.gate in overrides]
+    entries.append(audit.audit_fields(
         actor, "checklist.advance", "phase", str(current.number), str(nxt),
-        "; ".join(f"{g}: {why}" for g, why in overrides.items()) or "all gates pass", ts),
-        maxlen=audit.AUDIT_MAXLEN, approximate=True)
-    pipe.execute()
+        "; ".join(f"{g}: {why}" for g, why in overrides.items()) or "all gates pass", ts))
+    audit.write_audited(client, entries,
+                        lambda pipe: pipe.hset(CHECKLIST_KEY, "phase", str(nxt)))
     result.advanced = True
     result.phase_to = nxt
     return result

@@ -7,6 +7,8 @@ On a standalone server there is one shard, named "0", served by the client itsel
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from redis.exceptions import (
     AskError,
     ClusterDownError,
     ClusterError,
+    NoScriptError,
     SlotNotCoveredError,
     TryAgainError,
 )
@@ -30,9 +33,9 @@ def is_cluster(client: Any) -> bool:
     return isinstance(client, RedisCluster)
 
 
-def key_slot(key: str) -> int:
+def key_slot(key: str | bytes) -> int:
     """The cluster slot of a key (hash tags honoured), as Redis computes it."""
-    return _key_slot(key.encode())
+    return _key_slot(key if isinstance(key, bytes) else key.encode())
 
 
 @dataclass(frozen=True)
@@ -148,13 +151,17 @@ def dbsize(client: Any) -> int:
     return int(replies)
 
 
+# MOVED, ASK, TRYAGAIN, CLUSTERDOWN / MASTERDOWN: the cluster client knows how to go on.
+_REDIRECTS = (AskError, TryAgainError, ClusterDownError)
+_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
 class Router:
     """Sends commands straight to the primaries that serve their keys.
 
     One packed write per node, every node in flight before any reply is read: one round
     trip for a whole batch. redis-py's cluster pipeline spends ~100 µs of Python per command
-    on routing, which made it the bottleneck of the backfill. A MOVED or ASK reply (the slot
-    map changed) is raised as a ClusterError, so the caller refreshes and retries.
+    on routing, which made it the bottleneck of the backfill, verify and archive.
     """
 
     def __init__(self, cluster: RedisCluster) -> None:
@@ -162,7 +169,7 @@ class Router:
         self._clients: dict[str, redis.Redis] = {}
         self._lock = threading.Lock()
 
-    def node_name(self, key: str) -> str:
+    def node_name(self, key: str | bytes) -> str:
         holders = self.cluster.nodes_manager.slots_cache.get(key_slot(key))
         if not holders:
             raise SlotNotCoveredError(f"slot of {key!r} is not covered by the cluster")
@@ -176,25 +183,45 @@ class Router:
                 client = self._clients[name] = node_client(self.cluster, node)
             return client
 
-    def execute(self, items: Sequence[tuple[str, tuple[Any, ...]]]) -> list[Any]:
-        """(routing key, command) pairs; the replies in order, error replies as values."""
+    def _dispatch(self, items: Sequence[tuple[Any, tuple[Any, ...]]]
+                  ) -> tuple[list[Any], list[int]]:
+        """Replies in order (error replies as values) and the indexes that did not land:
+        their node was unreachable or answered with a redirect."""
         by_node: dict[str, list[int]] = {}
+        failed: list[int] = []
         for i, (key, _cmd) in enumerate(items):
-            by_node.setdefault(self.node_name(key), []).append(i)
+            try:
+                by_node.setdefault(self.node_name(key), []).append(i)
+            except SlotNotCoveredError:
+                failed.append(i)
         replies: list[Any] = [None] * len(items)
         taken: list[tuple[Any, Any, list[int]]] = []
         try:
             for name, idxs in by_node.items():
                 pool = self._client(name).connection_pool
-                conn = pool.get_connection()
+                try:
+                    conn = pool.get_connection()
+                except _UNREACHABLE:
+                    failed += idxs
+                    continue
+                try:
+                    conn.send_packed_command(conn.pack_commands([items[i][1] for i in idxs]))
+                except _UNREACHABLE:
+                    conn.disconnect()
+                    pool.release(conn)
+                    failed += idxs
+                    continue
                 taken.append((pool, conn, idxs))
-                conn.send_packed_command(conn.pack_commands([items[i][1] for i in idxs]))
             for _pool, conn, idxs in taken:
-                for i in idxs:
-                    try:
-                        replies[i] = conn.read_response()
-                    except redis.ResponseError as exc:
-                        replies[i] = exc
+                try:
+                    for i in idxs:
+                        try:
+                            replies[i] = conn.read_response()
+                        except redis.ResponseError as exc:
+                            replies[i] = exc
+                except _UNREACHABLE:
+                    conn.disconnect()
+                    failed += idxs
         except BaseException:
             for _pool, conn, _idxs in taken:
                 conn.disconnect()
@@ -202,12 +229,67 @@ class Router:
         finally:
             for pool, conn, _idxs in taken:
                 pool.release(conn)
-        for reply in replies:
-            if isinstance(reply, (AskError, ClusterDownError, TryAgainError)):
-                raise ClusterError(f"cluster topology changed: {reply}")
+        failed += [i for i, reply in enumerate(replies) if isinstance(reply, _REDIRECTS)]
+        return replies, sorted(set(failed))
+
+    def execute(self, items: Sequence[tuple[Any, tuple[Any, ...]]]) -> list[Any]:
+        """(routing key, command) pairs; replies in order. Raises ClusterError if any share
+        did not land, after re-reading the slot map, so the caller retries the batch."""
+        replies, failed = self._dispatch(items)
+        if failed:
+            self.forget()
+            raise ClusterError(f"{len(failed)} commands hit a moved slot or an unreachable node")
         return replies
 
-    def close(self) -> None:
-        for client in self._clients.values():
+    def run(self, commands: Sequence[tuple[Any, ...]], key_at: int = 1) -> list[Any]:
+        """Replies in order, errors as values (like read_many); the key is `cmd[key_at]`.
+
+        Shares that did not land (resharding, failover) are sent again through the cluster
+        client, which follows redirects; so commands must be safe to repeat.
+        """
+        replies, failed = self._dispatch([(cmd[key_at], cmd) for cmd in commands])
+        if failed:
+            self.forget()
+            pipe = self.cluster.pipeline(transaction=False)
+            for i in failed:
+                pipe.execute_command(*commands[i])
+            for i, reply in zip(failed, pipe.execute(raise_on_error=False), strict=True):
+                replies[i] = reply
+        return replies
+
+    def forget(self) -> None:
+        """Re-read the slot map and drop the per-node clients (a node may be gone)."""
+        with self._lock:
+            old, self._clients = self._clients, {}
+        for client in old.values():
             client.close()
-        self._clients.clear()
+        with contextlib.suppress(redis.RedisError, OSError, SlotNotCoveredError):
+            refresh_topology(self.cluster)
+
+    def close(self) -> None:
+        with self._lock:
+            old, self._clients = self._clients, {}
+        for client in old.values():
+            client.close()
+
+
+def run_script(router: Router, script: str,
+               calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]) -> list[Any]:
+    """Run `script` once per (keys, args) call, all keys of a call in one slot.
+
+    Scripts are called by SHA and loaded on every primary when a node answers NOSCRIPT
+    (first use, a promoted replica). Error replies other than NOSCRIPT are raised.
+    """
+    sha = hashlib.sha1(script.encode()).hexdigest()
+    commands = [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls]
+    replies = router.run(commands, key_at=3)
+    missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+    if missing:
+        router.cluster.script_load(script)
+        for i, reply in zip(missing, router.run([commands[i] for i in missing], key_at=3),
+                            strict=True):
+            replies[i] = reply
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies

@@ -18,7 +18,7 @@ from relayctl.core.checklist import ChecklistState, gate_context, parse_checklis
 from relayctl.core.connection import describe_redis_error
 from relayctl.core.flags import DEFAULTS, FLAG_NAMES, stored_flags
 from relayctl.core.gates import GateResult, evaluate
-from relayctl.core.keys import AUDIT_KEY, CENSUS_KEY, CHECKLIST_KEY, VERIFY_KEY
+from relayctl.core.keys import AUDIT_KEY, CENSUS_KEY, CHECKLIST_KEY, VERIFY_KEY, KeySchema
 from relayctl.core.phases import LAST_PHASE, phase
 from relayctl.core.scrape import Snapshot, SourceError, scrape
 from relayctl.core.serverinfo import memory_info
@@ -140,7 +140,8 @@ def _rates(now: Snapshot, before: Snapshot | None) -> Rates:
 def refresh(state: ConsoleState, client: redis.Redis | None, metrics_urls: list[str],
             redis_url: str | None, now: float | None = None,
             backfill_keys: BackfillKeys | None = None,
-            thresholds: dict[str, float] | None = None) -> ConsoleState:
+            thresholds: dict[str, float] | None = None,
+            schema: KeySchema | None = None) -> ConsoleState:
     """One tick: update `state` in place from Redis and /metrics; failures mark sources
     DOWN/STALE and keep the last values."""
     state.ts = time.time() if now is None else now
@@ -186,7 +187,8 @@ def refresh(state: ConsoleState, client: redis.Redis | None, metrics_urls: list[
         state.checklist = parse_checklist(checklist_raw)
         number = state.phase_number
         ctx = gate_context(client, state.checklist, number, redis_url=redis_url,
-                           metrics_urls=metrics_urls, now=lambda: state.ts, shared=shared)
+                           metrics_urls=metrics_urls, now=lambda: state.ts, shared=shared,
+                           schema=schema or KeySchema())
         ctx.audit_scan = FLAG_HISTORY_SCAN
         # what this tick already read, the gates reuse instead of reading again
         ctx._cache.update({"census": state.census, "verify": state.verify, "backfill": bf,

@@ -7,6 +7,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import re
 import secrets
 from dataclasses import asdict, dataclass
 
@@ -18,11 +19,17 @@ from relayctl.core.keys import CURSOR_SECRET_KEY
 _VERSION = 1
 _MAC_BYTES = 16
 MAX_CURSOR_LENGTH = 2048
+_SLOTS = 16384
+_SHARD = re.compile(r"0|[1-9][0-9]{0,4}")
 
 
 @dataclass(frozen=True)
 class CursorState:
-    """Where a listing stopped. phase: 'index' (workspace index) or 'legacy' (SCAN)."""
+    """Where a listing stopped. phase: 'index' (workspace index) or 'legacy' (SCAN).
+
+    In the legacy phase `scan` is the SCAN cursor of the shard named `shard` (a cluster SCANs
+    one primary after the other; a standalone server is the one shard "0").
+    """
 
     ws: str
     status: str
@@ -32,6 +39,7 @@ class CursorState:
     job_id: str | None = None
     scan: int = 0
     last_key: str | None = None
+    shard: str = "0"
 
 
 def _b64(data: bytes) -> str:
@@ -103,5 +111,8 @@ class CursorCodec:
                 "cursor was issued under different read flags; start again from the first page"
             )
         if state.phase not in ("index", "legacy"):
+            raise CursorError("invalid cursor: malformed payload")
+        if not isinstance(state.shard, str) or not _SHARD.fullmatch(state.shard) \
+                or int(state.shard) >= _SLOTS:
             raise CursorError("invalid cursor: malformed payload")
         return state

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 
 import redis
 
-from relayctl.core.audit import AUDIT_MAXLEN
+from relayctl.core.audit import AUDIT_MAXLEN, audit_fields
+from relayctl.core.cluster import is_cluster
 from relayctl.core.errors import UsageError
 from relayctl.core.keys import AUDIT_KEY, FLAGS_KEY
 from relayctl.core.lua import TYPE_OK
@@ -23,12 +24,15 @@ DEFAULTS: dict[str, bool] = {DUAL_WRITE: False, PREFERS_NEW: False, FALLBACK_OLD
 _TRUE = {"on", "true", "1", "yes"}
 _FALSE = {"off", "false", "0", "no"}
 
+_FLAGS_NOT_HASH = "WRONGTYPE relay:flags is not a hash"
+_AUDIT_NOT_STREAM = "WRONGTYPE relay:audit is not a stream; the change cannot be audited"
+
 _SET_FLAG = TYPE_OK + """
 if not type_is(KEYS[1], 'hash') then
-  return redis.error_reply('WRONGTYPE relay:flags is not a hash')
+  return redis.error_reply('""" + _FLAGS_NOT_HASH + """')
 end
 if not type_is(KEYS[2], 'stream') then
-  return redis.error_reply('WRONGTYPE relay:audit is not a stream; the change cannot be audited')
+  return redis.error_reply('""" + _AUDIT_NOT_STREAM + """')
 end
 local before = redis.call('HGET', KEYS[1], ARGV[1])
 if not before then before = ARGV[3] end
@@ -130,7 +134,11 @@ def set_flag(
     client: redis.Redis, name: str, value: str | bool, *, actor: str, reason: str,
     now: float | None = None,
 ) -> FlagChange:
-    """The single way a flag changes: the value and its audit entry in one script."""
+    """The single way a flag changes: the value and its audit entry in one script.
+
+    On a cluster relay:flags and relay:audit sit in two slots, which one script cannot
+    touch: the entry is appended first and the flag written after (see _set_flag_cluster).
+    """
     name = check_flag_name(name)
     on = value if isinstance(value, bool) else parse_flag_value(name, value)
     reason = reason.strip()
@@ -138,9 +146,34 @@ def set_flag(
         raise UsageError("a reason is required to change a flag")
     if not actor.strip():
         raise UsageError("an actor is required to change a flag")
-    before, audit_id = client.eval(
-        _SET_FLAG, 2, FLAGS_KEY, AUDIT_KEY,
-        name, word(on), word(DEFAULTS[name]), AUDIT_MAXLEN,
-        f"{time.time() if now is None else now:.3f}", actor, reason,
-    )
+    ts = time.time() if now is None else now
+    if is_cluster(client):
+        before, audit_id = _set_flag_cluster(client, name, word(on), actor, reason, ts)
+    else:
+        before, audit_id = client.eval(
+            _SET_FLAG, 2, FLAGS_KEY, AUDIT_KEY,
+            name, word(on), word(DEFAULTS[name]), AUDIT_MAXLEN, f"{ts:.3f}", actor, reason,
+        )
     return FlagChange(name=name, before=before, after=word(on), audit_id=audit_id)
+
+
+def _text(value: str | bytes | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _set_flag_cluster(client: redis.Redis, name: str, after: str, actor: str, reason: str,
+                      ts: float) -> tuple[str, str]:
+    """The script's steps one by one, entry before change: a crash in between leaves an
+    entry for a change that did not happen (visible, re-doable), never an unaudited change."""
+    if _text(client.type(FLAGS_KEY)) not in ("none", "hash"):
+        raise redis.ResponseError(_FLAGS_NOT_HASH)
+    if _text(client.type(AUDIT_KEY)) not in ("none", "stream"):
+        raise redis.ResponseError(_AUDIT_NOT_STREAM)
+    before = _text(client.hget(FLAGS_KEY, name))
+    if before is None:
+        before = word(DEFAULTS[name])
+    audit_id = client.xadd(AUDIT_KEY, audit_fields(actor, "flag.set", name, before, after,
+                                                   reason, ts),
+                           maxlen=AUDIT_MAXLEN, approximate=True)
+    client.hset(FLAGS_KEY, name, after)
+    return before, _text(audit_id) or ""

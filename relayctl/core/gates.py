@@ -18,6 +18,7 @@ import redis
 from relayctl.core import fleet
 from relayctl.core.backfill import read_state
 from relayctl.core.census import last_census
+from relayctl.core.cluster import is_cluster
 from relayctl.core.connection import is_loopback_host, parse_target
 from relayctl.core.flags import (
     DEFAULTS,
@@ -27,7 +28,8 @@ from relayctl.core.flags import (
     stored_flags,
     word,
 )
-from relayctl.core.keys import AUDIT_KEY
+from relayctl.core.keys import AUDIT_KEY, KeySchema
+from relayctl.core.layout import ALWAYS, hash_tagged, slot_layout
 from relayctl.core.phases import Phase
 from relayctl.core.scrape import Snapshot, SourceError, prom_query, scrape
 from relayctl.core.serverinfo import memory_info
@@ -88,6 +90,7 @@ class GateContext:
     baseline: Snapshot | None = None
     baseline_memory: int | None = None
     target_flags: dict[str, bool] | None = None
+    schema: KeySchema = field(default_factory=KeySchema)
     thresholds: dict[str, float] = field(default_factory=lambda: dict(THRESHOLDS))
     now: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
@@ -496,6 +499,31 @@ def _redis_tls(ctx: GateContext) -> GateResult:
         return _r("redis_tls", PASS, f"{target.scheme}:// on loopback", "rediss:// in "
                   "production", "local connection: TLS not required")
     return _r("redis_tls", FAIL, f"{target.scheme}://", "rediss:// in production")
+
+
+@gate("slot_layout", "New record and its index share a slot (Redis Cluster)")
+def _slot_layout(ctx: GateContext) -> GateResult:
+    """A cluster refuses a script over two slots, so the dual-write's new record and its index
+    must hash the same expression there; a standalone server writes everything in one script."""
+    s = ctx.schema
+    threshold = "new_job and index in one slot"
+    try:
+        cluster = ctx.redis_call("cluster", is_cluster)
+    except SourceError as exc:
+        return _r("slot_layout", UNKNOWN, "-", threshold, str(exc))
+    if not cluster:
+        return _r("slot_layout", PASS, "standalone", threshold,
+                  "one atomic script per dual-write")
+    layout = slot_layout(s, cluster=True)
+    new, index = layout.record("new_job"), layout.record("index")
+    if layout.relation("new_job", "index") == ALWAYS:
+        return _r("slot_layout", PASS, f"both hash {index.hashed_display}", threshold,
+                  "cluster; separate steps: " + layout.groups_text(layout.split)
+                  if layout.split else "cluster; one slot for the whole dual-write")
+    return _r("slot_layout", FAIL,
+              f"new_job hashes {new.hashed_display}, index {index.hashed_display}",
+              f'[keys] new_job = "{hash_tagged(s.new_job)}", index = "{hash_tagged(s.index)}"',
+              "cluster: configure these hash-tagged key templates in --config")
 
 
 def evaluate(ctx: GateContext, gate_ids: tuple[str, ...] | list[str]) -> list[GateResult]:

@@ -14,13 +14,23 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
+from redis.exceptions import AskError
 
 from relayctl.core import fleet
+from relayctl.core.cluster import close_shards, is_cluster, key_slot, shards
 from relayctl.core.cursor import CursorCodec, CursorState, shared_secret
-from relayctl.core.errors import JobNotFoundError, ValidationError
+from relayctl.core.errors import CursorError, JobNotFoundError, ValidationError
 from relayctl.core.flags import FLAG_NAMES, FlagState, effective, env_pins, stored_flags
 from relayctl.core.keys import KeySchema
-from relayctl.core.lua import ENQUEUE, UPDATE
+from relayctl.core.lua import (
+    ENQUEUE,
+    ENQUEUE_LEGACY,
+    ENQUEUE_NEW,
+    RELEASE_IDEMPOTENCY,
+    UPDATE,
+    UPDATE_LEGACY,
+    UPDATE_NEW,
+)
 from relayctl.core.metrics import Metrics
 from relayctl.core.roundtrip import read_many
 from relayctl.core.validate import (
@@ -144,6 +154,15 @@ class JobStore:
         self._codec = CursorCodec(cursor_secret or shared_secret(client))
         self._enqueue = client.register_script(ENQUEUE)
         self._update = client.register_script(UPDATE)
+        # on a cluster enqueue and update are ordered one-slot steps (see _enqueue_cluster)
+        self._cluster = is_cluster(client)
+        self._shard_cache: list[tuple[str, str]] = []
+        if self._cluster:
+            self._enqueue_legacy = client.register_script(ENQUEUE_LEGACY)
+            self._enqueue_new = client.register_script(ENQUEUE_NEW)
+            self._release_idempotency = client.register_script(RELEASE_IDEMPOTENCY)
+            self._update_legacy = client.register_script(UPDATE_LEGACY)
+            self._update_new = client.register_script(UPDATE_NEW)
         self._flags = effective(stored_flags(client), self.pins)
         self._publish_flag_gauges()
         self._stop = threading.Event()
@@ -225,7 +244,8 @@ class JobStore:
         """Create a pending job in one atomic script: both schemas under dual-write.
 
         With a request_id the idempotency key is checked and set in the same script, so two
-        concurrent identical requests create one job and both get its id.
+        concurrent identical requests create one job and both get its id. On a Redis Cluster
+        the same guarantees come from ordered one-slot steps (see `_enqueue_cluster`).
         """
         ws = validate_workspace_id(workspace_id)
         job_id = validate_job_id(job_id) if job_id is not None else uuid.uuid4().hex
@@ -250,20 +270,26 @@ class JobStore:
         }
         dual = self._flags.dual_write
         s = self.schema
-        keys = [
-            s.idempotency_key(ws, request_id) if request_id else s.idempotency_key(ws, "-"),
-            s.old_key(job_id), s.new_key(ws, job_id), s.index_key(ws), s.queue,
-        ]
-        args: list[Any] = [
-            "1" if request_id else "0", "1" if dual else "0",
-            max(1, int(ttl_seconds * 1000)) if ttl_seconds else 0,
-            int(iso_to_ms(record["enqueued_at"])), job_id, IDEMPOTENCY_TTL_MS,
-        ]
+        ttl_ms = max(1, int(ttl_seconds * 1000)) if ttl_seconds else 0
+        score = int(iso_to_ms(record["enqueued_at"]))
+        fields: list[str] = []
         for name in JOB_FIELDS:
-            args += [name, record[name]]
+            fields += [name, record[name]]
         started = time.perf_counter()
         try:
-            created, existing = self._enqueue(keys=keys, args=args)
+            if self._cluster:
+                created, existing = self._enqueue_cluster(
+                    ws, job_id, request_id, dual, ttl_ms, score, fields)
+            else:
+                keys = [
+                    s.idempotency_key(ws, request_id or "-"),
+                    s.old_key(job_id), s.new_key(ws, job_id), s.index_key(ws), s.queue,
+                ]
+                args: list[Any] = [
+                    "1" if request_id else "0", "1" if dual else "0", ttl_ms, score, job_id,
+                    IDEMPOTENCY_TTL_MS, *fields,
+                ]
+                created, existing = self._enqueue(keys=keys, args=args)
         except Exception:
             if dual:
                 self.metrics.inc(self.metrics.dual_write, "failed", self.metrics.label(ws))
@@ -276,6 +302,105 @@ class JobStore:
         self.metrics.inc(self.metrics.requests, "enqueue", "ok")
         return EnqueueResult(job_id=existing, created=bool(created))
 
+    def _enqueue_cluster(
+        self, ws: str, job_id: str, request_id: str | None, dual: bool, ttl_ms: int,
+        score: int, fields: list[str],
+    ) -> tuple[int, str]:
+        """Enqueue on a Redis Cluster: one pre-read, then ordered steps, each on one slot.
+
+        0. one pipelined read: the idempotency key (a hit returns it, nothing written) and the
+           type of every key the steps write, so a wrong-typed key fails as on a standalone
+           server, before any write;
+        1. the legacy record (collision and TTL checks, HSET, PEXPIRE);
+        2. under dual-write the new record, with its index entry in the same script when they
+           share a slot (hash-tagged templates), else ZADD right after;
+        3. with a request id, SET NX of the idempotency key; a lost race undoes 1-2 and
+           returns the winner's id;
+        4. RPUSH on the queue.
+        A crash after 1 leaves a legacy-only record (`verify`: missing, `--repair` copies it);
+        after 2 a whole job that is not queued; after 3 the same, owned by its request id. A
+        failed step undoes what this call wrote: idempotency key, then index entry and new
+        record, then the legacy record, so a crash mid-undo leaves a legacy-only record too.
+        """
+        s = self.schema
+        old, new, index = s.old_key(job_id), s.new_key(ws, job_id), s.index_key(ws)
+        idem = s.idempotency_key(ws, request_id) if request_id else None
+        written = [old, s.queue, *((new, index) if dual else ())]
+        commands = [("TYPE", key) for key in written]
+        if idem:
+            commands += [("TYPE", idem), ("GET", idem)]
+        replies = _raise_transport(read_many(self.client, commands))
+        types = dict(zip(written, map(_text, replies), strict=False))
+        if idem:
+            if _text(replies[-2]) not in ("none", "string"):
+                raise redis.ResponseError("WRONGTYPE idempotency key is not a string")
+            if replies[-1] is not None:
+                return 0, _text(replies[-1])
+        if types[old] != "none" or (dual and types[new] != "none"):
+            raise redis.ResponseError(f"job id collision: {job_id}")
+        if types[s.queue] not in ("none", "list"):
+            raise redis.ResponseError("WRONGTYPE pending queue is not a list")
+        if dual and types[index] not in ("none", "zset"):
+            raise redis.ResponseError("WRONGTYPE workspace index is not a sorted set")
+        self._enqueue_legacy_step(old, job_id, ttl_ms, fields)
+        wrote_new = claimed = False
+        try:
+            if dual:
+                indexed = self._enqueue_new_step(new, index, job_id, ttl_ms, score, fields)
+                wrote_new = True
+                if not indexed:
+                    self.client.zadd(index, {job_id: score})
+            if idem:
+                winner = self._claim_request(idem, job_id)
+                if winner != job_id:
+                    self._undo_enqueue(ws, job_id, wrote_new, None)
+                    return 0, winner
+                claimed = True
+            self.client.rpush(s.queue, job_id)
+        except Exception:
+            with contextlib.suppress(redis.RedisError, OSError):
+                self._undo_enqueue(ws, job_id, wrote_new, idem if claimed else None)
+            raise
+        return 1, job_id
+
+    def _enqueue_legacy_step(self, old: str, job_id: str, ttl_ms: int,
+                             fields: list[str]) -> None:
+        """The legacy record: always the first write, so a crash leaves what verify repairs."""
+        self._enqueue_legacy(keys=[old], args=[ttl_ms, job_id, *fields])
+
+    def _enqueue_new_step(self, new: str, index: str, job_id: str, ttl_ms: int, score: int,
+                          fields: list[str]) -> bool:
+        """The new record, with its index entry when they share a slot (then True)."""
+        together = key_slot(new) == key_slot(index)
+        self._enqueue_new(keys=[new, index] if together else [new],
+                          args=[ttl_ms, score, job_id, *fields])
+        return together
+
+    def _claim_request(self, idem: str, job_id: str) -> str:
+        """SET NX the idempotency key; the job id that owns the request afterwards."""
+        for _ in range(5):
+            if self.client.set(idem, job_id, nx=True, px=IDEMPOTENCY_TTL_MS):
+                return job_id
+            winner = self.client.get(idem)
+            if winner is not None:
+                return _text(winner)
+            # the owner expired or undid its claim in between: try to take it again
+        raise redis.ResponseError(f"idempotency key {idem} keeps changing; retry the request")
+
+    def _undo_enqueue(self, ws: str, job_id: str, new_written: bool, idem: str | None) -> None:
+        """Remove this call's own writes, legacy record last (a crash leaves legacy-only)."""
+        s = self.schema
+        if idem is not None:
+            self._release_idempotency(keys=[idem], args=[job_id])
+        if new_written:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.zrem(s.index_key(ws), job_id)  # fails harmlessly if the index is broken
+            pipe.delete(s.new_key(ws, job_id))
+            deleted = pipe.execute(raise_on_error=False)[1]
+            if isinstance(deleted, Exception):
+                raise deleted  # keep the legacy record: never leave a new-only job behind
+        self.client.delete(s.old_key(job_id))
+
     def update_status(
         self,
         workspace_id: str,
@@ -287,7 +412,8 @@ class JobStore:
         now: float | None = None,
     ) -> str:
         """Update every existing copy; under dual-write a missing new copy is made whole from
-        the updated legacy record in the same script. Returns which copies were written."""
+        the updated legacy record in the same script (on a cluster, in the step right after
+        it: see `_update_cluster`). Returns which copies were written."""
         ws = validate_workspace_id(workspace_id)
         job_id = validate_job_id(job_id)
         if status not in STATUSES:
@@ -304,14 +430,18 @@ class JobStore:
             fields["error"] = error
         dual = self._flags.dual_write
         s = self.schema
-        args: list[Any] = ["1" if dual else "0", ws, job_id]
+        pairs: list[str] = []
         for k, v in fields.items():
-            args += [k, v]
+            pairs += [k, v]
         started = time.perf_counter()
         try:
-            ok, where = self._update(
-                keys=[s.old_key(job_id), s.new_key(ws, job_id), s.index_key(ws)], args=args
-            )
+            if self._cluster:
+                ok, where = self._update_cluster(ws, job_id, dual, pairs)
+            else:
+                ok, where = self._update(
+                    keys=[s.old_key(job_id), s.new_key(ws, job_id), s.index_key(ws)],
+                    args=["1" if dual else "0", ws, job_id, *pairs],
+                )
         except Exception:
             if dual:
                 self.metrics.inc(self.metrics.dual_write, "failed", self.metrics.label(ws))
@@ -328,6 +458,76 @@ class JobStore:
             self.metrics.observe(self.metrics.dual_write_seconds, time.perf_counter() - started)
         self.metrics.inc(self.metrics.requests, "update", "ok")
         return where
+
+    def _update_cluster(self, ws: str, job_id: str, dual: bool,
+                        pairs: list[str]) -> tuple[int, str]:
+        """Update on a Redis Cluster: one pre-read, then the legacy step, then the new step.
+
+        0. one pipelined read of both records' type and workspace_id and the index's type:
+           the standalone refusals (missing, mismatch, wrong types) before any write;
+        1. the legacy record: HSET, returning the whole record and its PTTL;
+        2. the new record (with the index when they share a slot, else ZADD right after):
+           HSET if it exists, else under dual-write made whole from the record of step 1.
+        A crash between 1 and 2 leaves a new copy older than the legacy record (`verify`:
+        field mismatch or missing, `--repair` re-copies the legacy record). Each step re-checks
+        its record, so a record deleted or replaced meanwhile is never written half.
+        """
+        s = self.schema
+        old, new, index = s.old_key(job_id), s.new_key(ws, job_id), s.index_key(ws)
+        replies = _raise_transport(read_many(self.client, [
+            ("TYPE", old), ("TYPE", new), ("TYPE", index),
+            ("HGET", old, "workspace_id"), ("HMGET", new, "workspace_id", "enqueued_at"),
+        ]))
+        old_t, new_t, index_t = (_text(v) for v in replies[:3])
+        if old_t == "none" and new_t == "none":
+            return 0, "missing"
+        if old_t not in ("none", "hash") or new_t not in ("none", "hash"):
+            return 0, "invalid"
+        if index_t not in ("none", "zset"):
+            raise redis.ResponseError("WRONGTYPE workspace index is not a sorted set")
+        if old_t == "hash" and _text(replies[3]) != ws:
+            return 0, "mismatch-old"
+        new_head = replies[4] if new_t == "hash" else [None, None]
+        if new_t == "hash" and _text(new_head[0]) != ws:
+            return 0, "mismatch-new"
+        record: list[str] = []
+        pttl = -1
+        old_written = False
+        if old_t == "hash":
+            reply = self._update_legacy_step(old, ws, pairs)
+            if reply[0]:
+                old_written = True
+                record, pttl = [_text(v) for v in reply[1]], int(reply[2])
+            elif _text(reply[1]) != "missing":
+                return 0, _text(reply[1])
+        new_score = str(iso_to_ms(_text(new_head[1]))) if new_t == "hash" else ""
+        what = self._update_new_step(new, index, ws, job_id, dual, pairs, new_score,
+                                     record if old_written else [], pttl)
+        if what.startswith(("mismatch", "invalid")):
+            return 0, what
+        if old_written:
+            return 1, {"updated": "both", "created": "old+created"}.get(what, "old")
+        return (1, "new") if what == "updated" else (0, "missing")
+
+    def _update_legacy_step(self, old: str, ws: str, pairs: list[str]) -> list[Any]:
+        """{1, record, pttl} after the HSET, or {0, reason} without writing."""
+        return self._update_legacy(keys=[old], args=[ws, *pairs])
+
+    def _update_new_step(
+        self, new: str, index: str, ws: str, job_id: str, dual: bool, pairs: list[str],
+        new_score: str, record: list[str], pttl: int,
+    ) -> str:
+        """Update or create the new record; index it under dual-write. Returns what it did."""
+        together = key_slot(new) == key_slot(index)
+        it = iter(record)
+        created_score = iso_to_ms(dict(zip(it, it, strict=True)).get("enqueued_at"))
+        args: list[Any] = ["1" if dual else "0", ws, job_id, new_score, created_score, pttl,
+                           len(pairs) // 2, *pairs, *record]
+        what, score = self._update_new(keys=[new, index] if together else [new], args=args)
+        what = _text(what)
+        if dual and not together and what in ("updated", "created"):
+            self.client.zadd(index, {job_id: int(score)}, nx=what == "updated")
+        return what
 
     def _accept(self, record: Mapping[str, str], ws: str, job_id: str, source: str,
                 operation: str) -> Job | None:
@@ -483,26 +683,30 @@ class JobStore:
     def _legacy_round(
         self, state: CursorState, jobs: list[Job], limit: int, status: str | None, plan: str,
     ) -> CursorState | None:
-        """One SCAN step over legacy keys; in 'new+old' only jobs absent from the index."""
+        """One SCAN step over legacy keys; in 'new+old' only jobs absent from the index.
+
+        On a cluster the step SCANs the cursor's shard and moves on to the next shard (in
+        slot order) when that one is done.
+        """
         s = self.schema
         ws = state.ws
         position = state.scan
-        next_pos, keys = self.client.scan(
+        scanner, next_shard = self._scan_target(state.shard)
+        next_pos, keys = scanner.scan(
             position, match=s.old_pattern, count=_SCAN_COUNT, _type="hash")
         keys = sorted(set(keys))
         if state.last_key is not None:
             keys = [k for k in keys if k > state.last_key]
         if keys:
-            heads = _raise_transport(read_many(
-                self.client, [("HMGET", k, "workspace_id", "job_id", "status") for k in keys]))
+            heads = self._read_on(
+                scanner, [("HMGET", k, "workspace_id", "job_id", "status") for k in keys])
             candidates = [
                 key for key, head in zip(keys, heads, strict=True)
                 if isinstance(head, list) and head[0] == ws and is_valid_job_id(head[1])
                 and (status is None or head[2] == status)
             ]
             if candidates:
-                records = _raise_transport(
-                    read_many(self.client, [("HGETALL", k) for k in candidates]))
+                records = self._read_on(scanner, [("HGETALL", k) for k in candidates])
                 by_key = dict(zip(candidates, map(_hash, records), strict=True))
                 indexed: set[str] = set()
                 if plan == "new+old":
@@ -523,8 +727,57 @@ class JobStore:
                         jobs.append(job)
         next_pos = int(next_pos)
         if next_pos == 0:
-            return None
+            if next_shard is None:
+                return None
+            return replace(state, shard=next_shard, scan=0, last_key=None)
         return replace(state, scan=next_pos, last_key=None)
+
+    def _scan_target(self, shard: str) -> tuple[Any, str | None]:
+        """The client that SCANs `shard` (its primary's pooled connection) and the next
+        shard's name, None after the last one."""
+        if not self._cluster:
+            if shard != "0":
+                raise CursorError("invalid cursor: malformed payload")
+            return self.client, None
+        found = self._shards()
+        names = [name for name, _ in found]
+        if shard not in names:
+            raise CursorError(
+                "the cluster's shards changed since this cursor was issued; "
+                "start again from the first page")
+        at = names.index(shard)
+        node = self.client.get_node(node_name=found[at][1])
+        following = names[at + 1] if at + 1 < len(names) else None
+        return self.client.get_redis_connection(node), following
+
+    def _read_on(self, node: Any, commands: list[tuple[str, ...]]) -> list[Any]:
+        """Reads of keys a SCAN found on `node`, packed on its own connection (a cluster
+        pipeline costs ~0.1 ms of routing per command); through the cluster client if a
+        slot moved away meanwhile."""
+        replies = read_many(node, commands)
+        if node is not self.client and any(isinstance(v, AskError) for v in replies):
+            replies = read_many(self.client, commands)
+        return _raise_transport(replies)
+
+    def _shards(self) -> list[tuple[str, str]]:
+        """(name, primary address) of every shard in slot order. Computing it walks all
+        16384 slots, so it is kept while the client's slot map still agrees with it."""
+        known = self._shard_cache
+        slots = self.client.nodes_manager.slots_cache
+        if known and len(known) == len(self.client.get_primaries()) and all(
+            slots.get(int(name)) and slots[int(name)][0].name == address
+            for name, address in known
+        ):
+            return known
+        found = shards(self.client)
+        close_shards(found, self.client)  # only names and addresses are needed
+        self._shard_cache = [(f.name, f.address) for f in found]
+        return self._shard_cache
+
+
+def _text(value: Any) -> Any:
+    """A reply as str whatever the client's decode_responses (None stays None)."""
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _hash(reply: object) -> dict[str, str]:

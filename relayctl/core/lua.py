@@ -136,3 +136,102 @@ elseif ARGV[1] == '1' then
 end
 return {1, where}
 """
+
+# Redis Cluster refuses a script whose keys live in different slots, so on a cluster enqueue
+# and update run as ordered steps, each one script on one slot (see JobStore.enqueue).
+
+# KEYS: old
+# ARGV: ttl_ms, job_id, field, value, ...
+# Returns 1. Cluster enqueue step 1: the legacy record alone.
+ENQUEUE_LEGACY = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.error_reply('ERR job id collision: ' .. ARGV[2])
+end
+if not string.match(ARGV[1], '^%d+$') or #ARGV[1] > 15 then
+  return redis.error_reply('ERR invalid job ttl_ms: ' .. ARGV[1])
+end
+local fields = {}
+for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(fields))
+if tonumber(ARGV[1]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return 1
+"""
+
+# KEYS: new [, index]  (the index only when it shares the new record's slot)
+# ARGV: ttl_ms, score, job_id, field, value, ...
+# Returns 1. Cluster enqueue step 2: the new record, and its index entry when it can.
+ENQUEUE_NEW = TYPE_OK + """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.error_reply('ERR job id collision: ' .. ARGV[3])
+end
+if KEYS[2] and not type_is(KEYS[2], 'zset') then
+  return redis.error_reply('WRONGTYPE workspace index is not a sorted set')
+end
+local fields = {}
+for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(fields))
+if tonumber(ARGV[1]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+if KEYS[2] then redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3]) end
+return 1
+"""
+
+# KEYS: idempotency
+# ARGV: job_id
+# Returns 1 if the key held job_id and was deleted, else 0 (another request owns it).
+RELEASE_IDEMPOTENCY = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+# KEYS: old
+# ARGV: workspace_id, field, value, ...
+# Returns {1, record (HGETALL after the update), pttl}, or {0, reason} without writing.
+# Cluster update step 1: the legacy record, re-checked since the caller's pre-read.
+UPDATE_LEGACY = TYPE_OK + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 'missing'} end
+if not type_is(KEYS[1], 'hash') then return {0, 'invalid'} end
+if redis.call('HGET', KEYS[1], 'workspace_id') ~= ARGV[1] then
+  return {0, 'mismatch-old'}
+end
+local fields = {}
+for i = 2, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(fields))
+return {1, redis.call('HGETALL', KEYS[1]), redis.call('PTTL', KEYS[1])}
+"""
+
+# KEYS: new [, index]  (the index only when it shares the new record's slot)
+# ARGV: dual, workspace_id, job_id, score_of_new ('' = read it here), score_of_record,
+#       pttl, n_fields, field, value, ... (n_fields pairs), then the legacy record's pairs
+# Returns {what, score}: 'updated' (the new record existed), 'created' (made whole from the
+# legacy record), 'none', or 'mismatch-new' / 'invalid' without writing.
+# Cluster update step 2.
+UPDATE_NEW = ISO_MS + TYPE_OK + """
+local dual = ARGV[1] == '1'
+if KEYS[2] and not type_is(KEYS[2], 'zset') then
+  return redis.error_reply('WRONGTYPE workspace index is not a sorted set')
+end
+local n = tonumber(ARGV[7])
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if not type_is(KEYS[1], 'hash') then return {'invalid', 0} end
+  if redis.call('HGET', KEYS[1], 'workspace_id') ~= ARGV[2] then
+    return {'mismatch-new', 0}
+  end
+  local fields = {}
+  for i = 8, 7 + 2 * n do fields[#fields + 1] = ARGV[i] end
+  redis.call('HSET', KEYS[1], unpack(fields))
+  local score = tonumber(ARGV[4])
+  if not score then score = iso_ms(redis.call('HGET', KEYS[1], 'enqueued_at')) end
+  if dual and KEYS[2] then redis.call('ZADD', KEYS[2], 'NX', score, ARGV[3]) end
+  return {'updated', score}
+end
+if not dual or #ARGV <= 7 + 2 * n then return {'none', 0} end
+local record = {}
+for i = 8 + 2 * n, #ARGV do record[#record + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(record))
+if tonumber(ARGV[6]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[6]) end
+local score = tonumber(ARGV[5])
+if KEYS[2] then redis.call('ZADD', KEYS[2], score, ARGV[3]) end
+return {'created', score}
+"""

@@ -236,6 +236,10 @@ PHASES: tuple[Phase, ...] = (
             Item("p3-share", "Read path metrics confirm >80% new schema",
                  gate="new_read_share_80"),
             Item("p3-no-404", "No 404 errors or corruption detected", gate="miss_increase"),
+            # not in the seeds: on Redis Cluster a dual-write can only be atomic per slot
+            Item("p3-slot-layout", "On Redis Cluster: new record and workspace index share a "
+                                   "hash tag ({<ws>}), so each new-schema write is atomic",
+                 gate="slot_layout"),
         ),
         target_flags={DUAL_WRITE: True, PREFERS_NEW: True, FALLBACK_OLD: True},
         validation=(

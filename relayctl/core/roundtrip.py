@@ -14,9 +14,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
-from redis.exceptions import ClusterError, SlotNotCoveredError
 
-from relayctl.core.cluster import Router, is_cluster, refresh_topology
+from relayctl.core.cluster import Router, is_cluster
 
 Command = tuple[Any, ...]
 
@@ -76,10 +75,5 @@ def _read_cluster(client: Any, commands: Sequence[Command]) -> list[Any]:
         router = _routers.get(client)
         if router is None:
             router = _routers[client] = Router(client)
-    items = [(str(cmd[1]), cmd) for cmd in commands]
-    try:
-        replies = router.execute(items)
-    except (ClusterError, SlotNotCoveredError, redis.ConnectionError, redis.TimeoutError):
-        refresh_topology(client)  # a failover or resharding moved slots: ask again once
-        replies = router.execute(items)
-    return [_as_dict(cmd[0], reply) for cmd, reply in zip(commands, replies, strict=True)]
+    return [_as_dict(cmd[0], reply)
+            for cmd, reply in zip(commands, router.run(commands), strict=True)]

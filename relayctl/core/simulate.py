@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 
 import redis
 
+from relayctl.core.cluster import scan_all
 from relayctl.core.errors import JobNotFoundError, RelayError
 from relayctl.core.jobs import STATUSES, JobStore
+from relayctl.core.roundtrip import read_many
 
 log = logging.getLogger("relayctl.simulate")
 
@@ -153,17 +155,14 @@ class Simulator:
         for ws in self.workspaces:
             for job_id in reversed(client.zrevrange(s.index_key(ws), 0, per_workspace - 1)):
                 self._recent.append((ws, job_id))
-        cursor, seen = 0, 0
-        while seen < legacy_sample:
-            cursor, keys = client.scan(cursor, match=s.old_pattern, count=1000)
-            heads = client.pipeline(transaction=False)
-            for key in keys:
-                heads.hmget(key, "workspace_id", "job_id")
-            for head in heads.execute(raise_on_error=False):
+        seen = 0
+        for keys in scan_all(client, match=s.old_pattern, count=1000):
+            heads = read_many(client, [("HMGET", key, "workspace_id", "job_id") for key in keys])
+            for head in heads:
                 if isinstance(head, list) and head[0] in self.workspaces and head[1]:
                     self._older.append((head[0], head[1]))
             seen += len(keys)
-            if int(cursor) == 0:
+            if seen >= legacy_sample:
                 break
         return len(self._recent) + len(self._older)
 

@@ -5,17 +5,29 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 import redis
 
+from relayctl.core.archive import binary_client
+from relayctl.core.cluster import (
+    Router,
+    Shard,
+    close_shards,
+    is_cluster,
+    key_slot,
+    run_script,
+    shards,
+)
 from relayctl.core.errors import UsageError
 from relayctl.core.flags import FALLBACK_OLD, stored_flags
 from relayctl.core.jobs import iso_to_ms
 from relayctl.core.keys import VERIFY_KEY, KeySchema
 from relayctl.core.lua import ISO_MS, TYPE_OK
-from relayctl.core.roundtrip import read_many
+from relayctl.core.roundtrip import Command, read_many
 from relayctl.core.validate import is_valid_job_id, is_valid_workspace_id, validate_workspace_id
 
 KINDS = ("missing", "extra", "field_mismatch", "ttl_drift", "workspace_mismatch",
@@ -44,6 +56,34 @@ for i = 1, #KEYS / 3 do
 end
 return repaired
 """
+
+# Cluster repair, step 1 on the legacy key's node: a consistent snapshot of the record.
+# KEYS: old.  Returns {dump, pttl, workspace_id, job_id, enqueued_at}, or nil if not a hash.
+LEGACY_SNAPSHOT = """
+local t = redis.call('TYPE', KEYS[1])
+if type(t) == 'table' then t = t['ok'] end
+if t ~= 'hash' then return false end
+local h = redis.call('HMGET', KEYS[1], 'workspace_id', 'job_id', 'enqueued_at')
+return {redis.call('DUMP', KEYS[1]), redis.call('PTTL', KEYS[1]), h[1], h[2], h[3]}
+"""
+
+# Cluster repair, step 2 on the new key's node: the copy replaced by the snapshot, and its
+# index entry when the index shares the slot (hash-tagged templates).
+# KEYS: new [, index].  ARGV: dump, ttl_ms (0: none), score, job_id.  Returns 1 or 0.
+RESTORE_COPY = TYPE_OK + """
+if not type_is(KEYS[1], 'hash') or (KEYS[2] and not type_is(KEYS[2], 'zset')) then
+  return 0
+end
+redis.call('DEL', KEYS[1])
+redis.call('RESTORE', KEYS[1], ARGV[2], ARGV[1])
+if KEYS[2] then redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4]) end
+return 1
+"""
+
+# Re-reads of a suspect pair on a cluster, where they cannot be one MULTI/EXEC.
+CLUSTER_REREADS = 2
+
+Reader = Callable[[Sequence[Command]], list[Any]]
 
 
 @dataclass
@@ -90,6 +130,12 @@ def _scan(client: redis.Redis, pattern: str, count: int = SCAN_COUNT) -> Iterato
             yield keys
         if int(cursor) == 0:
             return
+
+
+def _scan_shards(found: list[Shard], pattern: str) -> Iterator[list[str]]:
+    """SCAN every primary (the server itself when standalone), one after the other."""
+    for shard in found:
+        yield from _scan(shard.client, pattern)
 
 
 def _reservoir(batches: Iterator[list[str]], n: int, rng: random.Random) -> list[str]:
@@ -139,25 +185,34 @@ def run_verify(
     report = VerifyReport(mode="sample" if sample else "full", workspaces=tuple(sorted(wanted)),
                           ttl_tolerance_s=ttl_tolerance_s)
     t0 = time.perf_counter()
-    repair_script = client.register_script(REPAIR) if repair else None
-    if sample:
-        keys = _reservoir(_scan(client, s.old_pattern), sample, random.Random(seed))
-        batches: Iterator[list[str]] = (keys[i:i + SCAN_COUNT]
-                                        for i in range(0, len(keys), SCAN_COUNT))
-    else:
-        batches = _scan(client, s.old_pattern)
-    for keys in batches:
-        _check_legacy(client, s, keys, wanted, report, repair_script, ttl_tolerance_s)
-        if progress is not None:
-            progress(report)
-    if not sample:
-        patterns = ([s.new_job.replace("<ws>", w).replace("<job_id>", "*") for w in sorted(wanted)]
-                    if wanted else [s.new_pattern])
-        for pattern in patterns:
-            for keys in _scan(client, pattern):
-                _check_extra(client, s, keys, wanted, report)
-                if progress is not None:
-                    progress(report)
+    repairer = _Repairer(client, s) if repair else None
+    router = Router(client) if is_cluster(client) else None
+    read: Reader = router.run if router is not None else partial(read_many, client)
+    found = shards(client)
+    try:
+        if sample:
+            keys = _reservoir(_scan_shards(found, s.old_pattern), sample, random.Random(seed))
+            batches: Iterator[list[str]] = (keys[i:i + SCAN_COUNT]
+                                            for i in range(0, len(keys), SCAN_COUNT))
+        else:
+            batches = _scan_shards(found, s.old_pattern)
+        for keys in batches:
+            _check_legacy(client, read, s, keys, wanted, report, repairer, ttl_tolerance_s)
+            if progress is not None:
+                progress(report)
+        if not sample:
+            patterns = ([s.new_job.replace("<ws>", w).replace("<job_id>", "*")
+                         for w in sorted(wanted)] if wanted else [s.new_pattern])
+            for pattern in patterns:
+                for keys in _scan_shards(found, pattern):
+                    _check_extra(read, s, keys, wanted, report)
+                    if progress is not None:
+                        progress(report)
+    finally:
+        close_shards(found, client)
+        for owned in (router, repairer):
+            if owned is not None:
+                owned.close()
     report.duration_s = time.perf_counter() - t0
     report.ts = now()
     if store:
@@ -171,10 +226,10 @@ def run_verify(
     return report
 
 
-def _check_legacy(client: redis.Redis, s: KeySchema, keys: list[str],
-                  wanted: frozenset[str], report: VerifyReport, repair_script,
+def _check_legacy(client: redis.Redis, read: Reader, s: KeySchema, keys: list[str],
+                  wanted: frozenset[str], report: VerifyReport, repairer: _Repairer | None,
                   tolerance_s: float) -> None:
-    replies = read_many(client, [c for k in keys for c in (("HGETALL", k), ("PTTL", k))])
+    replies = read([c for k in keys for c in (("HGETALL", k), ("PTTL", k))])
     jobs: list[tuple[str, str, str, dict, int]] = []
     for i, key in enumerate(keys):
         record, pttl = replies[2 * i], replies[2 * i + 1]
@@ -195,20 +250,17 @@ def _check_legacy(client: redis.Redis, s: KeySchema, keys: list[str],
     for _key, ws, job_id, _rec, _ttl in jobs:
         new = s.new_key(ws, job_id)
         commands += [("HGETALL", new), ("PTTL", new), ("ZSCORE", s.index_key(ws), job_id)]
-    new_replies = read_many(client, commands)
+    new_replies = read(commands)
     suspects = [i for i, job in enumerate(jobs)
                 if _difference(job[3], job[4], *new_replies[3 * i:3 * i + 3], job[1],
                                tolerance_s) is not None]
     gone: set[int] = set()
-    if suspects:
-        # Live traffic can change a record between the two reads above; re-read each suspect
-        # old+new pair in one MULTI/EXEC so only real differences are reported.
-        pipe = client.pipeline(transaction=True)
-        for i in suspects:
-            key, ws, job_id = jobs[i][0], jobs[i][1], jobs[i][2]
-            new = s.new_key(ws, job_id)
-            pipe.hgetall(key).pttl(key).hgetall(new).pttl(new).zscore(s.index_key(ws), job_id)
-        snap = pipe.execute(raise_on_error=False)  # a non-hash copy is a difference
+    # Live traffic can change a record between the two reads above, so suspects are read
+    # again (see _reread) and only differences that persist are reported.
+    for _round in range(CLUSTER_REREADS if is_cluster(client) else 1):
+        if not suspects:
+            break
+        snap = _reread(client, read, s, [jobs[i] for i in suspects])
         for n, i in enumerate(suspects):
             key, ws, job_id, _r, _t = jobs[i]
             rec, ttl, new_rec, new_ttl, score = snap[5 * n:5 * n + 5]
@@ -218,6 +270,9 @@ def _check_legacy(client: redis.Redis, s: KeySchema, keys: list[str],
                 continue
             jobs[i] = (key, ws, job_id, rec, ttl)
             new_replies[3 * i:3 * i + 3] = [new_rec, new_ttl, score]
+        suspects = [i for i in suspects if i not in gone
+                    and _difference(jobs[i][3], jobs[i][4], *new_replies[3 * i:3 * i + 3],
+                                    jobs[i][1], tolerance_s) is not None]
     to_repair: list[tuple[str, str, str]] = []
     for i, (key, ws, job_id, record, pttl) in enumerate(jobs):
         if i in gone:
@@ -231,13 +286,97 @@ def _check_legacy(client: redis.Redis, s: KeySchema, keys: list[str],
             if not isinstance(new_rec, dict) or (new_rec and (
                     new_rec.get("workspace_id") != ws or new_rec.get("job_id") != job_id)):
                 report.judged.add(s.new_key(ws, job_id))
-    if repair_script is not None and to_repair:
-        keys_arg: list[str] = []
-        args: list[str] = []
-        for key, ws, job_id in to_repair:
-            keys_arg += [key, s.new_key(ws, job_id), s.index_key(ws)]
-            args += [job_id, ws]
-        report.repaired += int(repair_script(keys=keys_arg, args=args))
+    if repairer is not None and to_repair:
+        report.repaired += repairer(to_repair)
+
+
+def _reread(client: redis.Redis, read: Reader, s: KeySchema,
+            jobs: list[tuple[str, str, str, dict, int]]) -> list[Any]:
+    """Legacy record, PTTL, new record, PTTL, index score per job, flat (5 per job).
+
+    Standalone: one MULTI/EXEC, an atomic snapshot. Cluster: no transaction spans three slots,
+    so legacy keys are read, then copies; a write landing in between can fake a difference,
+    hence CLUSTER_REREADS: only differences seen on every read are reported (and a repair of
+    a faked one re-copies the authoritative legacy record, what the dual-write wrote anyway).
+    """
+    if not is_cluster(client):
+        pipe = client.pipeline(transaction=True)
+        for key, ws, job_id, _r, _t in jobs:
+            new = s.new_key(ws, job_id)
+            pipe.hgetall(key).pttl(key).hgetall(new).pttl(new).zscore(s.index_key(ws), job_id)
+        return pipe.execute(raise_on_error=False)  # a non-hash copy is a difference
+    old = read([c for key, *_ in jobs for c in (("HGETALL", key), ("PTTL", key))])
+    new = read([c for _k, ws, job_id, _r, _t in jobs
+                             for c in (("HGETALL", s.new_key(ws, job_id)),
+                                       ("PTTL", s.new_key(ws, job_id)),
+                                       ("ZSCORE", s.index_key(ws), job_id))])
+    out: list[Any] = []
+    for n in range(len(jobs)):
+        out += [*old[2 * n:2 * n + 2], *new[3 * n:3 * n + 3]]
+    return out
+
+
+class _Repairer:
+    """Re-copies legacy records over their new copies and re-indexes them.
+
+    Standalone: the REPAIR script (COPY inside one server). Cluster: COPY cannot cross
+    slots, so DUMP on the legacy key's node and RESTORE on the new key's node.
+    """
+
+    def __init__(self, client: redis.Redis, schema: KeySchema) -> None:
+        self.schema = schema
+        self.cluster = is_cluster(client)
+        self.script = None if self.cluster else client.register_script(REPAIR)
+        self.bclient: Any = None
+        self.brouter: Router | None = None
+        self.client = client
+
+    def __call__(self, pairs: list[tuple[str, str, str]]) -> int:
+        if self.script is not None:
+            keys: list[str] = []
+            args: list[str] = []
+            for key, ws, job_id in pairs:
+                keys += [key, self.schema.new_key(ws, job_id), self.schema.index_key(ws)]
+                args += [job_id, ws]
+            return int(self.script(keys=keys, args=args))
+        if self.brouter is None:
+            self.bclient = binary_client(self.client)
+            self.brouter = Router(self.bclient)
+        return _repair_on_cluster(self.brouter, self.schema, pairs)
+
+    def close(self) -> None:
+        if self.brouter is not None:
+            self.brouter.close()
+        if self.bclient is not None:
+            self.bclient.close()
+
+
+def _repair_on_cluster(brouter: Router, s: KeySchema, pairs: list[tuple[str, str, str]]
+                       ) -> int:
+    """DUMP each legacy record, then DEL + RESTORE its copy and ZADD its index entry.
+
+    One script when copy and index share a slot, else copy first then entry (an entry never
+    points at a missing copy). A write racing the repair can leave a stale copy: the next
+    verify reports it.
+    """
+    snaps = run_script(brouter, LEGACY_SNAPSHOT, [([key], []) for key, _w, _j in pairs])
+    calls: list[tuple[list[str], list[Any]]] = []
+    entries: list[tuple[str, int, str] | None] = []
+    for (_key, ws, job_id), snap in zip(pairs, snaps, strict=True):
+        if not isinstance(snap, list) or snap[2] != ws.encode() or snap[3] != job_id.encode():
+            continue  # expired, rewritten as another type or another job meanwhile
+        dump, pttl, enqueued_at = snap[0], int(snap[1]), snap[4]
+        new, idx = s.new_key(ws, job_id), s.index_key(ws)
+        score = iso_to_ms(enqueued_at.decode(errors="replace") if enqueued_at else None)
+        together = key_slot(new) == key_slot(idx)
+        calls.append(([new, idx] if together else [new],
+                      [dump, max(pttl, 0), score, job_id]))
+        entries.append(None if together else (idx, score, job_id))
+    done = run_script(brouter, RESTORE_COPY, calls)
+    repaired = sum(1 for ok, entry in zip(done, entries, strict=True) if ok and entry is None)
+    later = [entry for ok, entry in zip(done, entries, strict=True) if ok and entry is not None]
+    replies = brouter.run([("ZADD", idx, score, job_id) for idx, score, job_id in later])
+    return repaired + sum(1 for r in replies if isinstance(r, int))
 
 
 def _difference(record: dict, pttl: int, new_rec: object, new_ttl: object, score: object,
@@ -256,10 +395,10 @@ def _difference(record: dict, pttl: int, new_rec: object, new_ttl: object, score
     return None
 
 
-def _check_extra(client: redis.Redis, s: KeySchema, keys: list[str],
+def _check_extra(read: Reader, s: KeySchema, keys: list[str],
                  wanted: frozenset[str], report: VerifyReport) -> None:
     """New records without a legacy record (job id read from the record, not the key)."""
-    heads = read_many(client, [("HMGET", k, "job_id", "workspace_id") for k in keys])
+    heads = read([("HMGET", k, "job_id", "workspace_id") for k in keys])
     candidates = []
     for key, head in zip(keys, heads, strict=True):
         if key in report.judged:
@@ -276,7 +415,7 @@ def _check_extra(client: redis.Redis, s: KeySchema, keys: list[str],
         candidates.append((key, job_id))
     if not candidates:
         return
-    exists = read_many(client, [("EXISTS", s.old_key(j)) for _k, j in candidates])
+    exists = read([("EXISTS", s.old_key(j)) for _k, j in candidates])
     for (key, _job), n in zip(candidates, exists, strict=True):
         if n == 0:
             report.add("extra", key)

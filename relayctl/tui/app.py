@@ -175,7 +175,7 @@ class RelayApp(App[None]):
                                        tls=self.tls_options, check=False,
                                        socket_timeout=2.0, connect_timeout=1.0)
             refresh(state, self._client, self.metrics_urls, self.redis_url, now=self.clock(),
-                    thresholds=self.thresholds)
+                    thresholds=self.thresholds, schema=self.schema)
         except RelayError as exc:
             state.redis_status, state.redis_error = "DOWN", str(exc)
         self.post_message(StateUpdated(state))
@@ -382,7 +382,7 @@ class RelayApp(App[None]):
             def run(c: redis.Redis) -> str:
                 ctx = checklist_core.gate_context(
                     c, checklist_core.read_checklist(c), number, redis_url=self.redis_url,
-                    metrics_urls=self.metrics_urls, now=self.clock)
+                    metrics_urls=self.metrics_urls, now=self.clock, schema=self.schema)
                 result = checklist_core.advance(c, ctx, actor=self.actor,
                                                 overrides=dict.fromkeys(blocking, reason),
                                                 now=self.clock)

@@ -1,5 +1,12 @@
-"""Fixtures of the job store invariant suite (SPEC §3), all against the private redis-server.
+"""Fixtures of the job store invariant suite (SPEC §3), against the private redis-server and,
+in modules marked `backends("standalone", "cluster")`, the session's real Redis Cluster too.
 
+- `backend`: "standalone" or "cluster"; `r`, `raw`, `store`, `make_store` and `new_client`
+  talk to that backend. A test of such a module that needs one server (MONITOR, INFO
+  commandstats, the round-trip counting client, ACL users, killing the server) is marked
+  `standalone_only(reason)`; the single-server fixtures refuse to run on the cluster.
+- `schema`: the key templates. Tests marked `tagged_layout` also run on the cluster with the
+  hash-tagged templates (`TAGGED`: new record, index and idempotency key in one slot).
 - `combo`: a test that takes it runs once per flag combination (all eight).
 - `make_store`: JobStore factory (background=False, pins={} unless told), closed at teardown.
 - `monitor`: `with monitor() as rec:` records every command the server executes meanwhile.
@@ -16,10 +23,26 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import redis
-from jobstore_kit import ALL_COMBOS, Recording, RoundTrips
+from jobstore_kit import ALL_COMBOS, LAYOUTS, Recording, RoundTrips
+from redis.cluster import RedisCluster
 
+from relayctl.core.connection import connect
 from relayctl.core.jobs import JobStore
+from relayctl.core.keys import KeySchema
 from relayctl.core.metrics import Metrics
+
+BACKENDS = ("standalone", "cluster")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "backends(*names): run the module's tests on these job-store backends "
+        "(standalone, cluster); without it, standalone only")
+    config.addinivalue_line(
+        "markers", "standalone_only(reason): needs one redis-server (says why); never run on "
+        "the cluster")
+    config.addinivalue_line(
+        "markers", "tagged_layout: also run on the cluster with hash-tagged key templates")
 
 
 def _parametrized_explicitly(metafunc: pytest.Metafunc, name: str) -> bool:
@@ -31,17 +54,100 @@ def _parametrized_explicitly(metafunc: pytest.Metafunc, name: str) -> bool:
     return False
 
 
+def _backends(metafunc: pytest.Metafunc) -> tuple[str, ...]:
+    """The backends a test runs on: its module's `backends` marker, unless standalone_only."""
+    marks = list(metafunc.definition.iter_markers("backends"))
+    chosen = tuple(marks[0].args) if marks else ("standalone",)
+    unknown = set(chosen) - set(BACKENDS)
+    if unknown:
+        raise pytest.UsageError(f"unknown backends {sorted(unknown)}: expected {BACKENDS}")
+    only = metafunc.definition.get_closest_marker("standalone_only")
+    if only is not None:
+        if not only.args or not str(only.args[0]).strip():
+            raise pytest.UsageError(
+                f"{metafunc.definition.nodeid}: standalone_only needs a reason")
+        chosen = tuple(b for b in chosen if b == "standalone")
+    return chosen
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """A test taking `combo` runs under all eight flag combinations unless it narrows them."""
+    """A test taking `combo` runs under all eight flag combinations unless it narrows them;
+    a test of a module marked with several backends runs on each (see the module doc)."""
     if "combo" in metafunc.fixturenames and not _parametrized_explicitly(metafunc, "combo"):
         metafunc.parametrize("combo", ALL_COMBOS, ids=[c.id for c in ALL_COMBOS])
+    if "backend" not in metafunc.fixturenames:
+        return
+    marked = any(True for _ in metafunc.definition.iter_markers("backends"))
+    if not marked:
+        return  # other modules keep their ids and their standalone server
+    cases = [(b, "default") for b in _backends(metafunc)]
+    if "cluster" in dict(cases) and metafunc.definition.get_closest_marker("tagged_layout"):
+        cases.append(("cluster", "tagged"))
+    ids = [b if lay == "default" else f"{b}-{lay}" for b, lay in cases]
+    if "layout" in metafunc.fixturenames:
+        metafunc.parametrize(("backend", "layout"), cases, ids=ids, indirect=True)
+    else:
+        metafunc.parametrize("backend", [b for b, _ in cases], ids=ids, indirect=True)
 
 
 @pytest.fixture
-def make_store(r: redis.Redis) -> Iterator[Callable[..., JobStore]]:
+def backend(request: pytest.FixtureRequest) -> str:
+    return getattr(request, "param", "standalone")
+
+
+@pytest.fixture
+def layout(request: pytest.FixtureRequest) -> str:
+    return getattr(request, "param", "default")
+
+
+@pytest.fixture
+def schema(layout: str) -> KeySchema:
+    """The key templates of this run (the seed's defaults unless `tagged_layout`)."""
+    return LAYOUTS[layout]
+
+
+@pytest.fixture
+def backend_url(request: pytest.FixtureRequest, backend: str) -> str:
+    """URL of the test's backend, flushed first (every primary on the cluster)."""
+    return request.getfixturevalue("cluster_url" if backend == "cluster" else "redis_url")
+
+
+@pytest.fixture
+def new_client(backend: str, backend_url: str) -> Iterator[Callable[..., redis.Redis]]:
+    """Factory of fresh clients of the backend (decoding unless told), closed at teardown."""
+    made: list[redis.Redis] = []
+
+    def factory(decode_responses: bool = True) -> redis.Redis:
+        if backend == "cluster":
+            client = connect(backend_url, decode_responses=decode_responses)
+            assert isinstance(client, RedisCluster), type(client)
+        else:
+            client = redis.Redis.from_url(backend_url, decode_responses=decode_responses)
+        made.append(client)
+        return client
+
+    yield factory
+    for client in made:
+        client.close()
+
+
+@pytest.fixture
+def r(new_client: Callable[..., redis.Redis]) -> redis.Redis:
+    """A decoding client of the backend: a RedisCluster for the cluster variant."""
+    return new_client()
+
+
+def _standalone_only(backend: str, what: str) -> None:
+    if backend != "standalone":
+        pytest.fail(f"{what} needs one redis-server: mark the test standalone_only(reason)")
+
+
+@pytest.fixture
+def make_store(r: redis.Redis, schema: KeySchema) -> Iterator[Callable[..., JobStore]]:
     stores: list[JobStore] = []
 
     def factory(client: redis.Redis | None = None, **kwargs) -> JobStore:
+        kwargs.setdefault("schema", schema)
         kwargs.setdefault("background", False)
         kwargs.setdefault("pins", {})
         kwargs.setdefault("metrics", Metrics(labelled_workspaces=["ws-a", "ws-b"]))
@@ -64,7 +170,10 @@ _STOP = "__pytest_monitor_stop__"
 
 
 @pytest.fixture
-def monitor(redis_url: str) -> Callable[[], contextlib.AbstractContextManager[Recording]]:
+def monitor(backend: str, redis_url: str
+            ) -> Callable[[], contextlib.AbstractContextManager[Recording]]:
+    _standalone_only(backend, "MONITOR recording")
+
     @contextlib.contextmanager
     def record() -> Iterator[Recording]:
         rec = Recording()
@@ -102,7 +211,9 @@ def monitor(redis_url: str) -> Callable[[], contextlib.AbstractContextManager[Re
 
 
 @pytest.fixture
-def commandstats(r: redis.Redis) -> Callable[[], dict[str, int]]:
+def commandstats(backend: str, r: redis.Redis) -> Callable[[], dict[str, int]]:
+    _standalone_only(backend, "INFO commandstats")
+
     def read() -> dict[str, int]:
         info = r.info("commandstats")
         return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in info.items()}
@@ -111,7 +222,8 @@ def commandstats(r: redis.Redis) -> Callable[[], dict[str, int]]:
 
 
 @pytest.fixture
-def counting_client(redis_url: str) -> Iterator[tuple[redis.Redis, RoundTrips]]:
+def counting_client(backend: str, redis_url: str) -> Iterator[tuple[redis.Redis, RoundTrips]]:
+    _standalone_only(backend, "the round-trip counting client")
     trips = RoundTrips()
 
     class CountingConnection(redis.Connection):
@@ -129,7 +241,5 @@ def counting_client(redis_url: str) -> Iterator[tuple[redis.Redis, RoundTrips]]:
 
 
 @pytest.fixture
-def raw(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    client.close()
+def raw(new_client: Callable[..., redis.Redis]) -> redis.Redis:
+    return new_client(decode_responses=False)

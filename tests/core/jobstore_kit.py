@@ -10,6 +10,13 @@ import redis
 
 from relayctl.core import flags as flagmod
 from relayctl.core.jobs import JobStore
+from relayctl.core.keys import KeySchema
+
+# Hash-tagged templates: a job's new record, its workspace index and its idempotency key share
+# the workspace's slot on a cluster (the legacy key and the queue never can).
+TAGGED = KeySchema(new_job="ai:job:{<ws>}:<job_id>", index="ai:jobidx:{<ws>}",
+                   idempotency="ai:idempotency:{<ws>}:<request_id>")
+LAYOUTS = {"default": KeySchema(), "tagged": TAGGED}
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from relayctl.core.keys import CURSOR_SECRET_KEY
 
 B64URL = string.ascii_letters + string.digits + "-_"
 BOTH = Combo(dual=True, prefers_new=True, fallback=True)
+pytestmark = pytest.mark.backends("standalone", "cluster")
 
 
 @pytest.fixture
@@ -206,6 +207,14 @@ def test_a_validly_signed_but_invalid_payload_is_rejected(r, listing):
         {k: v for k, v in good.items() if k != "v"},
         {**good, "phase": "scan"},
         {**good, "surprise": 1},
+        # the shard of the legacy SCAN: a slot number in canonical form, of a real shard
+        {**good, "shard": 5461},
+        {**good, "shard": ""},
+        {**good, "shard": "05"},
+        {**good, "shard": "-1"},
+        {**good, "shard": "16384"},
+        {**good, "shard": "\u0661"},
+        {**good, "phase": "legacy", "scan": 0, "shard": "1"},
         {k: v for k, v in good.items() if k != "ws"},
         [1, 2, 3],
         "string",
@@ -223,7 +232,8 @@ def test_cursor_error_is_a_validation_error_with_a_clear_message(listing):
 def test_the_codec_round_trips_every_state_field():
     codec = CursorCodec(b"0123456789abcdef0123456789abcdef")
     state = CursorState(ws="ws-a", status="failed", plan="new+old", phase="legacy",
-                        score=1.7e12, job_id="j.1", scan=12345, last_key="ai:jobs:x")
+                        score=1.7e12, job_id="j.1", scan=12345, last_key="ai:jobs:x",
+                        shard="10923")
     assert codec.decode(codec.encode(state), ws="ws-a", status="failed",
                         plan="new+old") == state
 

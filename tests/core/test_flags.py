@@ -9,6 +9,8 @@ import redis
 
 from relayctl.core import fleet
 from relayctl.core.audit import recent
+from relayctl.core.cluster import is_cluster, key_slot
+from relayctl.core.connection import connect
 from relayctl.core.errors import UsageError
 from relayctl.core.flags import (
     DEFAULTS,
@@ -16,6 +18,7 @@ from relayctl.core.flags import (
     FALLBACK_OLD,
     FLAG_NAMES,
     PREFERS_NEW,
+    FlagChange,
     env_pins,
     read_flags,
     set_flag,
@@ -170,3 +173,60 @@ def test_the_fleet_heartbeat_shows_the_instance_with_effective_flags_and_pins(
 
 def test_every_flag_name_is_covered():
     assert set(FLAG_NAMES) == {DUAL_WRITE, PREFERS_NEW, FALLBACK_OLD}
+
+
+@pytest.fixture
+def rc(cluster_url):
+    """A cluster client: relay:flags and relay:audit live in different slots there."""
+    client = connect(cluster_url)
+    assert is_cluster(client)
+    assert key_slot(FLAGS_KEY) != key_slot(AUDIT_KEY)
+    yield client
+    client.close()
+
+
+def test_on_a_cluster_set_flag_writes_the_flag_and_one_audit_entry(rc):
+    change = set_flag(rc, PREFERS_NEW, "on", actor="alice", reason="phase 1 go", now=1000.5)
+    assert rc.hget(FLAGS_KEY, PREFERS_NEW) == "on"
+    assert change == FlagChange(PREFERS_NEW, "off", "on", change.audit_id)
+    assert rc.xrange(AUDIT_KEY) == [(change.audit_id, {
+        "ts": "1000.500", "actor": "alice", "action": "flag.set", "target": PREFERS_NEW,
+        "before": "off", "after": "on", "reason": "phase 1 go",
+    })]
+    change = set_flag(rc, PREFERS_NEW, "off", actor="bob", reason="rollback")
+    assert (change.before, change.after) == ("on", "off")
+    newest = recent(rc, 1)[0]
+    assert (newest.id, newest.actor, newest.before, newest.after, newest.reason) == (
+        change.audit_id, "bob", "on", "off", "rollback")
+    assert read_flags(rc, pins={}).read_prefers_new is False
+
+
+def test_on_a_cluster_the_audit_entry_lands_before_the_flag_changes(rc, monkeypatch):
+    """A failure between the two steps leaves an entry for a change that did not happen,
+    never a change without its entry."""
+    def lost(*args, **kwargs):
+        raise redis.ConnectionError("lost the node")
+
+    monkeypatch.setattr(rc, "hset", lost)
+    with pytest.raises(redis.ConnectionError):
+        set_flag(rc, DUAL_WRITE, "on", actor="alice", reason="phase 3")
+    monkeypatch.undo()
+    assert rc.hget(FLAGS_KEY, DUAL_WRITE) is None
+    assert [f["target"] for _, f in rc.xrange(AUDIT_KEY)] == [DUAL_WRITE]
+
+
+@pytest.mark.parametrize("deployment", ["standalone", "cluster"])
+@pytest.mark.parametrize("key,message", [
+    (AUDIT_KEY, "WRONGTYPE relay:audit is not a stream; the change cannot be audited"),
+    (FLAGS_KEY, "WRONGTYPE relay:flags is not a hash"),
+])
+def test_a_wrong_typed_key_refuses_the_change_with_the_same_line_on_either_deployment(
+        request, deployment, key, message):
+    client = request.getfixturevalue("r" if deployment == "standalone" else "rc")
+    client.set(key, "not what it should be")
+    with pytest.raises(redis.ResponseError) as err:
+        set_flag(client, PREFERS_NEW, "on", actor="alice", reason="phase 1")
+    assert str(err.value) == message
+    assert client.get(key) == "not what it should be"
+    other = FLAGS_KEY if key == AUDIT_KEY else AUDIT_KEY
+    assert client.exists(other) == 0

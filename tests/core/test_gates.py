@@ -17,6 +17,7 @@ import redis
 
 from relayctl.core.backfill import Backfill, BackfillKeys, BackfillOptions
 from relayctl.core.census import run_census
+from relayctl.core.connection import connect
 from relayctl.core.demo import legacy_record, seed_pre_migration
 from relayctl.core.flags import DUAL_WRITE, FALLBACK_OLD, PREFERS_NEW, set_flag
 from relayctl.core.gates import (
@@ -34,7 +35,7 @@ from relayctl.core.gates import (
 from relayctl.core.jobs import JobStore, iso_to_ms
 from relayctl.core.keys import KeySchema
 from relayctl.core.metrics import Metrics
-from relayctl.core.phases import phase
+from relayctl.core.phases import PHASES, phase
 from relayctl.core.scrape import MAX_BODY, scrape
 from relayctl.core.verify import run_verify
 
@@ -622,6 +623,39 @@ def test_redis_tls_passes_for_rediss_and_loopback_and_fails_for_remote_plaintext
     assert tls("rediss://cache.example.com:6380/0") == PASS
     assert tls("redis://127.0.0.1:7000/0") == PASS
     assert tls("redis://10.1.2.3:6379/0") == FAIL
+
+
+# ---------------------------------------------------------------------------------------------
+# slot layout (Redis Cluster)
+
+
+TAGGED = KeySchema(new_job="ai:job:{<ws>}:<job_id>", index="ai:jobidx:{<ws>}")
+
+
+@covers("slot_layout")
+def test_slot_layout_passes_standalone_and_on_a_cluster_only_with_hash_tagged_templates(
+        r, cluster_url):
+    standalone = one(GateContext(client=r), "slot_layout")
+    assert (standalone.status, standalone.value) == (PASS, "standalone")
+    client = connect(cluster_url)
+    try:
+        seed = one(GateContext(client=client), "slot_layout")
+        assert seed.status == FAIL
+        assert seed.threshold == ('[keys] new_job = "ai:job:{<ws>}:<job_id>", '
+                                  'index = "ai:jobidx:{<ws>}"')
+        tagged = one(GateContext(client=client, schema=TAGGED), "slot_layout")
+        assert (tagged.status, tagged.value) == (PASS, "both hash {<ws>}")
+        assert "old_job | new_job+index | idempotency | queue" in tagged.detail
+        half = KeySchema(new_job="ai:job:{<ws>}:<job_id>")
+        assert one(GateContext(client=client, schema=half), "slot_layout").status == FAIL
+    finally:
+        client.close()
+    assert one(GateContext(client=None), "slot_layout").status == UNKNOWN
+
+
+def test_slot_layout_is_checked_before_dual_write_is_turned_on():
+    first = next(p for p in PHASES if (p.target_flags or {}).get(DUAL_WRITE))
+    assert "slot_layout" in [i.gate for i in first.prerequisites]
 
 
 # ---------------------------------------------------------------------------------------------

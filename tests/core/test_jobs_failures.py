@@ -15,6 +15,7 @@ from relayctl.core.keys import KeySchema
 from relayctl.core.metrics import Metrics
 
 SCHEMA = KeySchema()
+pytestmark = pytest.mark.backends("standalone", "cluster")
 
 
 class Exploding:
@@ -133,6 +134,7 @@ def denied_client(r, redis_url):
     r.acl_deluser("nojobs")
 
 
+@pytest.mark.standalone_only("creates an ACL user on the one server it talks to")
 def test_get_job_raises_a_permission_error_instead_of_reporting_a_miss(
     r, make_store, denied_client, combo
 ):
@@ -145,6 +147,7 @@ def test_get_job_raises_a_permission_error_instead_of_reporting_a_miss(
         store.get_job("ws-a", jid)
 
 
+@pytest.mark.standalone_only("creates an ACL user on the one server it talks to")
 def test_list_jobs_raises_a_permission_error_instead_of_returning_an_empty_page(
     r, make_store, denied_client, combo
 ):
@@ -159,7 +162,8 @@ def test_list_jobs_raises_a_permission_error_instead_of_returning_an_empty_page(
         paginate(store, "ws-a", limit=5)
 
 
-def test_an_unreachable_redis_is_an_error_not_an_empty_result(redis_server, tmp_path):
+@pytest.mark.standalone_only("kills a private redis-server of its own")
+def test_an_unreachable_redis_is_an_error_not_an_empty_result(backend, redis_server, tmp_path):
     """A second, private redis-server is stopped under a live store: every call raises."""
     own = type(redis_server)(binary=redis_server.binary, port=_free_port(), workdir=tmp_path)
     own.start()
@@ -190,6 +194,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.standalone_only(
+    "a redis.Redis subclass talks to one server; every cluster test already reads through "
+    "read_many's pipeline fallback (RedisCluster is not a plain redis.Redis)")
 def test_the_store_works_with_a_plain_pipeline_client_subclass(r, redis_url):
     """read_many falls back to a pipeline for Redis subclasses: still one answer per read."""
 

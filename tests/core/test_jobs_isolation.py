@@ -21,10 +21,9 @@ from jobstore_kit import (
 
 from relayctl.core.errors import JobNotFoundError, ValidationError
 from relayctl.core.jobs import JOB_FIELDS, JobStore
-from relayctl.core.keys import KeySchema
 from relayctl.core.metrics import Metrics
 
-SCHEMA = KeySchema()
+pytestmark = [pytest.mark.backends("standalone", "cluster"), pytest.mark.tagged_layout]
 MISMATCH = "relay_workspace_mismatch_total"
 HYPO = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -45,6 +44,7 @@ def record(ws: str, jid: str, **extra: str) -> dict[str, str]:
     return rec
 
 
+@pytest.mark.standalone_only("counts round trips on one connection and INFO commandstats")
 @HYPO
 @given(bad=bad_workspace)
 def test_adversarial_workspace_ids_raise_before_any_redis_command(
@@ -72,6 +72,7 @@ def test_adversarial_workspace_ids_raise_before_any_redis_command(
         store.close()
 
 
+@pytest.mark.standalone_only("counts round trips on one connection and INFO commandstats")
 @pytest.mark.parametrize("bad_job", ["", "*", "a:b", "Job1", "j\n", "j" * 65, "{j}", "j?"],
                          ids=repr)
 def test_adversarial_job_ids_raise_before_any_redis_command(
@@ -104,7 +105,7 @@ def foreign_values(ws: str, other: str) -> list[str | None]:
     foreign=st.integers(min_value=0, max_value=7),
 )
 def test_get_and_list_never_return_another_workspaces_job_under_any_flags(
-    r, pair, ids, foreign
+    r, pair, ids, foreign, schema
 ):
     """Data in both schemas, legacy records of B under A's job ids, and new-schema records
     planted at ai:job:A:<id> whose own workspace_id is not A: under all eight flag
@@ -115,31 +116,31 @@ def test_get_and_list_never_return_another_workspaces_job_under_any_flags(
     wrong = foreign_values(a, b)[foreign]
     r.flushdb()
     metrics = Metrics(labelled_workspaces=[a, b])
-    store = JobStore(r, background=False, pins={}, metrics=metrics)
+    store = JobStore(r, background=False, pins={}, metrics=metrics, schema=schema)
     try:
         # legit jobs: one of A in both schemas, one of A legacy-only, one of B new-only
         apply_flags(r, Combo(dual=True, prefers_new=True, fallback=True), store)
         store.enqueue(a, action_provider="p", action_name="n", job_id=j_both_a)
         store.enqueue(b, action_provider="p", action_name="n", job_id=j_new_b)
-        r.delete(SCHEMA.old_key(j_new_b))
+        r.delete(schema.old_key(j_new_b))
         apply_flags(r, Combo(dual=False, prefers_new=True, fallback=True), store)
         store.enqueue(a, action_provider="p", action_name="n", job_id=j_old_a)
         # a legacy record that belongs elsewhere, under an id A will ask for
         foreign_rec = record(wrong or "", j_legacy_b)
         if wrong is None:
             del foreign_rec["workspace_id"]
-        r.hset(SCHEMA.old_key(j_legacy_b), mapping=foreign_rec)
+        r.hset(schema.old_key(j_legacy_b), mapping=foreign_rec)
         # new-schema records planted inside A's keyspace and index, owned by someone else
         planted = record(wrong or "", j_planted)
         if wrong is None:
             del planted["workspace_id"]
-        r.hset(SCHEMA.new_key(a, j_planted), mapping=planted)
-        r.zadd(SCHEMA.index_key(a), {j_planted: 1_714_557_600_000})
-        r.hset(SCHEMA.old_key(j_planted), mapping=record(b, j_planted))
+        r.hset(schema.new_key(a, j_planted), mapping=planted)
+        r.zadd(schema.index_key(a), {j_planted: 1_714_557_600_000})
+        r.hset(schema.old_key(j_planted), mapping=record(b, j_planted))
         # planted new record whose legacy twin really is A's: fallback may return the legacy
-        r.hset(SCHEMA.new_key(a, j_planted_legacy_a), mapping=record(b, j_planted_legacy_a))
-        r.zadd(SCHEMA.index_key(a), {j_planted_legacy_a: 1_714_557_600_001})
-        r.hset(SCHEMA.old_key(j_planted_legacy_a), mapping=record(a, j_planted_legacy_a))
+        r.hset(schema.new_key(a, j_planted_legacy_a), mapping=record(b, j_planted_legacy_a))
+        r.zadd(schema.index_key(a), {j_planted_legacy_a: 1_714_557_600_001})
+        r.hset(schema.old_key(j_planted_legacy_a), mapping=record(a, j_planted_legacy_a))
 
         for combo in ALL_COMBOS:
             apply_flags(r, combo, store)
@@ -180,39 +181,41 @@ def test_get_and_list_never_return_another_workspaces_job_under_any_flags(
         store.close()
 
 
-def test_list_counts_a_planted_new_record_of_another_workspace_as_a_mismatch(r, make_store):
+def test_list_counts_a_planted_new_record_of_another_workspace_as_a_mismatch(r, make_store, schema):
     store = make_store()
     apply_flags(r, Combo(dual=True, prefers_new=True, fallback=False), store)
-    r.hset(SCHEMA.new_key("ws-a", "planted"), mapping=record("ws-b", "planted"))
-    r.zadd(SCHEMA.index_key("ws-a"), {"planted": 1})
+    r.hset(schema.new_key("ws-a", "planted"), mapping=record("ws-b", "planted"))
+    r.zadd(schema.index_key("ws-a"), {"planted": 1})
     before = metric(store, MISMATCH, operation="list", workspace_id="ws-a")
     page = store.list_jobs("ws-a")
     assert page.jobs == [] and page.cursor is None
     assert metric(store, MISMATCH, operation="list", workspace_id="ws-a") == before + 1
 
 
-def test_a_new_record_whose_job_id_field_differs_from_its_key_is_not_returned(r, make_store):
+def test_a_new_record_whose_job_id_field_differs_from_its_key_is_not_returned(
+    r, make_store, schema
+):
     store = make_store()
     apply_flags(r, Combo(dual=True, prefers_new=True, fallback=False), store)
-    r.hset(SCHEMA.new_key("ws-a", "key-id"), mapping=record("ws-a", "other-id"))
-    r.zadd(SCHEMA.index_key("ws-a"), {"key-id": 1})
+    r.hset(schema.new_key("ws-a", "key-id"), mapping=record("ws-a", "other-id"))
+    r.zadd(schema.index_key("ws-a"), {"key-id": 1})
     assert store.get_job("ws-a", "key-id") is None
     assert store.list_jobs("ws-a").jobs == []
 
 
 @pytest.mark.parametrize("combo", [c for c in ALL_COMBOS if c.dual], ids=lambda c: c.id)
 def test_update_of_another_workspaces_job_is_not_found_and_changes_nothing(
-    r, raw, make_store, combo
+    r, raw, make_store, combo, schema
 ):
     store = make_store()
     apply_flags(r, combo, store)
     b_job = store.enqueue("ws-b", action_provider="p", action_name="n").job_id
-    r.hset(SCHEMA.new_key("ws-a", "planted"), mapping=record("ws-b", "planted"))
+    r.hset(schema.new_key("ws-a", "planted"), mapping=record("ws-b", "planted"))
     before = snapshot(raw)
     for jid in (b_job, "planted"):
         with pytest.raises(JobNotFoundError):
             store.update_status("ws-a", jid, "completed", result={"stolen": True})
     assert snapshot(raw) == before
     assert metric(store, MISMATCH, operation="update", workspace_id="ws-a") == 2
-    assert json.loads(r.hget(SCHEMA.old_key(b_job), "params")) == {}
-    assert r.hget(SCHEMA.old_key(b_job), "status") == "pending"
+    assert json.loads(r.hget(schema.old_key(b_job), "params")) == {}
+    assert r.hget(schema.old_key(b_job), "status") == "pending"

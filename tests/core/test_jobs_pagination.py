@@ -6,13 +6,15 @@ import itertools
 from dataclasses import dataclass, field
 
 import pytest
-from jobstore_kit import ALL_COMBOS, Combo, apply_flags, paginate, set_dual_write
+from jobstore_kit import ALL_COMBOS, Combo, apply_flags, job_keys, paginate, set_dual_write
 
 from relayctl.core.errors import ValidationError
 from relayctl.core.jobs import STATUSES, JobStore
 from relayctl.core.keys import KeySchema
 
 SCHEMA = KeySchema()
+# standalone, cluster, and cluster with hash-tagged templates (see tests/core/conftest.py)
+pytestmark = [pytest.mark.backends("standalone", "cluster"), pytest.mark.tagged_layout]
 BASE = 1_714_557_600.0  # 2024-05-01T10:00:00Z
 # (workspace, legacy-only, both schemas, new-only); 430 jobs in all. Every indexed job of
 # ws-d has the same enqueued_at: a tie longer than one index batch (16).
@@ -45,7 +47,7 @@ def _moment(i: int, ws: str) -> float:
     return BASE if ws == ALL_TIED else BASE + (i // 4) * 0.5
 
 
-def build_dataset(r, store: JobStore) -> Dataset:
+def build_dataset(r, store: JobStore, schema) -> Dataset:
     """Jobs legacy-only (dual-write off), in both schemas (on), new-only (legacy deleted),
     with every status, shared timestamps, and noise no listing may return."""
     data = Dataset()
@@ -75,28 +77,30 @@ def build_dataset(r, store: JobStore) -> Dataset:
             if k < n_both:
                 both[jid] = status
             else:
-                r.delete(SCHEMA.old_key(jid))
+                r.delete(schema.old_key(jid))
                 new_only[jid] = status
     # noise: a non-hash legacy key, a legacy record without a valid job id, an index entry
     # with no record at all, and a job id in the index that is not a valid id
-    r.set(SCHEMA.old_key("garbage"), "not a hash")
-    r.hset(SCHEMA.old_key("badid"), mapping={"job_id": "Bad Id", "workspace_id": "ws-a",
+    r.set(schema.old_key("garbage"), "not a hash")
+    r.hset(schema.old_key("badid"), mapping={"job_id": "Bad Id", "workspace_id": "ws-a",
                                               "status": "pending"})
-    r.zadd(SCHEMA.index_key("ws-a"), {"ghost": BASE * 1000, "Not*Valid": BASE * 1000})
+    r.zadd(schema.index_key("ws-a"), {"ghost": BASE * 1000, "Not*Valid": BASE * 1000})
     return data
 
 
 @pytest.fixture
-def dataset(r, make_store):
+def dataset(r, make_store, schema):
     store = make_store()
-    data = build_dataset(r, store)
+    data = build_dataset(r, store, schema)
     sizes = {len(g[ws]) for g in (data.old_only, data.both, data.new_only) for ws, *_ in LAYOUT}
     assert sum(a + b + c for _, a, b, c in LAYOUT) == 430 and min(sizes) >= 10
     # sanity: the layout is what the flags will route on
-    assert r.zcard(SCHEMA.index_key("ws-a")) == 70 + 70 + 2
-    assert len(set(r.zrange(SCHEMA.index_key(ALL_TIED), 0, -1, withscores=True))) == 30
-    assert len({s for _, s in r.zrange(SCHEMA.index_key(ALL_TIED), 0, -1, withscores=True)}) == 1
-    assert len(r.keys(SCHEMA.old_pattern)) == 140 + 2 + sum(a + b for _, a, b, _ in LAYOUT[1:])
+    assert r.zcard(schema.index_key("ws-a")) == 70 + 70 + 2
+    assert len(set(r.zrange(schema.index_key(ALL_TIED), 0, -1, withscores=True))) == 30
+    tied = r.zrange(schema.index_key(ALL_TIED), 0, -1, withscores=True)
+    assert len({s for _, s in tied}) == 1
+    legacy = 140 + 2 + sum(a + b for _, a, b, _ in LAYOUT[1:])
+    assert len(job_keys(r, schema.old_pattern)) == legacy
     return data
 
 
@@ -128,12 +132,14 @@ def test_every_job_is_listed_exactly_once_and_pages_never_exceed_the_limit(
             check_full_pagination(store, dataset, combo, ws, limit=1, status=status)
 
 
-def test_the_index_part_comes_newest_first_with_ties_broken_by_job_id(r, make_store, dataset):
+def test_the_index_part_comes_newest_first_with_ties_broken_by_job_id(
+    r, make_store, dataset, schema
+):
     store = make_store()
     apply_flags(r, Combo(dual=True, prefers_new=True, fallback=False), store)
     for ws, *_ in LAYOUT:
         listed = [j for page in paginate(store, ws, limit=7) for j in page]
-        order = [(r.zscore(SCHEMA.index_key(ws), j.job_id), j.job_id) for j in listed]
+        order = [(r.zscore(schema.index_key(ws), j.job_id), j.job_id) for j in listed]
         assert len(order) > 10
         ties = 0
         for (s1, id1), (s2, id2) in itertools.pairwise(order):
@@ -168,12 +174,12 @@ def test_an_empty_workspace_lists_nothing_and_ends_at_once(r, make_store, combo)
 
 
 def test_a_legacy_record_whose_new_copy_expired_is_still_listed_once_with_fallback(
-    r, make_store
+    r, make_store, schema
 ):
     store = make_store()
     apply_flags(r, Combo(dual=True, prefers_new=True, fallback=True), store)
     jid = store.enqueue("ws-a", action_provider="p", action_name="n").job_id
-    r.delete(SCHEMA.new_key("ws-a", jid))  # index entry and legacy record remain
+    r.delete(schema.new_key("ws-a", jid))  # index entry and legacy record remain
     listed = [j for page in paginate(store, "ws-a", limit=1) for j in page]
     assert [(j.job_id, j.source) for j in listed] == [(jid, "old")]
     apply_flags(r, Combo(dual=True, prefers_new=True, fallback=False), store)
@@ -210,6 +216,7 @@ def _scan_patterns(commands: list[str]) -> list[str]:
     "combo", [Combo(True, False, True), Combo(True, True, False), Combo(True, True, True)],
     ids=lambda c: c.plan,
 )
+@pytest.mark.standalone_only("MONITOR records the commands of one server")
 def test_listing_never_walks_the_new_keyspace(r, make_store, monitor, combo):
     store = make_store()
     apply_flags(r, combo, store)

@@ -9,26 +9,39 @@ from jobstore_kit import apply_flags, set_dual_write, stats_delta
 from relayctl.core.keys import KeySchema
 
 SCHEMA = KeySchema()
+pytestmark = pytest.mark.backends("standalone", "cluster")
+ROUND_TRIPS = "counts sends on one connection and INFO commandstats of one server"
 
 
-@pytest.fixture
-def counted_store(r, make_store, counting_client):
-    client, trips = counting_client
-    store = make_store(client)
-    # one job in both schemas, one legacy-only, one new-only
+def _seed(r, store) -> dict[str, str]:
+    """One job in both schemas, one legacy-only, one new-only."""
     set_dual_write(r, True, store)
     both = store.enqueue("ws-a", action_provider="p", action_name="n").job_id
     new_only = store.enqueue("ws-a", action_provider="p", action_name="n").job_id
     r.delete(SCHEMA.old_key(new_only))
     set_dual_write(r, False, store)
     old_only = store.enqueue("ws-a", action_provider="p", action_name="n").job_id
-    return store, trips, {"both": both, "new_only": new_only, "old_only": old_only}
+    return {"both": both, "new_only": new_only, "old_only": old_only}
+
+
+@pytest.fixture
+def counted_store(r, make_store, counting_client):
+    client, trips = counting_client
+    store = make_store(client)
+    return store, trips, _seed(r, store)
+
+
+@pytest.fixture
+def seeded_store(r, make_store):
+    store = make_store()
+    return store, _seed(r, store)
 
 
 def expected_hgetalls(combo) -> int:
     return 2 if combo.prefers_new and combo.fallback else 1
 
 
+@pytest.mark.standalone_only(ROUND_TRIPS)
 def test_get_job_is_one_round_trip_and_the_expected_reads_under_every_flag_combination(
     r, counted_store, commandstats, combo
 ):
@@ -51,6 +64,7 @@ def test_get_job_is_one_round_trip_and_the_expected_reads_under_every_flag_combi
         assert (job is not None) is found, f"{combo.id} {kind}"
 
 
+@pytest.mark.standalone_only("MONITOR records the commands of one server")
 def test_get_job_reads_exactly_the_keys_the_flags_name(r, counted_store, monitor, combo):
     store, _, ids = counted_store
     apply_flags(r, combo, store)
@@ -69,8 +83,8 @@ def test_get_job_reads_exactly_the_keys_the_flags_name(r, counted_store, monitor
     assert len(rec.commands) == len(reads), rec.commands
 
 
-def test_a_new_copy_found_is_reported_on_the_new_path(r, counted_store, combo):
-    store, _, ids = counted_store
+def test_a_new_copy_found_is_reported_on_the_new_path(r, seeded_store, combo):
+    store, ids = seeded_store
     apply_flags(r, combo, store)
     job = store.get_job("ws-a", ids["both"])
     assert job is not None
