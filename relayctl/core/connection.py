@@ -10,6 +10,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 
 from relayctl.core.errors import RedisUnavailableError, UsageError
 
@@ -235,6 +236,13 @@ def _connect_cluster(target: RedisTarget, kwargs: dict) -> RedisCluster:
     except redis.AuthenticationError:
         raise RedisUnavailableError(f"Redis at {target.display} rejected the credentials") from None
     except (redis.RedisError, OSError) as exc:
+        raise RedisUnavailableError(
+            f"cannot reach Redis Cluster at {target.display}: {describe_redis_error(exc)}"
+        ) from None
+    except RedisClusterException as exc:
+        if "not enabled" in str(exc):
+            raise UsageError(f"Redis at {target.display} is not a cluster node: drop "
+                             "cluster=yes from the URL") from None
         raise RedisUnavailableError(
             f"cannot reach Redis Cluster at {target.display}: {describe_redis_error(exc)}"
         ) from None
