@@ -780,11 +780,7 @@ class Backfill:
         first = True
         latest_control: str | None = None  # read by the last copy step: the freshest value
         while True:
-            if self._lease_lost.is_set():
-                raise LeaseLostError("backfill lease lost (another owner took over)")
-            if self._stop_signal.is_set():
-                self._set_status("stopped", "stopped by signal; resumable")
-                self.on_event("stopped", p)
+            if self._signalled():
                 return EXIT_STOPPED
             if not first and p.cursor == 0:
                 break
@@ -796,9 +792,7 @@ class Backfill:
                 control = self._wait_while_paused()
                 latest_control = None
             if control == "stop":
-                self._set_status("stopped", "stopped by operator; resumable")
-                self.on_event("stopped", p)
-                return EXIT_STOPPED
+                return self._stopped_by_operator()
             jobs, skipped, scanned = self._classify(batch)
             codes, latest_control = self._retrying(
                 lambda b=batch, j=jobs, s=skipped: self._apply(b, j, s), "copy")
@@ -825,12 +819,7 @@ class Backfill:
                 self._set_status("partial", f"--max-keys {opt.max_keys} reached; resumable")
                 self.on_event("partial", p)
                 return EXIT_DONE
-            if opt.max_latency_ms is not None:
-                if batch.scan_ms > opt.max_latency_ms:
-                    throttle = min(max(throttle * 2, 0.01), 5.0)
-                else:
-                    throttle = throttle / 2 if throttle > 0.001 else 0.0
-                p.throttle_s = throttle
+            throttle = self._throttle(throttle, batch.scan_ms)
             wait = throttle
             if opt.rps > 0:
                 now = time.monotonic()
@@ -1103,11 +1092,7 @@ class Backfill:
             while True:
                 if self._halt.is_set():
                     return None
-                if self._lease_lost.is_set():
-                    raise LeaseLostError("backfill lease lost (another owner took over)")
-                if self._stop_signal.is_set():
-                    self._set_status("stopped", "stopped by signal; resumable")
-                    self.on_event("stopped", p)
+                if self._signalled():
                     return EXIT_STOPPED
                 if not first and lane.cursor == 0:
                     break
@@ -1118,9 +1103,7 @@ class Backfill:
                     with self._lock:
                         control = self._wait_while_paused()
                 if control == "stop":
-                    self._set_status("stopped", "stopped by operator; resumable")
-                    self.on_event("stopped", p)
-                    return EXIT_STOPPED
+                    return self._stopped_by_operator()
                 jobs, skipped, scanned = self._classify(batch)
                 if opt.execute:
                     codes = self._retrying(lambda b=batch, j=jobs: self._copy_cluster(b, j),
@@ -1154,12 +1137,7 @@ class Backfill:
                     self._set_status("partial", f"--max-keys {opt.max_keys} reached; resumable")
                     self.on_event("partial", p)
                     return EXIT_DONE
-                if opt.max_latency_ms is not None:
-                    if batch.scan_ms > opt.max_latency_ms:
-                        throttle = min(max(throttle * 2, 0.01), 5.0)
-                    else:
-                        throttle = throttle / 2 if throttle > 0.001 else 0.0
-                    p.throttle_s = throttle
+                throttle = self._throttle(throttle, batch.scan_ms)
                 wait = max(throttle, self._pace())
                 if wait > 0:
                     self.sleep(wait)
@@ -1189,6 +1167,32 @@ class Backfill:
         if now - getattr(self, "_last_event", 0.0) >= 0.5:
             self._last_event = now
             self.on_event("progress", p)
+
+    def _signalled(self) -> bool:
+        """Between batches: a lost lease raises; SIGINT/SIGTERM saves a stopped status."""
+        if self._lease_lost.is_set():
+            raise LeaseLostError("backfill lease lost (another owner took over)")
+        if self._stop_signal.is_set():
+            self._set_status("stopped", "stopped by signal; resumable")
+            self.on_event("stopped", self.progress)
+            return True
+        return False
+
+    def _stopped_by_operator(self) -> int:
+        self._set_status("stopped", "stopped by operator; resumable")
+        self.on_event("stopped", self.progress)
+        return EXIT_STOPPED
+
+    def _throttle(self, throttle: float, scan_ms: float) -> float:
+        """--max-latency-ms: back off exponentially while SCAN is slow, recover by halves."""
+        if self.opt.max_latency_ms is None:
+            return throttle
+        if scan_ms > self.opt.max_latency_ms:
+            throttle = min(max(throttle * 2, 0.01), 5.0)
+        else:
+            throttle = throttle / 2 if throttle > 0.001 else 0.0
+        self.progress.throttle_s = throttle
+        return throttle
 
     def _finish(self) -> int:
         p = self.progress
