@@ -7,6 +7,7 @@ import string
 from dataclasses import dataclass, field
 
 import redis
+from cluster_kit import TAGGED
 
 from relayctl.core import flags as flagmod
 from relayctl.core.jobs import JobStore
@@ -14,8 +15,6 @@ from relayctl.core.keys import KeySchema
 
 # Hash-tagged templates: a job's new record, its workspace index and its idempotency key share
 # the workspace's slot on a cluster (the legacy key and the queue never can).
-TAGGED = KeySchema(new_job="ai:job:{<ws>}:<job_id>", index="ai:jobidx:{<ws>}",
-                   idempotency="ai:idempotency:{<ws>}:<request_id>")
 LAYOUTS = {"default": KeySchema(), "tagged": TAGGED}
 
 

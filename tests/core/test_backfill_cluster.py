@@ -14,6 +14,7 @@ import time
 
 import pytest
 import redis
+from cluster_kit import TAGGED
 from test_backfill import (
     SCHEMA,
     assert_all_copied,
@@ -35,9 +36,6 @@ from relayctl.core.keys import KeySchema
 from relayctl.core.metrics import Metrics
 from relayctl.core.verify import run_verify
 from tests.conftest import start_cluster, wait_for
-
-TAGGED = KeySchema(new_job="ai:job:{<ws>}:<job_id>", index="ai:jobidx:{<ws>}",
-                   idempotency="ai:idempotency:{<ws>}:<request_id>")
 
 
 @pytest.fixture
