@@ -21,7 +21,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import redis
-from redis.exceptions import ClusterError, NoScriptError, SlotNotCoveredError, TryAgainError
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    ClusterError,
+    NoScriptError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 
 from relayctl.core import audit
 from relayctl.core import cluster as clusterlib
@@ -333,6 +340,7 @@ class _Rescan(Exception):
     gone with it, so every shard is walked again."""
 
 
+_MOVED = (AskError, ClusterDownError, TryAgainError)  # MovedError is an AskError
 _TRANSIENT = (redis.ConnectionError, redis.TimeoutError, OSError, ClusterError, TryAgainError,
               SlotNotCoveredError)
 
@@ -920,6 +928,9 @@ class Backfill:
                 # the absolute expiry, so a copy made later expires exactly with its source
                 commands += [("DUMP", key), ("PEXPIRETIME", key)]
         replies = read_many(reader, commands)
+        if any(isinstance(r, _MOVED) for r in replies):
+            # the slot map changed under this shard (resharding): re-read it and redo the batch
+            raise ClusterError(f"shard {lane.name} no longer serves some of its keys")
         heads, dumps = [], []
         for i in range(len(keys)):
             head = replies[per_key * i]
