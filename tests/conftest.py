@@ -286,7 +286,8 @@ class RedisClusterServers:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.nodes[0].port}/0"
+        """A live node's URL: any node leads the client to the whole cluster."""
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
 
     @property
     def ports(self) -> list[int]:
