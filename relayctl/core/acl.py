@@ -33,8 +33,10 @@ ROLES = ("console", "app", "operator")
 DEFAULT_USERS = {"console": "relay-console", "app": "relay-app", "operator": "relay-operator"}
 _USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 
-# Every client: PING (connect()'s check). redis-py tolerates a refused CLIENT SETINFO.
-_CONNECT = ("ping", "echo")
+# Every client: PING (connect()'s check), INFO (it tells a cluster node from a standalone
+# server) and, on a cluster, the slot map and command table redis-py's cluster client reads.
+# redis-py tolerates a refused CLIENT SETINFO.
+_CONNECT = ("ping", "echo", "info", "cluster|slots", "command")
 
 # Commands the job store's Lua scripts run (relayctl.core.lua): a script's inner commands
 # are checked against the caller's ACL too.
@@ -63,6 +65,8 @@ _OPERATOR_COMMANDS = (
     *_CONSOLE_COMMANDS, *_APP_COMMANDS,
     "dbsize", "hlen", "hincrby", "copy", "xadd", "unlink", "persist", "zscore",
     "dump", "restore", "multi", "exec", "discard",
+    # a cluster backfill copies with the source's absolute expiry
+    "pexpiretime",
 )
 
 

@@ -931,6 +931,11 @@ class Backfill:
         if any(isinstance(r, _MOVED) for r in replies):
             # the slot map changed under this shard (resharding): re-read it and redo the batch
             raise ClusterError(f"shard {lane.name} no longer serves some of its keys")
+        for reply in replies:
+            # WRONGTYPE marks a non-hash legacy key (invalid); any other refusal (NOPERM, an
+            # unknown PEXPIRETIME) must stop the run, not count every key as gone
+            if isinstance(reply, redis.ResponseError) and not str(reply).startswith("WRONG"):
+                raise reply
         heads, dumps = [], []
         for i in range(len(keys)):
             head = replies[per_key * i]

@@ -235,14 +235,19 @@ def _connect_cluster(target: RedisTarget, kwargs: dict) -> RedisCluster:
         raise UsageError(f"invalid Redis URL {target.display}: {redact_text(str(exc))}") from None
     except redis.AuthenticationError:
         raise RedisUnavailableError(f"Redis at {target.display} rejected the credentials") from None
+    except redis.exceptions.NoPermissionError:
+        raise  # reported like any refused command: a one-line permission error, exit 2
     except (redis.RedisError, OSError) as exc:
         raise RedisUnavailableError(
             f"cannot reach Redis Cluster at {target.display}: {describe_redis_error(exc)}"
         ) from None
     except RedisClusterException as exc:
-        if "not enabled" in str(exc):
+        if "not enabled" in str(exc) and target.cluster:
             raise UsageError(f"Redis at {target.display} is not a cluster node: drop "
                              "cluster=yes from the URL") from None
+        if "not enabled" in str(exc):
+            raise UsageError(f"Redis at {target.display} is a cluster node but refused its "
+                             "slot map (CLUSTER SLOTS): grant it, see `relayctl acl`") from None
         raise RedisUnavailableError(
             f"cannot reach Redis Cluster at {target.display}: {describe_redis_error(exc)}"
         ) from None
