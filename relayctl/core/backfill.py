@@ -542,6 +542,7 @@ class Backfill:
             "token": self.token, "started": f"{p.started:.3f}", "heartbeat": now,
             "updated": now, "workspaces": scope, "rps": str(self.opt.rps),
             "batch": str(self.opt.batch), "max_keys": str(self.opt.max_keys or ""),
+            "workers": str(self.opt.workers),
             "cursor": str(p.cursor), "message": p.message, "finished": "",
             "server": self._server_id(),
             **self._lane_fields(),

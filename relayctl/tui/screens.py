@@ -74,14 +74,20 @@ class BackfillForm(ModalScreen[BackfillRequest | None]):
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
     def compose(self) -> ComposeResult:
-        with Vertical(id="dialog"):
+        # scrolls: at 80x24 the form is taller than the screen and Start must stay reachable
+        with VerticalScroll(id="dialog"):
             yield Label("Start a backfill", id="dialog-title")
             yield Checkbox("execute (unchecked = dry-run)", id="execute")
             yield Input(placeholder="workspaces, comma separated (empty = all)", id="workspaces")
+            with Horizontal(classes="fields field-labels"):
+                for text in ("rps (0: any)", "batch", "max keys", "workers"):
+                    yield Label(text)
             with Horizontal(classes="fields"):
                 yield Input(placeholder="rps (0 = unlimited)", id="rps", value="0")
                 yield Input(placeholder="batch", id="batch", value="500")
                 yield Input(placeholder="max keys (empty = all)", id="max-keys")
+                yield Input(placeholder="workers (cluster shards at once)", id="workers",
+                            value="1")
             yield Checkbox("resume the unfinished run", id="resume")
             yield Input(placeholder="reason (required, recorded in the audit log)", id="reason")
             with Horizontal(id="dialog-buttons"):
@@ -103,10 +109,13 @@ class BackfillForm(ModalScreen[BackfillRequest | None]):
             batch = int(self.query_one("#batch", Input).value or 500)
             max_txt = self.query_one("#max-keys", Input).value.strip()
             max_keys = int(max_txt) if max_txt else None
-            if rps < 0 or not 1 <= batch <= 100_000 or (max_keys is not None and max_keys < 1):
+            workers = int(self.query_one("#workers", Input).value or 1)
+            if rps < 0 or not 1 <= batch <= 100_000 or (max_keys is not None and max_keys < 1) \
+                    or not 1 <= workers <= 64:
                 raise ValueError
         except ValueError:
-            self.notify("rps >= 0, batch 1..100000, max keys >= 1", severity="error")
+            self.notify("rps >= 0, batch 1..100000, max keys >= 1, workers 1..64",
+                        severity="error")
             return
         reason = self.query_one("#reason", Input).value.strip()
         if not reason:
@@ -116,7 +125,7 @@ class BackfillForm(ModalScreen[BackfillRequest | None]):
                            self.query_one("#workspaces", Input).value.split(",") if w.strip())
         self.dismiss(BackfillRequest(BackfillOptions(
             execute=self.query_one("#execute", Checkbox).value, workspaces=workspaces,
-            rps=rps, batch=batch, max_keys=max_keys,
+            rps=rps, batch=batch, max_keys=max_keys, workers=workers,
             resume=self.query_one("#resume", Checkbox).value), reason))
 
 

@@ -157,3 +157,41 @@ def test_backfill_started_from_the_cli_is_paused_from_the_console(redis_url, r, 
     finally:
         send_control(r, "stop", actor="pytest", reason="test over")
     assert engine.wait(timeout=15) == EXIT_STOPPED
+
+
+def test_on_a_cluster_the_console_starts_a_backfill_with_the_workers_it_was_given(
+        cluster_url, engine_pids):
+    import random
+
+    from relayctl.core.connection import connect
+    from relayctl.core.demo import legacy_record
+    from relayctl.core.jobs import seed_legacy as seed_records
+    from relayctl.core.keys import KeySchema
+
+    rc = connect(cluster_url)
+    rng = random.Random(4)
+    seed_records(rc, KeySchema(), (legacy_record(rng, f"ws-{i % 3}", f"c{i:05d}", 1.7e9 + i)
+                                   for i in range(3000)))
+    set_flag(rc, DUAL_WRITE, True, actor="pytest", reason="backfill needs dual-write")
+    app = live_app(cluster_url)
+
+    async def scenario(pilot: Pilot) -> None:
+        await wait_connected(pilot)
+        await pilot.press("b")
+        assert isinstance(pilot.app.screen, BackfillForm)
+        await pilot.click("#execute")
+        await fill(pilot, "#workers", "3")
+        await fill(pilot, "#reason", "cluster week 4")
+        await pilot.click("#confirm")
+        pid = await wait_until(pilot, lambda: engine_pid_from_audit(rc), "the spawn", 10)
+        engine_pids.append(pid)
+        await wait_until(pilot, lambda: read_state(rc).get("status") == "completed",
+                         "the engine to finish", timeout=30)
+        await wait_refreshed(pilot)
+        assert "COMPLETED" in panel_text(pilot)
+
+    run_pilot(app, scenario)
+    state = read_state(rc)
+    assert state["workers"] == "3" and state["migrated"] == "3000"
+    assert {state[f"done:{n}"] for n in ("0", "5461", "10923")} == {"1"}
+    rc.close()
