@@ -18,12 +18,11 @@ in modules marked `backends("standalone", "cluster")`, the session's real Redis 
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Callable, Iterator
 
 import pytest
 import redis
-from jobstore_kit import ALL_COMBOS, LAYOUTS, Recording, RoundTrips
+from jobstore_kit import ALL_COMBOS, LAYOUTS, Recording, RoundTrips, monitored
 from redis.cluster import RedisCluster
 
 from relayctl.core.connection import connect
@@ -166,9 +165,6 @@ def store(make_store: Callable[..., JobStore]) -> JobStore:
     return make_store()
 
 
-_STOP = "__pytest_monitor_stop__"
-
-
 @pytest.fixture
 def monitor(backend: str, redis_url: str
             ) -> Callable[[], contextlib.AbstractContextManager[Recording]]:
@@ -177,35 +173,9 @@ def monitor(backend: str, redis_url: str
     @contextlib.contextmanager
     def record() -> Iterator[Recording]:
         rec = Recording()
-        stopper = redis.Redis.from_url(redis_url)
-        stopper.ping()  # connect (and handshake) before recording starts
-        watcher = redis.Redis.from_url(redis_url, decode_responses=True)
-        mon = watcher.monitor()
-        mon.__enter__()  # sends MONITOR and waits for OK: recording is live from here on
-        done = threading.Event()
-
-        def pump() -> None:
-            try:
-                while True:
-                    cmd = mon.next_command()["command"]
-                    if _STOP in cmd:
-                        break
-                    rec.commands.append(cmd)
-            finally:
-                done.set()
-
-        thread = threading.Thread(target=pump, daemon=True)
-        thread.start()
-        try:
+        with monitored(lambda **kw: redis.Redis.from_url(redis_url, **kw),
+                       lambda cmd: rec.commands.append(cmd["command"])):
             yield rec
-        finally:
-            stopper.echo(_STOP)
-            stopper.close()
-            finished = done.wait(10)
-            thread.join(5)
-            mon.__exit__(None, None, None)
-            watcher.close()
-            assert finished, "MONITOR reader did not see the stop marker"
 
     return record
 

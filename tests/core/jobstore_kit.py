@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import string
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import redis
@@ -158,3 +161,42 @@ ADVERSARIAL = [
     "a" * 65, "caf\u00e9", "\u0430cme", "ws\n", "\nws", "ws\r", "ws ", " ws", "ws\t", "-ws",
     "_ws", ".ws", "ws.", "ws/x", "ws\\x", "ws\x00", "\uff41", "\u0661", "ws\u2028",
 ]
+
+
+_MONITOR_STOP = "__pytest_monitor_stop__"
+
+
+@contextlib.contextmanager
+def monitored(connect: Callable[..., redis.Redis], sink: Callable[[dict], None]) -> Iterator[None]:
+    """MONITOR one server: `sink` gets every command it runs meanwhile, as redis-py parses
+    them (with client_type 'lua' for a command a script ran). `connect(**kwargs)` makes a
+    client of that server."""
+    stopper = connect()
+    stopper.ping()  # connect (and handshake) before recording starts
+    watcher = connect(decode_responses=True)
+    mon = watcher.monitor()
+    mon.__enter__()  # sends MONITOR and waits for OK: recording is live from here on
+    done = threading.Event()
+
+    def pump() -> None:
+        try:
+            while True:
+                cmd = mon.next_command()
+                if _MONITOR_STOP in cmd["command"]:
+                    break
+                sink(cmd)
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stopper.echo(_MONITOR_STOP)
+        stopper.close()
+        finished = done.wait(10)
+        thread.join(5)
+        mon.__exit__(None, None, None)
+        watcher.close()
+        assert finished, "MONITOR reader did not see the stop marker"

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from jobstore_kit import Combo, apply_flags, job_keys, metric, paginate
+from jobstore_kit import Combo, apply_flags, job_keys, metric, monitored, paginate
 from redis.cluster import RedisCluster
 
 from relayctl.core import fleet
@@ -197,44 +197,14 @@ def test_the_idempotency_race_leaves_exactly_one_job_and_cleans_up_the_losers(
             s.close()
 
 
-_STOP = "__pytest_node_monitor_stop__"
-
-
 @contextlib.contextmanager
 def node_monitor(address: str) -> Iterator[list[dict]]:
     """MONITOR on one node ('host:port'): each command with its client_type ('lua' for a
     command a script ran)."""
     host, _, port = address.rpartition(":")
     seen: list[dict] = []
-    stopper = redis.Redis(host=host, port=int(port))
-    stopper.ping()
-    watcher = redis.Redis(host=host, port=int(port), decode_responses=True)
-    mon = watcher.monitor()
-    mon.__enter__()
-    done = threading.Event()
-
-    def pump() -> None:
-        try:
-            while True:
-                cmd = mon.next_command()
-                if _STOP in cmd["command"]:
-                    break
-                seen.append(cmd)
-        finally:
-            done.set()
-
-    thread = threading.Thread(target=pump, daemon=True)
-    thread.start()
-    try:
+    with monitored(lambda **kw: redis.Redis(host=host, port=int(port), **kw), seen.append):
         yield seen
-    finally:
-        stopper.echo(_STOP)
-        stopper.close()
-        finished = done.wait(10)
-        thread.join(5)
-        mon.__exit__(None, None, None)
-        watcher.close()
-        assert finished, "MONITOR reader did not see the stop marker"
 
 
 def test_the_index_entry_is_written_by_the_new_records_script_when_they_share_a_slot(
