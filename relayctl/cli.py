@@ -372,7 +372,7 @@ def backfill(ctx: click.Context, dry_run: bool, execute: bool, workspaces: tuple
     options = BackfillOptions(
         execute=execute, workspaces=workspaces, rps=rps, batch=batch, max_keys=max_keys,
         fresh=fresh, resume=resume, max_latency_ms=max_latency_ms, force=force,
-        retry_for_s=retry_for, actor=c.actor, workers=workers,
+        retry_for_s=retry_for, workers=workers,
     )
     metrics = Metrics(labelled_workspaces=c.config.labelled_workspaces or workspaces)
     view = BackfillView(as_json=as_json)

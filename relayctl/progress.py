@@ -10,7 +10,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
-from relayctl.core.backfill import Progress as BackfillProgress
+from relayctl.core.backfill import BackfillProgress
 
 
 class BackfillView:

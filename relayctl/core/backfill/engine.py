@@ -1,0 +1,506 @@
+"""The backfill engine: copy legacy records to the workspace-scoped schema (SPEC §4).
+
+One walk loop drives every lane (the whole server, or one lane per cluster shard): pacing
+(`--rps`, the latency throttle), control (pause/resume/stop), signals, progress and ETA,
+checkpoints and `--max-keys` exist once, here. How a lane reads and applies a batch, and
+how the servers behind the lanes are watched, are the strategies in `standalone` and
+`sharded`. A batch is applied and recorded in one fenced step, so a crash at any point
+leaves the whole batch applied and counted, or none of it.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import redis
+
+from relayctl.core import cluster as clusterlib
+from relayctl.core.backfill.lanes import (
+    Batch,
+    CopyItem,
+    EngineContext,
+    Lane,
+    Rescan,
+    Skips,
+    Topology,
+)
+from relayctl.core.backfill.lease import Lease, LeaseLostError
+from relayctl.core.backfill.options import BackfillOptions
+from relayctl.core.backfill.prefetch import Prefetcher
+from relayctl.core.backfill.progress import CHECKPOINT_EVERY, BackfillProgress, scan_fraction
+from relayctl.core.backfill.sharded import ClusterTopology
+from relayctl.core.backfill.standalone import StandaloneTopology
+from relayctl.core.backfill.state import UNFINISHED, BackfillKeys, owner_id
+from relayctl.core.errors import RedisUnavailableError, UsageError
+from relayctl.core.exitcodes import ExitCode
+from relayctl.core.flags import stored_flags
+from relayctl.core.jobs import iso_to_ms
+from relayctl.core.keys import KeySchema
+from relayctl.core.metrics import Metrics
+from relayctl.core.validate import is_valid_job_id, is_valid_workspace_id, validate_workspace_id
+
+T = TypeVar("T")
+
+RESCAN_MESSAGE = ("Redis restarted since the cursor was taken (its SCAN order changed): "
+                  "rescanning from cursor 0; copied records count as exists")
+RESCAN_CLUSTER_MESSAGE = ("a shard's primary changed (failover or restart): its cursor and any "
+                          "copies it had not replicated are gone, so every shard is walked "
+                          "again from cursor 0; copied records count as exists")
+
+EXIT_DONE, EXIT_ERRORS, EXIT_STOPPED = ExitCode.OK, ExitCode.ERRORS, ExitCode.STOPPED
+
+
+class Backfill:
+    """One backfill run. `run()` returns the exit code of SPEC §4."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        options: BackfillOptions,
+        *,
+        schema: KeySchema | None = None,
+        metrics: Metrics | None = None,
+        keys: BackfillKeys | None = None,
+        on_event: Callable[[str, BackfillProgress], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        options.validate()
+        self.client = client
+        self.opt = options
+        self.schema = schema or KeySchema()
+        self.metrics = metrics or Metrics()
+        self.keys = keys or BackfillKeys()
+        self.on_event = on_event or (lambda _e, _p: None)
+        self.sleep = sleep
+        self.token = f"{owner_id()}:{uuid.uuid4().hex[:8]}"
+        self.progress = BackfillProgress(mode="execute" if options.execute else "dry-run")
+        self.cluster = clusterlib.is_cluster(client)
+        ctx = EngineContext(client, self.schema, options, self.keys, self.token)
+        self.topology: Topology = (ClusterTopology(ctx) if self.cluster
+                                   else StandaloneTopology(ctx))
+        self.lease = Lease(client, self.keys, self.token)
+        self.lanes: list[Lane] = []
+        self._workspaces = frozenset(validate_workspace_id(w) for w in options.workspaces)
+        self._lock = threading.RLock()
+        self._halt = threading.Event()
+        self._stop_signal = threading.Event()
+        self._scanned_this_run = 0
+        self._t_start = time.monotonic()
+        self._paced = (self._t_start, 0)  # --rps schedule origin: (time, keys scanned)
+        self._next_checkpoint = 0
+        self._last_event = 0.0
+
+    def request_stop(self) -> None:
+        """Finish the current batch, save, and exit 3 (SIGINT/SIGTERM)."""
+        self._stop_signal.set()
+
+    def _retrying(self, fn: Callable[[], T], what: str) -> T:
+        """Retry transport failures with backoff for up to retry_for_s, then exit 4."""
+        deadline = time.monotonic() + self.opt.retry_for_s
+        delay = 0.1
+        while True:
+            try:
+                return fn()
+            except self.topology.transient as exc:
+                self.topology.forget()
+                if time.monotonic() + delay > deadline:
+                    raise RedisUnavailableError(
+                        f"lost Redis during {what} for {self.opt.retry_for_s:g}s "
+                        f"({type(exc).__name__}); "
+                        f"{self.topology.saved_note(self.progress.cursor)}, rerun with --resume"
+                    ) from None
+                self.progress.message = f"Redis unavailable, retrying ({type(exc).__name__})"
+                self.on_event("retry", self.progress)
+                self.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            except redis.ResponseError as exc:
+                if str(exc).startswith("LEASE"):
+                    raise LeaseLostError(
+                        "backfill lease was taken over by another owner; stopping"
+                    ) from None
+                raise
+
+    def _preflight(self) -> None:
+        if self.opt.execute and not self.opt.force:
+            flags = stored_flags(self.client)
+            if not flags.get("AI_JOBS_NEW_SCHEMA", False):
+                raise UsageError(
+                    "refusing --execute while dual-write (AI_JOBS_NEW_SCHEMA) is off: records "
+                    "updated after their copy would go stale; turn it on first or pass --force"
+                )
+
+    def _resume_counters(self, saved: dict[str, str]) -> None:
+        p, scope = self.progress, ",".join(sorted(self._workspaces))
+        if saved.get("workspaces", "") != scope:
+            raise UsageError(
+                f"the unfinished run {saved.get('run_id')} covers workspaces "
+                f"[{saved.get('workspaces') or 'all'}], not [{scope or 'all'}]: "
+                "pass the same --workspace options, or --fresh to start over"
+            )
+        p.run_id = saved["run_id"]
+        p.cursor = int(saved.get("cursor", 0))
+        p.scanned = int(saved.get("scanned", 0))
+        p.migrated = int(saved.get("migrated", 0))
+        for reason in p.skipped:
+            field_name = "errors" if reason == "error" else f"skipped_{reason}"
+            p.skipped[reason] = int(saved.get(field_name, 0))
+        p.started = float(saved.get("started", time.time()))
+        p.message = f"resumed at cursor {p.cursor}"
+
+    def _start_state(self, saved: dict[str, str]) -> None:
+        """Decide fresh vs resume, make the lanes, and write the run's starting state."""
+        p, k = self.progress, self.keys
+        resumable = saved.get("status") in UNFINISHED
+        if self.opt.resume and not resumable:
+            raise UsageError("--resume: there is no unfinished backfill to resume")
+        resuming = resumable and not self.opt.fresh
+        if resuming:
+            self._resume_counters(saved)
+        else:
+            p.run_id = uuid.uuid4().hex[:12]
+            p.started = time.time()
+        self.lanes, changed = self.topology.lanes(saved if resuming else {})
+        if changed:
+            p.message = RESCAN_CLUSTER_MESSAGE if self.cluster else RESCAN_MESSAGE
+        if not self.cluster:
+            p.cursor = self.lanes[0].cursor
+        self._sync_progress()
+        now = f"{time.time():.3f}"
+        pipe = self.client.pipeline(transaction=not self.cluster)
+        if p.run_id != saved.get("run_id"):
+            pipe.delete(k.state)
+        pipe.hset(k.state, mapping={
+            "run_id": p.run_id, "status": "running", "mode": "execute", "owner": owner_id(),
+            "token": self.token, "started": f"{p.started:.3f}", "heartbeat": now,
+            "updated": now, "workspaces": ",".join(sorted(self._workspaces)),
+            "rps": str(self.opt.rps), "batch": str(self.opt.batch),
+            "max_keys": str(self.opt.max_keys or ""), "workers": str(self.opt.workers),
+            "cursor": str(p.cursor), "message": p.message, "finished": "",
+            **self.topology.state_fields(self.lanes),
+        })
+        pipe.persist(k.state)
+        pipe.delete(k.control)
+        pipe.execute()
+
+    def _beat(self) -> list[Any]:
+        p = self.progress
+        return [f"{time.time():.3f}", f"{p.rate:.1f}", f"{p.fraction:.4f}",
+                "" if p.eta_s is None else f"{p.eta_s:.0f}"]
+
+    def run(self) -> int:
+        """Run to completion, a stop, --max-keys, or lost Redis; return the exit code."""
+        p = self.progress
+        self._retrying(self._preflight, "preflight")
+        if self.opt.execute:
+            saved = self._retrying(self.lease.acquire, "lease")
+            try:
+                self._retrying(lambda: self._start_state(saved), "start")
+                self._retrying(self.topology.prepare, "script load")
+            except BaseException:
+                self.lease.release()
+                raise
+            self.lease.start_heartbeat(self.topology.renew, self._beat)
+        else:
+            p.run_id = "dry-run"
+            p.started = time.time()
+            self.lanes, _ = self._retrying(lambda: self.topology.lanes({}), "topology")
+        self._next_checkpoint = (p.scanned // CHECKPOINT_EVERY + 1) * CHECKPOINT_EVERY
+        self.on_event("start", p)
+        try:
+            return self._walk_all()
+        except RedisUnavailableError as exc:
+            p.status, p.message = "lost", str(exc)
+            self.on_event("lost", p)
+            raise
+        finally:
+            self._close(p)
+
+    def _close(self, p: BackfillProgress) -> None:
+        for lane in self.lanes:
+            lane.close()
+        self.topology.close()
+        if self.opt.execute:
+            try:
+                if p.status == "lost":
+                    self.client.hset(self.keys.state, mapping={
+                        "status": "lost", "message": p.message})
+                self.lease.release()
+            except (redis.RedisError, OSError):
+                pass
+
+    def _walk_all(self) -> int:
+        """Walk every lane to its end; a changed server anywhere walks them all again,
+        since its cursor means nothing on the new one and unpersisted copies are gone."""
+        self._t_start = time.monotonic()
+        self._paced = (self._t_start, 0)
+        while True:
+            try:
+                outcome = self._run_lanes()
+                if outcome is not None:
+                    return outcome
+                if self._retrying(lambda: self.topology.unchanged(self.lanes), "final check"):
+                    return self._finish()
+                raise Rescan("final check")
+            except Rescan:
+                self._retrying(self._rescan, "rescan")
+
+    def _rescan(self) -> None:
+        for lane in self.lanes:
+            lane.close()
+        self.lanes, _ = self.topology.lanes({})
+        message = RESCAN_CLUSTER_MESSAGE if self.cluster else RESCAN_MESSAGE
+        self.progress.message = message
+        self.progress.cursor = 0
+        self._sync_progress()
+        self.on_event("retry", self.progress)
+        if self.opt.execute:
+            fields = self.topology.state_fields(self.lanes)
+            fields.update({"message": message, "updated": f"{time.time():.3f}"})
+            self.client.hset(self.keys.state, mapping=fields)
+
+    def _run_lanes(self) -> int | None:
+        """Walk the unfinished lanes, --workers at a time; None when every lane is done."""
+        pending: queue.Queue[Lane] = queue.Queue()
+        for lane in self.lanes:
+            if not lane.done:
+                pending.put(lane)
+        results: list[int] = []
+        errors: list[BaseException] = []
+        self._halt.clear()
+
+        def work() -> None:
+            while not self._halt.is_set():
+                try:
+                    lane = pending.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    code = self._walk(lane)
+                except BaseException as exc:
+                    errors.append(exc)
+                    self._halt.set()
+                    return
+                if code is not None:
+                    results.append(code)
+                    self._halt.set()
+                    return
+
+        workers = min(self.opt.workers, max(1, pending.qsize()))
+        if workers == 1:
+            work()
+        else:
+            threads = [threading.Thread(target=work, name=f"relayctl-backfill-w{i}",
+                                        daemon=True) for i in range(workers)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        others = [e for e in errors if not isinstance(e, Rescan)]
+        if others or errors:
+            raise (others or errors)[0]
+        if results:
+            return min(results, key=lambda c: (c != EXIT_STOPPED, c))
+        return None
+
+    def _walk(self, lane: Lane) -> int | None:
+        """The walk loop: one lane to its end; an exit code if the run must stop early."""
+        prefetch: Prefetcher[Batch] = Prefetcher(
+            lambda cursor: self._retrying(lambda: lane.read(cursor), "scan"), lane.cursor,
+            lambda batch: batch.cursor)
+        control = self._retrying(lambda: self.client.get(self.keys.control), "control") or ""
+        throttle = 0.0
+        try:
+            while not lane.done:
+                if self._halt.is_set():
+                    return None
+                if self._signalled():
+                    return EXIT_STOPPED
+                batch_t0 = time.perf_counter()
+                batch = prefetch.next()
+                if control == "pause":
+                    with self._lock:
+                        control = self._wait_while_paused()
+                if control == "stop":
+                    return self._stopped_by_operator()
+                items, skips, scanned = self._classify(batch)
+                codes, control = self._retrying(
+                    lambda b=batch, i=items, s=skips: lane.apply(b, i, s), "copy")
+                with self._lock:
+                    self._account(batch, items, codes, skips, scanned)
+                    lane.cursor, lane.done = batch.cursor, batch.cursor == 0
+                    self._observe(batch, time.perf_counter() - batch_t0)
+                    over = (self.opt.max_keys is not None and not lane.done
+                            and self._scanned_this_run >= self.opt.max_keys)
+                if over:
+                    self._set_status("partial",
+                                     f"--max-keys {self.opt.max_keys} reached; resumable")
+                    self.on_event("partial", self.progress)
+                    return EXIT_DONE
+                if not lane.done:
+                    throttle = self._throttle(throttle, batch.scan_ms)
+                    wait = max(throttle, self._pace())
+                    if wait > 0:
+                        self.sleep(wait)
+        finally:
+            prefetch.close()
+        return None
+
+    def _classify(self, batch: Batch) -> tuple[list[CopyItem], Skips, Counter[str]]:
+        """(key, job_id, ws, index score) to copy; skips by reason; scanned by label."""
+        items: list[CopyItem] = []
+        skips = Skips()
+        scanned: Counter[str] = Counter()
+        label = self.metrics.label
+        for key, (ws, job_id, enqueued_at) in zip(batch.keys, batch.heads, strict=True):
+            lbl = label(ws) if is_valid_workspace_id(ws) else label(None)
+            scanned[lbl] += 1
+            if (not is_valid_workspace_id(ws) or not is_valid_job_id(job_id)
+                    or self.schema.old_key(job_id) != key):
+                skips.by_label[("invalid", lbl)] += 1
+            elif self._workspaces and ws not in self._workspaces:
+                skips.by_label[("filtered", lbl)] += 1
+            else:
+                # enqueued_at never changes, so the score computed here (off the Redis
+                # core) is the one the copy step would compute
+                items.append((key, job_id, ws, iso_to_ms(enqueued_at)))
+        return items, skips, scanned
+
+    def _account(self, batch: Batch, items: list[CopyItem], codes: str, skips: Skips,
+                 scanned: Counter[str]) -> None:
+        p, m = self.progress, self.metrics
+        label = m.label
+        p.cursor = batch.cursor
+        p.scanned += len(batch.keys)
+        for lbl, n in scanned.items():
+            m.inc(m.backfill_scanned, lbl, amount=n)
+        for (reason, lbl), n in skips.by_label.items():
+            p.skipped[reason] += n
+            m.inc(m.backfill_skipped, lbl, reason, amount=n)
+        outcomes = Counter((code, label(ws)) for (_k, _j, ws, _s), code in
+                           zip(items, codes, strict=True))
+        for (code, lbl), n in outcomes.items():
+            if code == "m":
+                p.migrated += n
+                m.inc(m.backfill_migrated, lbl, amount=n)
+            elif code == "e":
+                p.skipped["exists"] += n
+                m.inc(m.backfill_skipped, lbl, "exists", amount=n)
+            elif code == "g":
+                p.skipped["invalid"] += n
+                m.inc(m.backfill_skipped, lbl, "invalid", amount=n)
+            else:
+                p.skipped["error"] += n
+                m.inc(m.backfill_errors, lbl, amount=n)
+
+    def _sync_progress(self) -> None:
+        p = self.progress
+        if self.cluster:
+            p.cursors = {lane.name: lane.cursor for lane in self.lanes}
+            p.shards_done = sum(lane.done for lane in self.lanes)
+        if self.lanes:
+            p.fraction = sum(1.0 if lane.done else scan_fraction(lane.cursor)
+                             for lane in self.lanes) / len(self.lanes)
+
+    def _observe(self, batch: Batch, duration: float) -> None:
+        """Rate, ETA, the duration metric and the listeners' events after a batch."""
+        p = self.progress
+        self._scanned_this_run += len(batch.keys)
+        self._sync_progress()
+        self.metrics.observe(self.metrics.backfill_duration, duration)
+        elapsed = time.monotonic() - self._t_start
+        p.elapsed_s = elapsed
+        p.rate = self._scanned_this_run / elapsed if elapsed > 0 else 0.0
+        p.latency_ms = batch.scan_ms
+        p.eta_s = (elapsed * (1 - p.fraction) / p.fraction) if p.fraction > 0 else None
+        if p.scanned >= self._next_checkpoint:
+            self._next_checkpoint = (p.scanned // CHECKPOINT_EVERY + 1) * CHECKPOINT_EVERY
+            self.on_event("checkpoint", p)
+        now = time.monotonic()
+        if now - self._last_event >= 0.5:
+            self._last_event = now
+            self.on_event("progress", p)
+
+    def _pace(self) -> float:
+        """Seconds to wait so all lanes together stay under --rps (a shared schedule)."""
+        if self.opt.rps <= 0:
+            return 0.0
+        with self._lock:
+            now = time.monotonic()
+            origin, done = self._paced
+            ahead = (self._scanned_this_run - done) / self.opt.rps - (now - origin)
+            if ahead < 0:
+                # behind schedule (paused, retrying, slow Redis): restart the schedule here
+                # instead of bursting to catch up, so --rps stays a ceiling
+                self._paced = (now, self._scanned_this_run)
+            return max(ahead, 0.0)
+
+    def _throttle(self, throttle: float, scan_ms: float) -> float:
+        """--max-latency-ms: back off exponentially while SCAN is slow, recover by halves."""
+        if self.opt.max_latency_ms is None:
+            return throttle
+        if scan_ms > self.opt.max_latency_ms:
+            throttle = min(max(throttle * 2, 0.01), 5.0)
+        else:
+            throttle = throttle / 2 if throttle > 0.001 else 0.0
+        self.progress.throttle_s = throttle
+        return throttle
+
+    def _signalled(self) -> bool:
+        """Between batches: a lost lease raises; SIGINT/SIGTERM saves a stopped status."""
+        if self.lease.lost.is_set():
+            raise LeaseLostError("backfill lease lost (another owner took over)")
+        if self._stop_signal.is_set():
+            self._set_status("stopped", "stopped by signal; resumable")
+            self.on_event("stopped", self.progress)
+            return True
+        return False
+
+    def _stopped_by_operator(self) -> int:
+        self._set_status("stopped", "stopped by operator; resumable")
+        self.on_event("stopped", self.progress)
+        return EXIT_STOPPED
+
+    def _wait_while_paused(self) -> str:
+        """Hold the lease and wait for resume or stop; returns the new control value."""
+        live = self._retrying(lambda: self.client.get(self.keys.control), "pause")
+        if live != "pause":
+            return str(live or "run")
+        self._set_status("paused", "paused by operator")
+        self.on_event("paused", self.progress)
+        while True:
+            if self._stop_signal.is_set():
+                return "stop"
+            if self.lease.lost.is_set():
+                raise LeaseLostError("backfill lease lost while paused")
+            control = self._retrying(lambda: self.client.get(self.keys.control), "pause")
+            if control != "pause":
+                if control != "stop":
+                    self._set_status("running", "resumed by operator")
+                    self.on_event("resumed", self.progress)
+                return str(control or "run")
+            self.sleep(0.2)
+
+    def _set_status(self, status: str, message: str = "", finished: bool = False) -> None:
+        self.progress.status = status
+        self.progress.message = message
+        if not self.opt.execute:
+            return
+        fields = {"status": status, "message": message, "updated": f"{time.time():.3f}"}
+        if finished:
+            fields["finished"] = fields["updated"]
+        self._retrying(lambda: self.client.hset(self.keys.state, mapping=fields), "status")
+
+    def _finish(self) -> int:
+        p = self.progress
+        p.fraction = 1.0
+        errors = p.errors
+        self._set_status("completed" if not errors else "completed_with_errors",
+                         f"{errors} errors" if errors else "done", finished=True)
+        self.on_event("done", p)
+        return EXIT_ERRORS if errors else EXIT_DONE

@@ -1,0 +1,123 @@
+"""What varies between a standalone server and a cluster, behind two small strategies.
+
+A *lane* is one SCAN walk (the whole server, or one shard's primary): it reads a batch and
+applies it. A *topology* makes the lanes, renews the lease, and says whether the servers
+behind them changed. The engine's one walk loop drives any number of lanes.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import redis
+
+from relayctl.core.backfill.options import BackfillOptions
+from relayctl.core.backfill.state import BackfillKeys
+from relayctl.core.keys import KeySchema
+
+# legacy key, job_id, workspace_id, index score: one record the batch will copy
+CopyItem = tuple[str, str, str, int]
+
+
+@dataclass
+class Batch:
+    """One SCAN step of one lane and what was read of its keys."""
+
+    start: int
+    cursor: int
+    keys: list[str]
+    scan_ms: float
+    heads: list[tuple[str, str, str]]  # workspace_id, job_id, enqueued_at per key
+    lane: str = "0"
+    dumps: list[tuple[bytes | None, int]] = field(default_factory=list)
+
+
+@dataclass
+class Skips:
+    """Keys of a batch that are not copied, by reason and metrics label."""
+
+    by_label: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    def count(self, reason: str) -> int:
+        return sum(n for (r, _lbl), n in self.by_label.items() if r == reason)
+
+
+@dataclass
+class EngineContext:
+    """What every lane of one run shares."""
+
+    client: redis.Redis
+    schema: KeySchema
+    options: BackfillOptions
+    keys: BackfillKeys
+    token: str
+
+
+class Rescan(Exception):
+    """The server behind a lane changed (failover, restart): its SCAN cursor is meaningless
+    there, and copies it had not persisted or replicated may be gone, so walk again."""
+
+
+class Lane(Protocol):
+    name: str
+    cursor: int
+    done: bool
+    server: str
+
+    def read(self, cursor: int) -> Batch:
+        """SCAN from `cursor` and read what the copy needs; raises Rescan on a new server."""
+
+    def apply(self, batch: Batch, items: list[CopyItem], skips: Skips) -> tuple[str, str]:
+        """Copy (or, dry-run, look) and record the batch; returns one code per item
+        (m migrated, e exists, g gone, x error) and the control key's value."""
+
+    def close(self) -> None: ...
+
+
+class Topology(Protocol):
+    cluster: bool
+    transient: tuple[type[BaseException], ...]
+
+    def lanes(self, saved: Mapping[str, str]) -> tuple[list[Lane], bool]:
+        """Lanes resumed from a saved state ({} = from the start), and whether a server
+        changed since that state was saved (then every lane starts over)."""
+
+    def unchanged(self, lanes: list[Lane]) -> bool:
+        """True while every lane's server is still the one it walked (the final check)."""
+
+    def state_fields(self, lanes: list[Lane]) -> dict[str, str]:
+        """The lanes' cursors and servers as the state hash stores them."""
+
+    def renew(self, args: list[Any]) -> bool:
+        """Renew the lease and write the heartbeat; False when the lease is lost."""
+
+    def prepare(self) -> None:
+        """Load what an executing run needs on the server (scripts)."""
+
+    def forget(self) -> None:
+        """After a transport error: re-resolve nodes before the retry."""
+
+    def saved_note(self, cursor: int) -> str:
+        """What a resume will continue from, for the lost-Redis message."""
+
+    def close(self) -> None: ...
+
+
+def look_only(ctx: EngineContext, items: list[CopyItem]) -> tuple[str, str]:
+    """The dry-run's apply: which copies exist (e) or would be made (m); writes nothing."""
+    pipe = ctx.client.pipeline(transaction=False)
+    for _key, job_id, ws, _score in items:
+        pipe.exists(ctx.schema.new_key(ws, job_id))
+    pipe.get(ctx.keys.control)
+    *found, control = pipe.execute()
+    return "".join("e" if n else "m" for n in found), str(control or "")
+
+
+def text(value: Any) -> str:
+    """A reply field as str whether or not the client decodes responses."""
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    return "" if value is None else str(value)

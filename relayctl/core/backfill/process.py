@@ -1,0 +1,61 @@
+"""Starting an engine from the console: `relayctl backfill` in its own process, so the run
+outlives the console that started it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import redis
+
+from relayctl.core import audit
+from relayctl.core.backfill.options import BackfillOptions
+from relayctl.core.connection import TLS_ENV, TLSOptions
+from relayctl.core.errors import UsageError
+from relayctl.core.validate import validate_workspace_id
+
+
+def engine_args(options: BackfillOptions) -> list[str]:
+    """The `relayctl backfill` options that reproduce `options`, every one of them."""
+    args = ["--execute" if options.execute else "--dry-run",
+            "--batch", str(options.batch), "--rps", f"{options.rps:g}",
+            "--workers", str(options.workers), "--retry-for", f"{options.retry_for_s:g}"]
+    for ws in options.workspaces:
+        args += ["--workspace", validate_workspace_id(ws)]
+    if options.max_keys:
+        args += ["--max-keys", str(options.max_keys)]
+    if options.max_latency_ms is not None:
+        args += ["--max-latency-ms", f"{options.max_latency_ms:g}"]
+    if options.resume:
+        args.append("--resume")
+    if options.fresh:
+        args.append("--fresh")
+    if options.force:
+        args.append("--force")
+    return args
+
+
+def spawn_engine(redis_url: str, options: BackfillOptions, *, actor: str, reason: str,
+                 client: redis.Redis, allow_plaintext: bool = False,
+                 tls: TLSOptions | None = None) -> int:
+    """Start `relayctl backfill` as its own process (it outlives the console); audited.
+
+    The URL and the TLS files travel in the environment, never on the command line, so `ps`
+    shows no credentials.
+    """
+    if not reason.strip():
+        raise UsageError("a reason is required to start a backfill")
+    options.validate()
+    args = [sys.executable, "-m", "relayctl"]
+    if allow_plaintext:
+        args.append("--allow-plaintext")
+    args += ["--actor", actor, "backfill", *engine_args(options), "--json"]
+    env = {k: v for k, v in os.environ.items() if k not in TLS_ENV.values()}
+    env.update((tls if tls is not None else TLSOptions.from_env()).env())
+    env["REDIS_URL"] = redis_url
+    proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    audit.record(client, actor, "backfill.start", "backfill", "",
+                 f"pid {proc.pid} {'execute' if options.execute else 'dry-run'}", reason)
+    return proc.pid

@@ -1,0 +1,91 @@
+"""Where a run lives in Redis (state, lease, control) and how other processes read and steer
+it: `relayctl backfill status|pause|resume|stop` and the console act only through these keys."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import redis
+
+from relayctl.core import audit
+from relayctl.core.errors import UsageError
+from relayctl.core.keys import BACKFILL_PREFIX
+
+REASONS = ("exists", "invalid", "filtered", "error")
+UNFINISHED = ("running", "paused", "stopped", "partial", "lost", "failed")
+# The lease outlives a crashed owner by at most this long; tests shorten it via the env var.
+LEASE_TTL_MS = int(os.environ.get("RELAYCTL_BACKFILL_LEASE_MS") or 15_000)
+HEARTBEAT_S = min(2.0, LEASE_TTL_MS / 3000)
+CONTROL_ACTIONS = {"pause": "pause", "resume": "run", "stop": "stop"}
+
+
+@dataclass(frozen=True)
+class BackfillKeys:
+    """Where the engine keeps its state, lease and control (relay:backfill:* by default)."""
+
+    prefix: str = BACKFILL_PREFIX
+
+    @property
+    def state(self) -> str:
+        return self.prefix + "state"
+
+    @property
+    def lease(self) -> str:
+        return self.prefix + "lease"
+
+    @property
+    def control(self) -> str:
+        return self.prefix + "control"
+
+
+def owner_id() -> str:
+    """host:pid, so a refusal names the process that holds the lease."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def read_state(client: redis.Redis, keys: BackfillKeys | None = None) -> dict[str, str]:
+    return client.hgetall((keys or BackfillKeys()).state)  # type: ignore[return-value]
+
+
+def lease_owner(client: redis.Redis, keys: BackfillKeys | None = None) -> str | None:
+    return client.get((keys or BackfillKeys()).lease)  # type: ignore[return-value]
+
+
+def send_control(client: redis.Redis, action: str, *, actor: str, reason: str,
+                 keys: BackfillKeys | None = None) -> dict[str, str]:
+    """pause / resume / stop a running engine from any process; audited."""
+    keys = keys or BackfillKeys()
+    if action not in CONTROL_ACTIONS:
+        raise UsageError(f"unknown backfill action {action!r}")
+    state: dict[str, str] = client.hgetall(keys.state)  # type: ignore[assignment]
+    alive = client.exists(keys.lease) == 1
+    if not alive:
+        raise UsageError(
+            "no backfill engine is running"
+            + (f" (last run {state.get('run_id')} is {state.get('status')}; start one with "
+               "`relayctl backfill --execute --resume`)" if state else "")
+        )
+    before = client.get(keys.control) or "run"
+    entry = audit.audit_fields(actor, f"backfill.{action}", "backfill", str(before),
+                               CONTROL_ACTIONS[action], reason)
+    audit.write_audited(client, [entry],
+                        lambda pipe: pipe.set(keys.control, CONTROL_ACTIONS[action]))
+    return state
+
+
+def iter_status_fields(state: dict[str, str]) -> Iterable[tuple[str, str]]:
+    """The state hash in reading order, one line per shard on a cluster."""
+    order = ("run_id", "status", "mode", "owner", "workspaces", "cursor", "scanned",
+             "migrated", "skipped_exists", "skipped_invalid", "skipped_filtered", "errors",
+             "started", "heartbeat", "updated", "finished", "message")
+    for name in order:
+        if name in state:
+            yield name, state[name]
+    for name in sorted((f for f in state if f.startswith("cursor:")),
+                       key=lambda f: int(f.partition(":")[2] or 0)):
+        shard = name.partition(":")[2]
+        done = state.get(f"done:{shard}") == "1"
+        yield f"shard {shard}", "done" if done else f"cursor {state[name]}"
