@@ -12,7 +12,7 @@ import sys
 
 import pytest
 import redis
-from test_backfill import seed_jobs
+from backfill_kit import seed_jobs
 
 from relayctl.core import acl
 from relayctl.core.backfill import Backfill, BackfillOptions

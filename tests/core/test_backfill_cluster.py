@@ -14,22 +14,21 @@ import time
 
 import pytest
 import redis
-from cluster_kit import TAGGED
-from test_backfill import (
+from backfill_kit import (
     SCHEMA,
     assert_all_copied,
     assert_counters_add_up,
     cli_env,
     dual_write_on,
-    read_state,
     run_relayctl,
     seed_jobs,
     spawn_backfill,
     wait_lease_gone,
 )
+from cluster_kit import TAGGED
 
 from relayctl.core import cluster as clusterlib
-from relayctl.core.backfill import Backfill, BackfillOptions, send_control
+from relayctl.core.backfill import Backfill, BackfillOptions, read_state, send_control
 from relayctl.core.connection import connect
 from relayctl.core.demo import legacy_record
 from relayctl.core.keys import KeySchema

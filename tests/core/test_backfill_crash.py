@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from test_backfill import (
+from backfill_kit import (
     INVALID_KEYS,
     SCHEMA,
     Seeded,
@@ -24,7 +24,6 @@ from test_backfill import (
     assert_counters_add_up,
     cli_env,
     dual_write_on,
-    read_state,
     run_relayctl,
     seed_jobs,
     snapshot_keys,
@@ -32,7 +31,7 @@ from test_backfill import (
     wait_lease_gone,
 )
 
-from relayctl.core.backfill import LEASE_TTL_MS, UNFINISHED, BackfillKeys
+from relayctl.core.backfill import LEASE_TTL_MS, UNFINISHED, BackfillKeys, read_state
 from relayctl.core.jobs import STATUSES, JobStore
 from tests.conftest import wait_for
 

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from typing import Any, TypeVar
 
 import redis
@@ -43,6 +44,7 @@ from relayctl.core.flags import stored_flags
 from relayctl.core.jobs import iso_to_ms
 from relayctl.core.keys import KeySchema
 from relayctl.core.metrics import Metrics
+from relayctl.core.replies import fields
 from relayctl.core.validate import is_valid_job_id, is_valid_workspace_id, validate_workspace_id
 
 T = TypeVar("T")
@@ -175,7 +177,7 @@ class Backfill:
         pipe = self.client.pipeline(transaction=not self.cluster)
         if p.run_id != saved.get("run_id"):
             pipe.delete(k.state)
-        pipe.hset(k.state, mapping={
+        pipe.hset(k.state, mapping=fields({
             "run_id": p.run_id, "status": "running", "mode": "execute", "owner": owner_id(),
             "token": self.token, "started": f"{p.started:.3f}", "heartbeat": now,
             "updated": now, "workspaces": ",".join(sorted(self._workspaces)),
@@ -183,7 +185,7 @@ class Backfill:
             "max_keys": str(self.opt.max_keys or ""), "workers": str(self.opt.workers),
             "cursor": str(p.cursor), "message": p.message, "finished": "",
             **self.topology.state_fields(self.lanes),
-        })
+        }))
         pipe.persist(k.state)
         pipe.delete(k.control)
         pipe.execute()
@@ -260,9 +262,9 @@ class Backfill:
         self._sync_progress()
         self.on_event("retry", self.progress)
         if self.opt.execute:
-            fields = self.topology.state_fields(self.lanes)
-            fields.update({"message": message, "updated": f"{time.time():.3f}"})
-            self.client.hset(self.keys.state, mapping=fields)
+            saved = self.topology.state_fields(self.lanes)
+            saved.update({"message": message, "updated": f"{time.time():.3f}"})
+            self.client.hset(self.keys.state, mapping=fields(saved))
 
     def _run_lanes(self) -> int | None:
         """Walk the unfinished lanes, --workers at a time; None when every lane is done."""
@@ -330,7 +332,7 @@ class Backfill:
                     return self._stopped_by_operator()
                 items, skips, scanned = self._classify(batch)
                 codes, control = self._retrying(
-                    lambda b=batch, i=items, s=skips: lane.apply(b, i, s), "copy")
+                    partial(lane.apply, batch, items, skips), "copy")
                 with self._lock:
                     self._account(batch, items, codes, skips, scanned)
                     lane.cursor, lane.done = batch.cursor, batch.cursor == 0
@@ -491,10 +493,11 @@ class Backfill:
         self.progress.message = message
         if not self.opt.execute:
             return
-        fields = {"status": status, "message": message, "updated": f"{time.time():.3f}"}
+        change = {"status": status, "message": message, "updated": f"{time.time():.3f}"}
         if finished:
-            fields["finished"] = fields["updated"]
-        self._retrying(lambda: self.client.hset(self.keys.state, mapping=fields), "status")
+            change["finished"] = change["updated"]
+        self._retrying(lambda: self.client.hset(self.keys.state, mapping=fields(change)),
+                       "status")
 
     def _finish(self) -> int:
         p = self.progress

@@ -17,6 +17,7 @@ import redis
 from relayctl.core.backfill.options import BackfillOptions
 from relayctl.core.backfill.state import BackfillKeys
 from relayctl.core.keys import KeySchema
+from relayctl.core.replies import as_str
 
 # legacy key, job_id, workspace_id, index score: one record the batch will copy
 CopyItem = tuple[str, str, str, int]
@@ -113,11 +114,4 @@ def look_only(ctx: EngineContext, items: list[CopyItem]) -> tuple[str, str]:
         pipe.exists(ctx.schema.new_key(ws, job_id))
     pipe.get(ctx.keys.control)
     *found, control = pipe.execute()
-    return "".join("e" if n else "m" for n in found), str(control or "")
-
-
-def text(value: Any) -> str:
-    """A reply field as str whether or not the client decodes responses."""
-    if isinstance(value, bytes):
-        return value.decode(errors="replace")
-    return "" if value is None else str(value)
+    return "".join("e" if n else "m" for n in found), as_str(control)

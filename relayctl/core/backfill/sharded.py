@@ -30,8 +30,8 @@ from relayctl.core.backfill.lanes import (
     Rescan,
     Skips,
     look_only,
-    text,
 )
+from relayctl.core.replies import as_str as text
 from relayctl.core.roundtrip import read_many
 from relayctl.core.scripting import Script, ScriptReloaded
 

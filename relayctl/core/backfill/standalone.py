@@ -18,8 +18,8 @@ from relayctl.core.backfill.lanes import (
     Rescan,
     Skips,
     look_only,
-    text,
 )
+from relayctl.core.replies import as_str as text
 
 TRANSIENT: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError, OSError)
 
