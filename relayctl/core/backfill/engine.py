@@ -10,6 +10,7 @@ leaves the whole batch applied and counted, or none of it.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -22,6 +23,7 @@ from typing import Any, TypeVar
 import redis
 
 from relayctl.core import cluster as clusterlib
+from relayctl.core.backfill import scripts
 from relayctl.core.backfill.lanes import (
     Batch,
     CopyItem,
@@ -37,14 +39,14 @@ from relayctl.core.backfill.prefetch import Prefetcher
 from relayctl.core.backfill.progress import CHECKPOINT_EVERY, BackfillProgress, scan_fraction
 from relayctl.core.backfill.sharded import ClusterTopology
 from relayctl.core.backfill.standalone import StandaloneTopology
-from relayctl.core.backfill.state import UNFINISHED, BackfillKeys, owner_id
+from relayctl.core.backfill.state import HEARTBEAT_S, UNFINISHED, BackfillKeys, owner_id
 from relayctl.core.errors import RedisUnavailableError, UsageError
 from relayctl.core.exitcodes import ExitCode
 from relayctl.core.flags import stored_flags
 from relayctl.core.jobs import iso_to_ms
 from relayctl.core.keys import KeySchema
 from relayctl.core.metrics import Metrics
-from relayctl.core.replies import fields
+from relayctl.core.replies import as_str, fields
 from relayctl.core.validate import is_valid_job_id, is_valid_workspace_id, validate_workspace_id
 
 T = TypeVar("T")
@@ -56,6 +58,7 @@ RESCAN_CLUSTER_MESSAGE = ("a shard's primary changed (failover or restart): its 
                           "again from cursor 0; copied records count as exists")
 
 EXIT_DONE, EXIT_ERRORS, EXIT_STOPPED = ExitCode.OK, ExitCode.ERRORS, ExitCode.STOPPED
+EXISTING = ("e", "i", "h", "b")  # the copy existed: as it was, indexed, healed, both
 
 
 class Backfill:
@@ -122,10 +125,9 @@ class Backfill:
                 self.sleep(delay)
                 delay = min(delay * 2, 2.0)
             except redis.ResponseError as exc:
-                if str(exc).startswith("LEASE"):
-                    raise LeaseLostError(
-                        "backfill lease was taken over by another owner; stopping"
-                    ) from None
+                if str(exc).startswith(("LEASE ", "FINAL ")):
+                    raise LeaseLostError(f"{str(exc).split(' ', 1)[1]}; this engine stops "
+                                         "and writes nothing more") from None
                 raise
 
     def _preflight(self) -> None:
@@ -149,6 +151,8 @@ class Backfill:
         p.cursor = int(saved.get("cursor", 0))
         p.scanned = int(saved.get("scanned", 0))
         p.migrated = int(saved.get("migrated", 0))
+        p.indexed = int(saved.get("indexed", 0))
+        p.healed = int(saved.get("healed", 0))
         for reason in p.skipped:
             field_name = "errors" if reason == "error" else f"skipped_{reason}"
             p.skipped[reason] = int(saved.get(field_name, 0))
@@ -183,6 +187,7 @@ class Backfill:
             "updated": now, "workspaces": ",".join(sorted(self._workspaces)),
             "rps": str(self.opt.rps), "batch": str(self.opt.batch),
             "max_keys": str(self.opt.max_keys or ""), "workers": str(self.opt.workers),
+            "heartbeat_s": f"{HEARTBEAT_S:g}",
             "cursor": str(p.cursor), "message": p.message, "finished": "",
             **self.topology.state_fields(self.lanes),
         }))
@@ -229,12 +234,12 @@ class Backfill:
         self.topology.close()
         if self.opt.execute:
             try:
-                if p.status == "lost":
-                    self.client.hset(self.keys.state, mapping={
-                        "status": "lost", "message": p.message})
-                self.lease.release()
+                if p.status == "lost" and not self.lease.lost.is_set():
+                    self._write_state({"status": "lost", "message": p.message})
             except (redis.RedisError, OSError):
-                pass
+                pass  # Redis is gone, or the run is not ours any more: nothing to record
+            with contextlib.suppress(redis.RedisError, OSError):
+                self.lease.release()
 
     def _walk_all(self) -> int:
         """Walk every lane to its end; a changed server anywhere walks them all again,
@@ -264,7 +269,7 @@ class Backfill:
         if self.opt.execute:
             saved = self.topology.state_fields(self.lanes)
             saved.update({"message": message, "updated": f"{time.time():.3f}"})
-            self.client.hset(self.keys.state, mapping=fields(saved))
+            self._write_state(saved)
 
     def _run_lanes(self) -> int | None:
         """Walk the unfinished lanes, --workers at a time; None when every lane is done."""
@@ -390,9 +395,11 @@ class Backfill:
             if code == "m":
                 p.migrated += n
                 m.inc(m.backfill_migrated, lbl, amount=n)
-            elif code == "e":
+            elif code in EXISTING:
                 p.skipped["exists"] += n
                 m.inc(m.backfill_skipped, lbl, "exists", amount=n)
+                p.indexed += n if code in ("i", "b") else 0
+                p.healed += n if code in ("h", "b") else 0
             elif code == "g":
                 p.skipped["invalid"] += n
                 m.inc(m.backfill_skipped, lbl, "invalid", amount=n)
@@ -456,12 +463,20 @@ class Backfill:
     def _signalled(self) -> bool:
         """Between batches: a lost lease raises; SIGINT/SIGTERM saves a stopped status."""
         if self.lease.lost.is_set():
-            raise LeaseLostError("backfill lease lost (another owner took over)")
+            raise self._lease_lost()
         if self._stop_signal.is_set():
             self._set_status("stopped", "stopped by signal; resumable")
             self.on_event("stopped", self.progress)
             return True
         return False
+
+    def _lease_lost(self) -> LeaseLostError:
+        try:
+            holder = self.client.get(self.keys.lease)
+        except (redis.RedisError, OSError):
+            holder = None
+        return LeaseLostError(f"backfill lease lost to {as_str(holder) or 'nobody (it expired)'}"
+                              "; this engine stops and writes nothing more")
 
     def _stopped_by_operator(self) -> int:
         self._set_status("stopped", "stopped by operator; resumable")
@@ -479,7 +494,7 @@ class Backfill:
             if self._stop_signal.is_set():
                 return "stop"
             if self.lease.lost.is_set():
-                raise LeaseLostError("backfill lease lost while paused")
+                raise self._lease_lost()
             control = self._retrying(lambda: self.client.get(self.keys.control), "pause")
             if control != "pause":
                 if control != "stop":
@@ -496,8 +511,12 @@ class Backfill:
         change = {"status": status, "message": message, "updated": f"{time.time():.3f}"}
         if finished:
             change["finished"] = change["updated"]
-        self._retrying(lambda: self.client.hset(self.keys.state, mapping=fields(change)),
-                       "status")
+        self._retrying(lambda: self._write_state(change), "status")
+
+    def _write_state(self, change: dict[str, str]) -> None:
+        """Fenced: only while this engine owns the run, never once the run finished."""
+        scripts.STATE(self.client, [self.keys.state],
+                      [self.token, *(x for kv in change.items() for x in kv)])
 
     def _finish(self) -> int:
         p = self.progress

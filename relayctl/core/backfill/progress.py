@@ -27,6 +27,8 @@ class BackfillProgress:
     cursor: int = 0
     scanned: int = 0
     migrated: int = 0
+    indexed: int = 0  # existing copies whose missing index entry was added
+    healed: int = 0  # partial existing copies completed from the legacy record
     skipped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
     started: float = 0.0
     elapsed_s: float = 0.0
@@ -47,6 +49,7 @@ class BackfillProgress:
         return {
             "run_id": self.run_id, "status": self.status, "mode": self.mode,
             "cursor": self.cursor, "scanned": self.scanned, "migrated": self.migrated,
+            "indexed": self.indexed, "healed": self.healed,
             "skipped": dict(self.skipped), "errors": self.errors,
             "elapsed_s": round(self.elapsed_s, 3), "rate": round(self.rate, 1),
             "fraction": round(self.fraction, 4),

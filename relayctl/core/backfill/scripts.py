@@ -13,13 +13,18 @@ from relayctl.core.scripting import Script
 # KEYS: state, lease, control, the batch's W workspace indexes, then (old, new) per job
 # ARGV: token, cursor, now, scanned, invalid, filtered, start cursor, W, the W workspace
 #       ids, then (job_id, workspace number 1..W, index score) per job
-# Returns one code per job (m migrated, e exists, g gone/changed since read, x index error),
-# then '|' and the control key's value, so a pause or stop acts right after this batch.
+# Returns one code per job, then '|' and the control key's value, so a pause or stop acts
+# right after this batch. Codes: m migrated; g gone since read; x index or copy not usable;
+# for a copy that already exists (dual-write made it): e as it was, i its missing index
+# entry added, h a partial copy completed from the legacy record, b both.
 # A batch already applied (its reply was lost and the call retried) is not applied again:
 # its recorded codes are returned, so no counter is incremented twice.
+# Cost per job: one COPY (it refuses an existing copy itself), and only for an existing
+# copy HLEN x2 + ZADD NX; the index entries of new copies go in one ZADD per workspace.
 COPY_BATCH = TYPE_OK + """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then
-  return redis.error_reply('LEASE backfill lease lost to another owner')
+  return redis.error_reply('LEASE backfill lease lost to '
+    .. (redis.call('GET', KEYS[2]) or 'nobody (it expired)'))
 end
 local last = redis.call('HMGET', KEYS[1], 'cursor', 'last_start', 'last_codes')
 local control = redis.call('GET', KEYS[3]) or ''
@@ -27,32 +32,59 @@ if last[1] == ARGV[2] and last[2] == ARGV[7] then
   return (last[3] or '') .. '|' .. control
 end
 local w_count = tonumber(ARGV[8])
-local index_ok = {}
-for w = 1, w_count do index_ok[w] = type_is(KEYS[3 + w], 'zset') end
+local index_ok, pending = {}, {}
+for w = 1, w_count do
+  index_ok[w] = type_is(KEYS[3 + w], 'zset')
+  pending[w] = {}
+end
 local n = (#KEYS - 3 - w_count) / 2
 local codes = {}
-local migrated, exists, gone, errors = 0, 0, 0, 0
+local migrated, exists, gone, errors, indexed, healed = 0, 0, 0, 0, 0, 0
 for i = 1, n do
   local old, new = KEYS[2 + w_count + 2 * i], KEYS[3 + w_count + 2 * i]
   local base = 8 + w_count + 3 * (i - 1)
   local job_id, w, score = ARGV[base + 1], tonumber(ARGV[base + 2]), ARGV[base + 3]
-  local ws = ARGV[8 + w]
-  -- pcall: a key that stopped being a hash is a value here, not an aborted script
-  local head = redis.pcall('HMGET', old, 'workspace_id', 'job_id')
-  if head['err'] or head[1] ~= ws or head[2] ~= job_id then
-    gone = gone + 1
-    codes[i] = 'g'
-  elseif not index_ok[w] then
+  if not index_ok[w] then
     errors = errors + 1
     codes[i] = 'x'
-  elseif redis.call('COPY', old, new) == 0 then
-    -- without REPLACE, COPY never overwrites: a newer dual-written record stays as it is
-    exists = exists + 1
-    codes[i] = 'e'
-  else
-    redis.call('ZADD', KEYS[3 + w], score, job_id)
+  elseif redis.call('COPY', old, new) == 1 then
+    local z = pending[w]
+    z[#z + 1] = score
+    z[#z + 1] = job_id
     migrated = migrated + 1
     codes[i] = 'm'
+  else
+    -- pcall: a key that stopped being a hash is a value here, not an aborted script
+    local olen = redis.pcall('HLEN', old)
+    local nlen = redis.pcall('HLEN', new)
+    if type(olen) ~= 'number' or olen == 0 then
+      gone = gone + 1
+      codes[i] = 'g'
+    elseif type(nlen) ~= 'number' then
+      errors = errors + 1
+      codes[i] = 'x'
+    else
+      exists = exists + 1
+      local added = redis.call('ZADD', KEYS[3 + w], 'NX', score, job_id) == 1
+      local partial = nlen < olen
+      if partial then
+        local rec = redis.call('HGETALL', old)
+        for f = 1, #rec, 2 do redis.call('HSETNX', new, rec[f], rec[f + 1]) end
+        if redis.call('PTTL', new) == -1 then
+          local ttl = redis.call('PTTL', old)
+          if ttl > 0 then redis.call('PEXPIRE', new, ttl) end
+        end
+      end
+      if added then indexed = indexed + 1 end
+      if partial then healed = healed + 1 end
+      codes[i] = (added and partial and 'b') or (added and 'i') or (partial and 'h') or 'e'
+    end
+  end
+end
+for w = 1, w_count do
+  local z = pending[w]
+  for j = 1, #z, 2000 do
+    redis.call('ZADD', KEYS[3 + w], unpack(z, j, math.min(j + 1999, #z)))
   end
 end
 local result = table.concat(codes)
@@ -64,6 +96,8 @@ redis.call('HINCRBY', KEYS[1], 'skipped_exists', exists)
 redis.call('HINCRBY', KEYS[1], 'skipped_invalid', tonumber(ARGV[5]) + gone)
 redis.call('HINCRBY', KEYS[1], 'skipped_filtered', ARGV[6])
 redis.call('HINCRBY', KEYS[1], 'errors', errors)
+if indexed > 0 then redis.call('HINCRBY', KEYS[1], 'indexed', indexed) end
+if healed > 0 then redis.call('HINCRBY', KEYS[1], 'healed', healed) end
 return result .. '|' .. control
 """
 
@@ -103,22 +137,27 @@ return 1
 
 # KEYS: new, index   ARGV: expiry (absolute ms, 0 = none), dump, score, job_id
 # Copy-if-absent of one record and its index entry, atomic when both share a slot.
-# Returns 'm' copied, 'e' the copy exists, 'x' the index is not a sorted set.
+# Returns 'm' copied, 'e' the copy exists, 'i' it exists and its missing index entry was
+# added, 'x' the index is not a sorted set.
 RESTORE_INDEXED = TYPE_OK + """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 'e' end
 if not type_is(KEYS[2], 'zset') then return 'x' end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if redis.call('ZADD', KEYS[2], 'NX', ARGV[3], ARGV[4]) == 1 then return 'i' end
+  return 'e'
+end
 redis.call('RESTORE', KEYS[1], ARGV[1], ARGV[2], 'ABSTTL')
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
 return 'm'
 """
 
 # KEYS: state   ARGV: token, shard, cursor, start, now, scanned, migrated, exists, invalid,
-#                     filtered, errors, done
+#                     filtered, errors, done, indexed
 # Records one shard's batch; a batch already recorded (a retried commit) is not counted twice.
 # Returns 1 recorded, 0 already recorded; a LEASE error when the token is not the owner's.
 COMMIT_SHARD = """
 if redis.call('HGET', KEYS[1], 'token') ~= ARGV[1] then
-  return redis.error_reply('LEASE backfill lease lost to another owner')
+  return redis.error_reply('LEASE backfill lease lost to '
+    .. (redis.call('HGET', KEYS[1], 'owner') or 'nobody'))
 end
 local cf, sf = 'cursor:' .. ARGV[2], 'start:' .. ARGV[2]
 local last = redis.call('HMGET', KEYS[1], cf, sf)
@@ -131,6 +170,7 @@ redis.call('HINCRBY', KEYS[1], 'skipped_exists', ARGV[8])
 redis.call('HINCRBY', KEYS[1], 'skipped_invalid', ARGV[9])
 redis.call('HINCRBY', KEYS[1], 'skipped_filtered', ARGV[10])
 redis.call('HINCRBY', KEYS[1], 'errors', ARGV[11])
+if ARGV[13] ~= '0' then redis.call('HINCRBY', KEYS[1], 'indexed', ARGV[13]) end
 return 1
 """
 
@@ -149,6 +189,23 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
+# KEYS: state   ARGV: token, then field, value pairs
+# Every write of a run's state after its start goes through here or through a script that
+# checks the same fence: only the run's owner writes, and a finished run is never rewritten.
+# Returns 1; error LEASE naming the owner when the token is not the run's, FINAL when the run
+# already finished.
+WRITE_STATE = """
+local now = redis.call('HMGET', KEYS[1], 'token', 'owner', 'status')
+if now[1] ~= ARGV[1] then
+  return redis.error_reply('LEASE backfill lease lost to ' .. (now[2] or 'nobody'))
+end
+if now[3] == 'completed' or now[3] == 'completed_with_errors' then
+  return redis.error_reply('FINAL backfill run already ' .. now[3])
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return 1
+"""
+
 COPY = Script("backfill.copy_batch", COPY_BATCH)
 HEADS = Script("backfill.read_heads", READ_HEADS)
 RENEW_STATE = Script("backfill.renew", RENEW)
@@ -156,3 +213,4 @@ RESTORE = Script("backfill.restore_indexed", RESTORE_INDEXED)
 COMMIT = Script("backfill.commit_shard", COMMIT_SHARD)
 RENEW_ONLY_LEASE = Script("backfill.renew_lease", RENEW_LEASE)
 RELEASE_LEASE = Script("backfill.release", RELEASE)
+STATE = Script("backfill.write_state", WRITE_STATE)

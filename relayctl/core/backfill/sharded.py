@@ -88,8 +88,14 @@ class ClusterTopology:
         k = self.ctx.keys
         if not scripts.RENEW_ONLY_LEASE(self.ctx.client, [k.lease], args[:2]):
             return False
-        self.ctx.client.hset(k.state, mapping={
-            "heartbeat": args[2], "rate": args[3], "fraction": args[4], "eta_s": args[5]})
+        try:
+            scripts.STATE(self.ctx.client, [k.state],
+                          [args[0], "heartbeat", args[2], "rate", args[3], "fraction", args[4],
+                           "eta_s", args[5]])
+        except redis.ResponseError as exc:
+            if str(exc).startswith(("LEASE ", "FINAL ")):
+                return False
+            raise
         return True
 
     def prepare(self) -> None:
@@ -219,11 +225,14 @@ class ShardLane:
             first = self._checked(next(replies), scripts.RESTORE)
             if step == "s":
                 code = text(first)
-                codes.append(code if code in ("m", "e", "x") else "x")
+                codes.append(code if code in ("m", "e", "i", "x") else "x")
                 continue
             indexed = self._checked(next(replies), None)
             if isinstance(first, Exception):
-                codes.append("e" if "BUSYKEY" in str(first) else "x")
+                if "BUSYKEY" not in str(first):
+                    codes.append("x")
+                else:  # the copy exists; ZADD NX put back its index entry if it had none
+                    codes.append("i" if indexed == 1 else "e")
             else:
                 codes.append("x" if isinstance(indexed, Exception) else "m")
         return "".join(codes)
@@ -241,9 +250,9 @@ class ShardLane:
         """Record the batch in the state hash (fenced by the token); returns the control."""
         ctx = self.ctx
         args = [ctx.token, batch.lane, batch.cursor, batch.start, f"{time.time():.3f}",
-                len(batch.keys), codes.count("m"), codes.count("e"),
+                len(batch.keys), codes.count("m"), codes.count("e") + codes.count("i"),
                 skips.count("invalid") + codes.count("g"), skips.count("filtered"),
-                codes.count("x"), "1" if batch.cursor == 0 else "0"]
+                codes.count("x"), "1" if batch.cursor == 0 else "0", codes.count("i")]
         for attempt in (0, 1):
             pipe = ctx.client.pipeline(transaction=False)
             pipe.execute_command(*scripts.COMMIT.command([ctx.keys.state], args))

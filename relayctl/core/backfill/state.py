@@ -79,7 +79,8 @@ def send_control(client: redis.Redis, action: str, *, actor: str, reason: str,
 def iter_status_fields(state: dict[str, str]) -> Iterable[tuple[str, str]]:
     """The state hash in reading order, one line per shard on a cluster."""
     order = ("run_id", "status", "mode", "owner", "workspaces", "cursor", "scanned",
-             "migrated", "skipped_exists", "skipped_invalid", "skipped_filtered", "errors",
+             "migrated", "indexed", "healed", "skipped_exists", "skipped_invalid",
+             "skipped_filtered", "errors",
              "started", "heartbeat", "updated", "finished", "message")
     for name in order:
         if name in state:
@@ -89,3 +90,66 @@ def iter_status_fields(state: dict[str, str]) -> Iterable[tuple[str, str]]:
         shard = name.partition(":")[2]
         done = state.get(f"done:{shard}") == "1"
         yield f"shard {shard}", "done" if done else f"cursor {state[name]}"
+
+
+FINISHED = ("completed", "completed_with_errors")
+ACTIVE = ("running", "paused", "throttled")  # an engine must be alive behind these
+
+
+@dataclass(frozen=True)
+class RunHealth:
+    """What an operator must know about the run first: is an engine really behind it?"""
+
+    health: str  # none, running, throttled, paused, stalled, dead, finished, or the status
+    detail: str
+    live: bool  # rate and ETA mean something only while an engine is alive and working
+
+    @property
+    def dead(self) -> bool:
+        return self.health == "dead"
+
+
+def run_health(state: dict[str, str], lease_alive: bool, now: float) -> RunHealth:
+    """RUNNING vs STALLED (heartbeat older than 3 intervals) vs DEAD (lease expired while the
+    status says an engine works), from the saved state alone."""
+    status = state.get("status", "")
+    if not state:
+        return RunHealth("none", "no backfill has run", False)
+    if status in FINISHED:
+        return RunHealth("finished", f"{status}: {state.get('message', '')}".rstrip(": "), False)
+    resume = "resume with `relayctl backfill --execute --resume`"
+    if status in ACTIVE and not lease_alive:
+        where = _position(state)
+        beat = _age(now, state.get("heartbeat"))
+        return RunHealth("dead", f"engine {state.get('owner', '?')} is gone (lease expired; "
+                                 f"last heartbeat {beat} ago, {where}); {resume}", False)
+    if status in ACTIVE:
+        interval = float(state.get("heartbeat_s") or HEARTBEAT_S)
+        beat_at = float(state.get("heartbeat") or 0)
+        if status != "paused" and beat_at and now - beat_at > 3 * interval:
+            return RunHealth("stalled", f"no heartbeat for {_age(now, beat_at)} (interval "
+                                        f"{interval:g}s): the engine may be frozen", False)
+        reason = state.get("throttle_reason", "")
+        if status == "throttled":
+            return RunHealth("throttled", reason or "throttled", True)
+        return RunHealth(status, state.get("message", ""), status == "running")
+    return RunHealth(status, f"{state.get('message', '')}; {resume}".lstrip("; "), False)
+
+
+def _position(state: dict[str, str]) -> str:
+    shards = [f for f in state if f.startswith("cursor:")]
+    if shards:
+        return f"{sum(state.get('done:' + f[7:]) == '1' for f in shards)}/{len(shards)} shards done"
+    return f"cursor {state.get('cursor', '0')}"
+
+
+def _age(now: float, then: object) -> str:
+    try:
+        seconds = max(0.0, now - float(str(then)))
+    except ValueError:
+        return "?"
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
