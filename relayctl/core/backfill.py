@@ -1236,11 +1236,12 @@ def iter_status_fields(state: dict[str, str]) -> Iterable[tuple[str, str]]:
 
 def spawn_engine(redis_url: str, options: BackfillOptions, *, actor: str, reason: str,
                  client: redis.Redis, allow_plaintext: bool = False,
-                 tls: TLSOptions | None = None) -> int:
+                 tls: TLSOptions | None = None, config_path: str | None = None) -> int:
     """Start `relayctl backfill` as its own process (it outlives the console); audited.
 
-    The URL and the TLS files travel in the environment, never on the command line, so `ps`
-    shows no credentials.
+    Every option is forwarded, and the console's --config (key templates). The URL and the
+    TLS files travel in the environment, never on the command line, so `ps` shows no
+    credentials.
     """
     import subprocess
     import sys
@@ -1250,15 +1251,22 @@ def spawn_engine(redis_url: str, options: BackfillOptions, *, actor: str, reason
     args = [sys.executable, "-m", "relayctl"]
     if allow_plaintext:
         args.append("--allow-plaintext")
+    if config_path:
+        args += ["--config", config_path]
     args += ["--actor", actor, "backfill", "--execute" if options.execute else "--dry-run",
              "--batch", str(options.batch), "--rps", str(options.rps),
-             "--workers", str(options.workers), "--json"]
+             "--workers", str(options.workers), "--retry-for", str(options.retry_for_s),
+             "--json"]
     for ws in options.workspaces:
         args += ["--workspace", validate_workspace_id(ws)]
     if options.max_keys:
         args += ["--max-keys", str(options.max_keys)]
     if options.resume:
         args.append("--resume")
+    if options.fresh:
+        args.append("--fresh")
+    if options.max_latency_ms is not None:
+        args += ["--max-latency-ms", str(options.max_latency_ms)]
     if options.force:
         args.append("--force")
     env = {k: v for k, v in os.environ.items() if k not in TLS_ENV.values()}
