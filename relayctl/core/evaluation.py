@@ -10,6 +10,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
@@ -63,7 +64,7 @@ def gate_config(config: Config, *, redis_url: str | None = None,
 
 def gate_context(gates: GateConfig, client: redis.Redis | None, state: ChecklistState | None,
                  number: int, *, now: Callable[[], float] = time.time,
-                 shared: dict | None = None) -> GateContext:
+                 shared: dict[str, Any] | None = None) -> GateContext:
     """The GateContext of phase `number`: the configured sources and thresholds plus the
     baselines the checklist recorded when the phase was applied."""
     ctx = GateContext(client=client, redis_url=gates.redis_url,
@@ -97,7 +98,7 @@ class CheckReport:
     def exit(self) -> ExitCode:
         return overall([g for p in self.phases for g in p.gates])
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"phases": [{"phase": p.number, "title": p.title, "exit": p.exit,
                             "gates": [g.as_dict() for g in p.gates]} for p in self.phases],
                 "exit": self.exit}
@@ -119,7 +120,7 @@ def check_phases(gates: GateConfig, connect: Callable[[], redis.Redis],
         client, state = None, None
     if numbers is None:
         numbers = [min(state.phase if state is not None else 0, LAST_PHASE)]
-    shared: dict = {}
+    shared: dict[str, Any] = {}
     return CheckReport([
         PhaseCheck(n, phase(n).title, evaluate_phase(
             gate_context(gates, client, state, n, now=now, shared=shared), phase(n)))

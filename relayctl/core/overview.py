@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
@@ -45,7 +46,7 @@ class FlagRow:
     here: bool | None = None
     pinned_here: bool = False
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         changed = bool(self.actor or self.ts)
         return {
             "flag": self.name,
@@ -95,7 +96,7 @@ class Overview:
     backfill: dict[str, str]
     engine_alive: bool
     census: Census | None
-    verify: dict | None
+    verify: dict[str, Any] | None
     memory: dict[str, int]
     audit: list[audit.AuditEntry]
     checklist: ChecklistState
@@ -108,7 +109,7 @@ class Overview:
 
 
 def read_overview(client: redis.Redis, gates: GateConfig, *,
-                  now: Callable[[], float] = time.time, shared: dict | None = None,
+                  now: Callable[[], float] = time.time, shared: dict[str, Any] | None = None,
                   backfill_keys: BackfillKeys | None = None) -> Overview:
     """One read of everything status and the console show; the gates reuse what it read.
 
@@ -140,7 +141,7 @@ def read_overview(client: redis.Redis, gates: GateConfig, *,
     return view
 
 
-def deployment(client: redis.Redis) -> dict:
+def deployment(client: redis.Redis) -> dict[str, Any]:
     """Standalone, or the cluster's shards (named by first slot) with primary and slots."""
     from relayctl.core.cluster import close_shards, is_cluster, shards
 
