@@ -120,6 +120,77 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
     yield redis_server.url
 
 
+REQUIRE_TOOLS = os.environ.get("RELAYCTL_REQUIRE_TOOLS") == "1"
+
+
+@dataclass
+class PrometheusServer:
+    """Debian's `prometheus` scraping the given targets every second, on a free port."""
+
+    binary: str
+    port: int
+    workdir: Path
+    targets: tuple[str, ...]
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        config = self.workdir / "prometheus.yml"
+        listed = ", ".join(f"'{t}'" for t in self.targets)
+        config.write_text("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+                          "scrape_configs:\n  - job_name: relay\n    static_configs:\n"
+                          f"      - targets: [{listed}]\n")
+        log = open(self.workdir / "prometheus.log", "wb")  # noqa: SIM115 (lives with proc)
+        self.proc = subprocess.Popen(
+            [self.binary, f"--config.file={config}", f"--storage.tsdb.path={self.workdir}/tsdb",
+             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
+            stdout=log, stderr=log)
+        import urllib.request
+
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                tail = (self.workdir / "prometheus.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"prometheus exited: {tail}")
+            try:
+                with urllib.request.urlopen(self.url + "/-/ready", timeout=1) as resp:
+                    return resp.status == 200
+            except OSError:
+                return False
+        wait_for(ready, 30, "prometheus to be ready", interval=0.1)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+@pytest.fixture
+def prometheus(tmp_path_factory: pytest.TempPathFactory):
+    """Start a real Prometheus scraping `targets` (host:port); stopped at teardown."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        if REQUIRE_TOOLS:
+            pytest.fail("prometheus is not on PATH and RELAYCTL_REQUIRE_TOOLS=1")
+        pytest.skip("prometheus is not on PATH")
+    started: list[PrometheusServer] = []
+
+    def start(*targets: str) -> PrometheusServer:
+        server = PrometheusServer(binary=binary, port=free_port(),
+                                  workdir=tmp_path_factory.mktemp("prometheus"),
+                                  targets=targets)
+        started.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
 @pytest.fixture
 def r(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url, decode_responses=True)

@@ -221,6 +221,15 @@ def export(client: redis.Redis, schema: KeySchema, path: str | Path, *,
     return summary
 
 
+def export_audited(client: redis.Redis, schema: KeySchema, path: str | Path, *,
+                   actor: str) -> ArchiveSummary:
+    """`export`, then its audit entry (count and manifest checksum), as delete and restore do."""
+    summary = export(client, schema, path)
+    audit.record(client, actor, "archive.export", str(path), "", f"{summary.count} keys",
+                 f"sha256 {summary.sha256}")
+    return summary
+
+
 def _lines(path: Path) -> Iterator[str]:
     try:
         with gzip.open(path, "rt", encoding="utf-8") as f:

@@ -125,17 +125,6 @@ def apply(client: redis.Redis, *, actor: str, reason: str, metrics_urls: list[st
     return current, changes
 
 
-def gate_context(client: redis.Redis | None, state: ChecklistState | None, number: int,
-                 **kwargs: object) -> GateContext:
-    """A GateContext carrying the phase's recorded baselines."""
-    ctx = GateContext(client=client, **kwargs)  # type: ignore[arg-type]
-    if state is not None:
-        ctx.baseline = state.baselines.get(number)
-        ctx.baseline_memory = state.memory.get(number)
-    ctx.target_flags = phase(number).target_flags if number <= LAST_PHASE else None
-    return ctx
-
-
 @dataclass
 class AdvanceResult:
     advanced: bool

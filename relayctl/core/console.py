@@ -1,7 +1,8 @@
 """What the console shows, gathered in one bounded pass per refresh tick.
 
-A tick issues a fixed set of Redis commands (no SCAN, nothing that grows with the keyspace)
-and one scrape per /metrics endpoint; rates come from deltas between consecutive ticks.
+A tick is the read `relayctl status` makes (`overview.read_overview`: a fixed set of Redis
+commands, no SCAN) plus one scrape per /metrics endpoint; rates come from deltas between
+consecutive ticks.
 """
 
 from __future__ import annotations
@@ -11,34 +12,20 @@ from dataclasses import dataclass, field
 
 import redis
 
-from relayctl.core import audit, fleet
+from relayctl.core import audit
 from relayctl.core.backfill import BackfillKeys
-from relayctl.core.census import Census, parse_census
-from relayctl.core.checklist import ChecklistState, gate_context, parse_checklist
+from relayctl.core.census import Census
+from relayctl.core.checklist import ChecklistState
 from relayctl.core.connection import describe_redis_error
-from relayctl.core.flags import DEFAULTS, FLAG_NAMES, stored_flags
-from relayctl.core.gates import GateResult, evaluate
-from relayctl.core.keys import AUDIT_KEY, CENSUS_KEY, CHECKLIST_KEY, VERIFY_KEY, KeySchema
-from relayctl.core.phases import LAST_PHASE, phase
+from relayctl.core.evaluation import GateConfig
+from relayctl.core.gates import GateResult
+from relayctl.core.overview import FlagRow, read_overview
+from relayctl.core.phases import LAST_PHASE
 from relayctl.core.scrape import Snapshot, SourceError, scrape
-from relayctl.core.serverinfo import memory_info
-from relayctl.core.verify import parse_verify
+
+__all__ = ["ConsoleState", "FlagRow", "Rates", "refresh"]
 
 HISTORY = 60
-AUDIT_ROWS = 30
-FLAG_HISTORY_SCAN = 200
-
-
-@dataclass
-class FlagRow:
-    name: str
-    value: bool
-    stored: bool | None
-    actor: str = ""
-    ts: float = 0.0
-    reason: str = ""
-    agree: int = 0
-    pinned: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -102,26 +89,6 @@ class ConsoleState:
         return min(self.checklist.phase, LAST_PHASE)
 
 
-def _flag_rows(client: redis.Redis, instances: list[fleet.Instance]) -> list[FlagRow]:
-    stored = stored_flags(client)
-    last: dict[str, audit.AuditEntry] = {}
-    for entry in reversed(audit.recent(client, FLAG_HISTORY_SCAN)):
-        if entry.action == "flag.set":
-            last[entry.target] = entry
-    rows = []
-    for name in FLAG_NAMES:
-        value = stored.get(name, DEFAULTS[name])
-        e = last.get(name)
-        want = "on" if value else "off"
-        rows.append(FlagRow(
-            name=name, value=value, stored=stored.get(name),
-            actor=e.actor if e else "", ts=e.ts if e else 0.0, reason=e.reason if e else "",
-            agree=sum(1 for i in instances if i.flags.get(name) == want),
-            pinned=[i.instance for i in instances if name in i.pinned],
-        ))
-    return rows
-
-
 def _rates(now: Snapshot, before: Snapshot | None) -> Rates:
     rates = Rates()
     if before is None:
@@ -140,15 +107,20 @@ def _rates(now: Snapshot, before: Snapshot | None) -> Rates:
 def refresh(state: ConsoleState, client: redis.Redis | None, metrics_urls: list[str],
             redis_url: str | None, now: float | None = None,
             backfill_keys: BackfillKeys | None = None,
-            thresholds: dict[str, float] | None = None,
-            schema: KeySchema | None = None) -> ConsoleState:
+            gates: GateConfig | None = None) -> ConsoleState:
     """One tick: update `state` in place from Redis and /metrics; failures mark sources
-    DOWN/STALE and keep the last values."""
+    DOWN/STALE and keep the last values.
+
+    `gates` (thresholds and sources, from `evaluation.gate_config`) defaults to the seeds'
+    thresholds over `metrics_urls` and `redis_url`; when given, its metrics URLs are scraped.
+    """
+    if gates is None:
+        gates = GateConfig(redis_url=redis_url, metrics_urls=tuple(metrics_urls))
     state.ts = time.time() if now is None else now
     shared: dict = {}
-    if metrics_urls:
+    if gates.metrics_urls:
         try:
-            snap = scrape(metrics_urls)
+            snap = scrape(gates.metrics_urls)
             state.rates = _rates(snap, state.last_scrape)
             state.last_scrape = snap
             state.metrics_status, state.metrics_error = "OK", ""
@@ -166,41 +138,18 @@ def refresh(state: ConsoleState, client: redis.Redis | None, metrics_urls: list[
     if client is None:
         state.redis_status = "DOWN"
         return state
-    bk = backfill_keys or BackfillKeys()
     try:
-        instances = fleet.live_instances(client, now=time.time())
-        state.flags = _flag_rows(client, instances)
-        state.instances = len(instances)
-        pipe = client.pipeline(transaction=False)
-        pipe.hgetall(bk.state)
-        pipe.exists(bk.lease)
-        pipe.xrevrange(AUDIT_KEY, count=AUDIT_ROWS)
-        pipe.hgetall(CENSUS_KEY)
-        pipe.hgetall(VERIFY_KEY)
-        pipe.hgetall(CHECKLIST_KEY)
-        bf, lease, rows, census_raw, verify_raw, checklist_raw = pipe.execute()
-        state.backfill, state.engine_alive = bf, bool(lease)
-        state.memory = memory_info(client) or {}
-        state.audit = [audit.AuditEntry.from_stream(i, f) for i, f in rows]
-        state.census = parse_census(census_raw)
-        state.verify = parse_verify(verify_raw)
-        state.checklist = parse_checklist(checklist_raw)
-        number = state.phase_number
-        ctx = gate_context(client, state.checklist, number, redis_url=redis_url,
-                           metrics_urls=metrics_urls, now=lambda: state.ts, shared=shared,
-                           schema=schema or KeySchema())
-        ctx.audit_scan = FLAG_HISTORY_SCAN
-        # what this tick already read, the gates reuse instead of reading again
-        ctx._cache.update({"census": state.census, "verify": state.verify, "backfill": bf,
-                           "fleet": instances, "memory": state.memory or None})
-        if thresholds:
-            ctx.thresholds = {**ctx.thresholds, **thresholds}
-        p = phase(number)
-        state.gates = evaluate(ctx, p.gates)
-        state.triggers = evaluate(ctx, p.trigger_gates)
-        state.redis_status, state.redis_error = "CONNECTED", ""
-        state.redis_updated = state.ts
+        view = read_overview(client, gates, now=lambda: state.ts, shared=shared,
+                             backfill_keys=backfill_keys)
     except (redis.RedisError, OSError) as exc:
         state.redis_status = "RECONNECTING" if state.redis_updated else "DOWN"
         state.redis_error = describe_redis_error(exc)
+        return state
+    state.flags, state.instances = view.flags, len(view.instances)
+    state.backfill, state.engine_alive = view.backfill, view.engine_alive
+    state.census, state.verify, state.memory = view.census, view.verify, view.memory
+    state.audit, state.checklist = view.audit, view.checklist
+    state.gates, state.triggers = view.gates, view.triggers
+    state.redis_status, state.redis_error = "CONNECTED", ""
+    state.redis_updated = state.ts
     return state

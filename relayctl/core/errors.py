@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from relayctl.core.exitcodes import ExitCode
+
 
 class RelayError(Exception):
     """Base error: a one-line, credential-free message and an exit code."""
 
-    exit_code = 1
+    exit_code: int = ExitCode.ERRORS
 
 
 class UsageError(RelayError):
     """Bad input or a refused precondition."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 class ValidationError(UsageError):
@@ -23,10 +25,6 @@ class CursorError(ValidationError):
     """A list cursor is malformed, forged or belongs to another query."""
 
 
-class WorkspaceMismatchError(RelayError):
-    """A record's own workspace_id differs from the caller's workspace."""
-
-
 class JobNotFoundError(RelayError):
     """The job does not exist in any schema the current flags read."""
 
@@ -34,4 +32,4 @@ class JobNotFoundError(RelayError):
 class RedisUnavailableError(RelayError):
     """Redis cannot be reached (connection refused, timeout, DNS)."""
 
-    exit_code = 4
+    exit_code = ExitCode.LOST

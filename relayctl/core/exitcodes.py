@@ -1,4 +1,4 @@
-"""The exit codes every command returns (SPEC §4, README "Exit codes")."""
+"""The exit codes of every relayctl command (SPEC §10, README "Commands"): one enum."""
 
 from __future__ import annotations
 
@@ -6,8 +6,10 @@ from enum import IntEnum
 
 
 class ExitCode(IntEnum):
-    OK = 0
-    ERRORS = 1  # finished, with errors or failed gates
-    USAGE = 2  # bad input or a refused precondition
-    STOPPED = 3  # stopped or paused by an operator
-    LOST = 4  # lost Redis (or the lease)
+    """What a command's exit status means; the CLI, the console and the engine share it."""
+
+    OK = 0  # success: every gate passes, verify clean, backfill done
+    ERRORS = 1  # a problem was found: a gate fails, records differ, a backfill had errors
+    USAGE = 2  # usage error or refused precondition (also a refused Redis command)
+    STOPPED = 3  # stopped, paused or waiting (a gate waits or its source is unknown)
+    LOST = 4  # Redis unreachable or lost

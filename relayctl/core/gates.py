@@ -20,6 +20,7 @@ from relayctl.core.backfill import read_state
 from relayctl.core.census import last_census
 from relayctl.core.cluster import is_cluster
 from relayctl.core.connection import is_loopback_host, parse_target
+from relayctl.core.exitcodes import ExitCode
 from relayctl.core.flags import (
     DEFAULTS,
     DUAL_WRITE,
@@ -535,11 +536,11 @@ def evaluate_phase(ctx: GateContext, phase: Phase) -> list[GateResult]:
     return evaluate(ctx, phase.gates)
 
 
-def overall(results: list[GateResult]) -> int:
+def overall(results: list[GateResult]) -> ExitCode:
     """Exit code for `relayctl check`: 0 all pass, 1 a gate fails, 3 waiting or unknown."""
     if any(r.status == FAIL for r in results):
-        return 1
+        return ExitCode.ERRORS
     if any(r.status in (WAIT, UNKNOWN) for r in results):
-        return 3
-    return 0
+        return ExitCode.STOPPED
+    return ExitCode.OK
 

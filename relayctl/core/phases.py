@@ -350,17 +350,6 @@ PHASES: tuple[Phase, ...] = (
     ),
 )
 
-SUCCESS_CRITERIA: tuple[str, ...] = (
-    "99%+ new schema read path coverage",
-    "<0.1% 404 error rate for job queries",
-    "Zero cross-workspace data leaks detected",
-    "Dual-write success rate 99.9%+",
-    "Backfill 100% complete (all jobs on new schema)",
-    "Read-routing operational for 2+ weeks with <1% old fallback",
-    "Old schema cleanly removed and archived",
-    "Performance metrics improved (faster SCAN, lower latency)",
-)
-
 LAST_PHASE = PHASES[-1].number
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import redis
 
+from relayctl.core import audit
 from relayctl.core.archive import binary_client
 from relayctl.core.cluster import (
     Router,
@@ -223,6 +224,16 @@ def run_verify(
             "examples": json.dumps(d["examples"]), "repaired": report.repaired,
             "workspaces": ",".join(report.workspaces), "invalid_legacy": report.invalid_legacy,
         })
+    return report
+
+
+def verify_audited(client: redis.Redis, schema: KeySchema | None = None, *, actor: str,
+                   **options: Any) -> VerifyReport:
+    """`run_verify`; records a `verify.repair` audit entry when --repair rewrote records."""
+    report = run_verify(client, schema, **options)
+    if report.repaired:
+        audit.record(client, actor, "verify.repair", "new schema", "",
+                     f"{report.repaired} records", "verify --repair")
     return report
 
 

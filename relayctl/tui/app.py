@@ -18,9 +18,11 @@ from textual.widgets import Footer
 from relayctl.core import checklist as checklist_core
 from relayctl.core.backfill import BackfillKeys, send_control, spawn_engine
 from relayctl.core.census import run_census
+from relayctl.core.config import Config
 from relayctl.core.connection import TLSOptions, connect, describe_redis_error, parse_target
 from relayctl.core.console import ConsoleState, refresh
 from relayctl.core.errors import RelayError
+from relayctl.core.evaluation import gate_config, gate_context
 from relayctl.core.flags import DUAL_WRITE, FALLBACK_OLD, FLAG_NAMES, PREFERS_NEW, set_flag, word
 from relayctl.core.keys import KeySchema
 from relayctl.core.phases import PROCEDURES, phase
@@ -128,6 +130,8 @@ class RelayApp(App[None]):
         clock: Callable[[], float] = time.time,
         source: Callable[[], ConsoleState] | None = None,
         thresholds: dict[str, float] | None = None,
+        prometheus_url: str | None = None,
+        config_path: str | None = None,
     ) -> None:
         super().__init__()
         self.redis_url = redis_url
@@ -143,7 +147,11 @@ class RelayApp(App[None]):
         self.schema = schema or KeySchema()
         self.clock = clock
         self.source = source
-        self.thresholds = thresholds
+        # merged and validated as `relayctl check` does: a bad threshold fails before the UI
+        self.gates = gate_config(Config(schema=self.schema, thresholds=dict(thresholds or {})),
+                                 redis_url=redis_url, metrics_urls=self.metrics_urls,
+                                 prometheus_url=prometheus_url)
+        self.config_path = config_path  # forwarded to the engines the console starts
         self.paused = False
         self.state = ConsoleState()
         self._client: redis.Redis | None = None
@@ -175,7 +183,7 @@ class RelayApp(App[None]):
                                        tls=self.tls_options, check=False,
                                        socket_timeout=2.0, connect_timeout=1.0)
             refresh(state, self._client, self.metrics_urls, self.redis_url, now=self.clock(),
-                    thresholds=self.thresholds, schema=self.schema)
+                    gates=self.gates)
         except RelayError as exc:
             state.redis_status, state.redis_error = "DOWN", str(exc)
         self.post_message(StateUpdated(state))
@@ -325,7 +333,7 @@ class RelayApp(App[None]):
             pid = spawn_engine(self.redis_url or "", req.options, actor=self.actor,
                                reason=req.reason, client=c,
                                allow_plaintext=self.allow_plaintext,
-                               tls=self.tls_options)
+                               tls=self.tls_options, config_path=self.config_path)
             return f"backfill engine started (pid {pid})"
 
         def start(req: BackfillRequest | None) -> None:
@@ -380,9 +388,8 @@ class RelayApp(App[None]):
 
         def go(reason: str) -> None:
             def run(c: redis.Redis) -> str:
-                ctx = checklist_core.gate_context(
-                    c, checklist_core.read_checklist(c), number, redis_url=self.redis_url,
-                    metrics_urls=self.metrics_urls, now=self.clock, schema=self.schema)
+                ctx = gate_context(self.gates, c, checklist_core.read_checklist(c), number,
+                                   now=self.clock)
                 result = checklist_core.advance(c, ctx, actor=self.actor,
                                                 overrides=dict.fromkeys(blocking, reason),
                                                 now=self.clock)

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 import pytest
 import redis
 
-from relayctl.core.checklist import advance, apply, gate_context, mark, read_checklist
+from relayctl.core.checklist import advance, apply, mark, read_checklist
 from relayctl.core.cluster import is_cluster, key_slot
 from relayctl.core.connection import connect
+from relayctl.core.evaluation import GateConfig, gate_context
 from relayctl.core.flags import DUAL_WRITE, FALLBACK_OLD, PREFERS_NEW, read_flags
 from relayctl.core.keys import AUDIT_KEY, CHECKLIST_KEY
 from relayctl.core.phases import phase
@@ -83,7 +84,8 @@ def test_apply_sets_the_phase_flags_each_audited_and_records_when(dep):
 
 def test_advance_is_refused_with_nothing_written_then_moves_on_with_override_entries(dep):
     def ctx():
-        return gate_context(dep.client, read_checklist(dep.client), 0, redis_url=dep.url)
+        return gate_context(GateConfig(redis_url=dep.url), dep.client,
+                            read_checklist(dep.client), 0)
 
     refused = advance(dep.client, ctx(), actor="alice", overrides={}, now=lambda: 3000.0)
     assert not refused.advanced and refused.blocking == ["new_keys_present"]
@@ -113,7 +115,7 @@ def test_on_a_standalone_server_each_checklist_write_is_one_transaction(r, monit
 def test_on_a_standalone_server_an_advance_and_its_entries_are_one_transaction(r, redis_url,
                                                                               monitor):
     mark(r, [i.id for i in phase(0).items if i.manual], actor="alice")
-    ctx = gate_context(r, read_checklist(r), 0, redis_url=redis_url)
+    ctx = gate_context(GateConfig(redis_url=redis_url), r, read_checklist(r), 0)
     r.ping()
     with monitor() as rec:
         result = advance(r, ctx, actor="alice", overrides={"new_keys_present": "later"})

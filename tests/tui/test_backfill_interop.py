@@ -8,11 +8,18 @@ from __future__ import annotations
 from textual.pilot import Pilot
 from textual.widgets import Checkbox, Input
 
-from relayctl.core.backfill import EXIT_STOPPED, read_state, send_control
+from relayctl.core.backfill import (
+    EXIT_STOPPED,
+    BackfillOptions,
+    read_state,
+    send_control,
+    spawn_engine,
+)
 from relayctl.core.flags import DUAL_WRITE, set_flag
 from relayctl.core.keys import AUDIT_KEY
 from relayctl.tui.screens import BackfillForm
 from relayctl.tui.widgets import BackfillPanel
+from tests.conftest import wait_for
 from tests.tui.kit import (
     ACTOR,
     CLI_ACTOR,
@@ -195,3 +202,31 @@ def test_on_a_cluster_the_console_starts_a_backfill_with_the_workers_it_was_give
     assert state["workers"] == "3" and state["migrated"] == "3000"
     assert {state[f"done:{n}"] for n in ("0", "5461", "10923")} == {"1"}
     rc.close()
+
+
+def test_the_console_spawn_forwards_every_option_and_the_config_to_the_engine(
+        redis_url, r, tmp_path, engine_pids):
+    seed_legacy(r, JOBS)
+    set_flag(r, DUAL_WRITE, True, actor="pytest", reason="backfill needs dual-write")
+    config = tmp_path / "relayctl.toml"
+    config.write_text('[workspaces]\nlabelled = ["ws-a"]\n')
+    options = BackfillOptions(execute=True, workspaces=("ws-a",), rps=500.0, batch=100,
+                              max_keys=15_000, fresh=True, max_latency_ms=250.0, force=True,
+                              retry_for_s=7.0, workers=2)
+    pid = spawn_engine(redis_url, options, actor=ACTOR, reason="forwarding", client=r,
+                       config_path=str(config))
+    engine_pids.append(pid)
+    wait_for(lambda: read_state(r).get("status") == "running", 20, "the engine to run")
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        argv = f.read().decode().split("\0")
+    expected = [("--config", str(config)), ("--actor", ACTOR), ("--batch", "100"),
+                ("--rps", "500.0"), ("--workers", "2"), ("--retry-for", "7.0"),
+                ("--workspace", "ws-a"), ("--max-keys", "15000"), ("--max-latency-ms", "250.0")]
+    for option, value in expected:
+        assert argv[argv.index(option) + 1] == value, (option, argv)
+    assert {"--execute", "--fresh", "--force"} <= set(argv), argv
+    assert redis_url not in " ".join(argv), "the URL travels in the environment"
+    state = read_state(r)
+    assert (state["workspaces"], state["workers"]) == ("ws-a", "2"), state
+    send_control(r, "stop", actor="pytest", reason="done")
+    wait_for(lambda: not is_engine(pid), 20, "the engine to stop")

@@ -38,11 +38,12 @@ def engine_args(options: BackfillOptions) -> list[str]:
 
 def spawn_engine(redis_url: str, options: BackfillOptions, *, actor: str, reason: str,
                  client: redis.Redis, allow_plaintext: bool = False,
-                 tls: TLSOptions | None = None) -> int:
+                 tls: TLSOptions | None = None, config_path: str | None = None) -> int:
     """Start `relayctl backfill` as its own process (it outlives the console); audited.
 
-    The URL and the TLS files travel in the environment, never on the command line, so `ps`
-    shows no credentials.
+    Every option is forwarded, and the console's --config (key templates). The URL and the
+    TLS files travel in the environment, never on the command line, so `ps` shows no
+    credentials.
     """
     if not reason.strip():
         raise UsageError("a reason is required to start a backfill")
@@ -50,6 +51,8 @@ def spawn_engine(redis_url: str, options: BackfillOptions, *, actor: str, reason
     args = [sys.executable, "-m", "relayctl"]
     if allow_plaintext:
         args.append("--allow-plaintext")
+    if config_path:
+        args += ["--config", config_path]
     args += ["--actor", actor, "backfill", *engine_args(options), "--json"]
     env = {k: v for k, v in os.environ.items() if k not in TLS_ENV.values()}
     env.update((tls if tls is not None else TLSOptions.from_env()).env())

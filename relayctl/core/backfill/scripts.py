@@ -7,7 +7,7 @@ steps (different slots); the commit is fenced by the token in the state hash.
 
 from __future__ import annotations
 
-from relayctl.core.lua import TYPE_OK
+from relayctl.core.lua import RELEASE_IDEMPOTENCY, TYPE_OK
 from relayctl.core.scripting import Script
 
 # KEYS: state, lease, control, the batch's W workspace indexes, then (old, new) per job
@@ -182,12 +182,9 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 """
 
-# KEYS: lease   ARGV: token
-# Returns 1 when this owner's lease was deleted, 0 when another owner holds it.
-RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+# The lease is released with the job store's compare-and-delete (KEYS: lease  ARGV: token;
+# returns 1 when this owner's lease was deleted, 0 when another owner holds it).
+RELEASE = RELEASE_IDEMPOTENCY
 
 # KEYS: state   ARGV: token, then field, value pairs
 # Every write of a run's state after its start goes through here or through a script that

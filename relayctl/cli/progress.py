@@ -1,4 +1,4 @@
-"""How the CLI shows a running backfill: a rich bar on a TTY, JSON lines otherwise."""
+"""How `relayctl backfill` shows a running backfill: a rich bar on a TTY, JSON lines otherwise."""
 
 from __future__ import annotations
 

@@ -1,0 +1,135 @@
+"""`relayctl backfill` (the engine in this process) and its status / pause / resume / stop."""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+import click
+
+from relayctl.cli.common import Context, emit_json
+from relayctl.core.errors import UsageError
+from relayctl.core.exitcodes import ExitCode
+
+
+@click.group(invoke_without_command=True)
+@click.option("--dry-run", "dry_run", is_flag=True, help="Read and count only; write nothing.")
+@click.option("--execute", is_flag=True, help="Copy legacy records to the new schema.")
+@click.option("--workspace", "workspaces", multiple=True,
+              help="Only this workspace (repeatable); others count as filtered.")
+@click.option("--rps", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Keys per second including skipped ones (0 = unlimited).")
+@click.option("--batch", type=click.IntRange(1, 100_000), default=500, show_default=True)
+@click.option("--max-keys", type=click.IntRange(min=1), default=None,
+              help="Stop after this many keys; a later run resumes there.")
+@click.option("--fresh", is_flag=True, help="Start over even if a run is unfinished.")
+@click.option("--resume", is_flag=True, help="Require an unfinished run and continue it.")
+@click.option("--max-latency-ms", type=click.FloatRange(min=0.1), default=None,
+              help="Slow down while Redis round trips exceed this.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve the relay_backfill_* metrics on 127.0.0.1:PORT.")
+@click.option("--force", is_flag=True, help="Execute even while dual-write is off.")
+@click.option("--retry-for", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Seconds to retry a lost Redis before exiting 4.")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Redis Cluster: walk this many shards in parallel.")
+@click.option("--json", "as_json", is_flag=True, help="Only a final summary object.")
+@click.pass_context
+def backfill(ctx: click.Context, dry_run: bool, execute: bool, workspaces: tuple[str, ...],
+             rps: float, batch: int, max_keys: int | None, fresh: bool, resume: bool,
+             max_latency_ms: float | None, metrics_port: int | None, force: bool,
+             retry_for: float, workers: int, as_json: bool) -> None:
+    """Copy legacy jobs to the workspace-scoped schema (resumable, steerable, one at a time).
+
+    \b
+    relayctl backfill --dry-run [--workspace WS ...] [--max-keys N]
+    relayctl backfill --execute [--rps N] [--batch N] [--resume|--fresh] [--workers N]
+    relayctl backfill status | pause | resume | stop
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if dry_run == execute:
+        raise UsageError("choose exactly one of --dry-run or --execute "
+                         "(or a subcommand: status, pause, resume, stop)")
+    from relayctl.cli.progress import BackfillView
+    from relayctl.core.backfill import Backfill, BackfillOptions
+    from relayctl.core.metrics import Metrics
+
+    c: Context = ctx.obj
+    options = BackfillOptions(
+        execute=execute, workspaces=workspaces, rps=rps, batch=batch, max_keys=max_keys,
+        fresh=fresh, resume=resume, max_latency_ms=max_latency_ms, force=force,
+        retry_for_s=retry_for, workers=workers,
+    )
+    metrics = Metrics(labelled_workspaces=c.config.labelled_workspaces or workspaces)
+    view = BackfillView(as_json=as_json)
+    engine = Backfill(c.client(), options, schema=c.config.schema, metrics=metrics,
+                      on_event=view.event)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: engine.request_stop())
+    server = metrics.serve(metrics_port) if metrics_port is not None else None
+    if server is not None and not as_json:
+        click.echo(f"metrics: {server.url}", err=True)
+    try:
+        code = engine.run()
+    finally:
+        view.close()
+        if server is not None:
+            server.close()
+    view.summary(engine.progress, c.redis_display)
+    ctx.exit(code)
+
+
+@backfill.command("status")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def backfill_status(c: Context, as_json: bool) -> None:
+    """The saved state of the current or last run (exit 3 while paused)."""
+    from relayctl.core.backfill import iter_status_fields, lease_owner, read_state
+
+    client = c.client()
+    state = read_state(client)
+    owner = lease_owner(client)
+    data = {"state": state, "engine_alive": owner is not None}
+    if as_json:
+        emit_json(data)
+    elif not state:
+        click.echo("no backfill has run")
+    else:
+        for name, value in iter_status_fields(state):
+            click.echo(f"{name:>18}: {value}")
+        click.echo(f"{'engine':>18}: {'alive' if owner else 'not running'}")
+    if state.get("status") in ("paused", "stopped", "partial"):
+        sys.exit(ExitCode.STOPPED)
+
+
+def _control(c: Context, action: str, reason: str) -> None:
+    from relayctl.core.backfill import send_control
+
+    state = send_control(c.client(), action, actor=c.actor, reason=reason)
+    click.echo(f"backfill {action} requested for run {state.get('run_id', '?')} "
+               "(takes effect within one batch)")
+
+
+@backfill.command("pause")
+@click.option("--reason", default="operator pause", show_default=True)
+@click.pass_obj
+def backfill_pause(c: Context, reason: str) -> None:
+    """Pause the running engine after its current batch (it keeps its lease)."""
+    _control(c, "pause", reason)
+
+
+@backfill.command("resume")
+@click.option("--reason", default="operator resume", show_default=True)
+@click.pass_obj
+def backfill_resume(c: Context, reason: str) -> None:
+    """Resume a paused engine."""
+    _control(c, "resume", reason)
+
+
+@backfill.command("stop")
+@click.option("--reason", default="operator stop", show_default=True)
+@click.pass_obj
+def backfill_stop(c: Context, reason: str) -> None:
+    """Stop the running engine after its current batch; the cursor stays resumable."""
+    _control(c, "stop", reason)

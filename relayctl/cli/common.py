@@ -1,0 +1,100 @@
+"""What every command shares: the global options' Context, JSON output, confirmation, gates."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from relayctl.core.config import Config
+from relayctl.core.connection import TLSOptions, connect, parse_target, redact_text
+from relayctl.core.errors import UsageError
+
+if TYPE_CHECKING:
+    import redis
+
+    from relayctl.core.evaluation import GateConfig
+    from relayctl.core.gates import GateResult
+
+
+@dataclass
+class Context:
+    """Global options shared by every command."""
+
+    redis_url: str | None
+    metrics_urls: list[str]
+    prometheus_url: str | None
+    actor: str
+    allow_plaintext: bool
+    config: Config
+    tls: TLSOptions = field(default_factory=TLSOptions)
+    config_path: str | None = None
+    _client: redis.Redis | None = field(default=None, repr=False)
+
+    def client(self) -> redis.Redis:
+        if self._client is None:
+            self._client = connect(self.redis_url, allow_plaintext=self.allow_plaintext,
+                                   tls=self.tls)
+        return self._client
+
+    @property
+    def redis_display(self) -> str:
+        return parse_target(self.redis_url, self.allow_plaintext).display
+
+    def now(self) -> float:
+        """Wall clock, shifted by RELAYCTL_CLOCK_OFFSET_S (tests and demos of time gates)."""
+        try:
+            offset = float(os.environ.get("RELAYCTL_CLOCK_OFFSET_S", "0") or 0)
+        except ValueError:
+            raise UsageError("RELAYCTL_CLOCK_OFFSET_S must be a number of seconds") from None
+        return time.time() + offset
+
+    def gates(self, window: float | None = None) -> GateConfig:
+        """The gates' thresholds and sources, merged and validated by core (as the console)."""
+        from relayctl.core.evaluation import gate_config
+
+        return gate_config(self.config, redis_url=self.redis_url, metrics_urls=self.metrics_urls,
+                           prometheus_url=self.prometheus_url, window_s=window)
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def fail(message: str, code: int) -> None:
+    click.echo(f"relayctl: error: {redact_text(message)}", err=True)
+    sys.exit(code)
+
+
+def confirm_dangerous(action: str, yes: bool) -> None:
+    """Dangerous commands ask on a TTY and need --yes otherwise."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError(f"refusing to {action} without --yes (no TTY to confirm on)")
+    if not click.confirm(f"{action[0].upper()}{action[1:]}?", default=False):
+        raise UsageError("cancelled")
+
+
+_STATUS_STYLE = {"PASS": "green", "FAIL": "red", "WAIT": "yellow", "UNKNOWN": "magenta"}
+
+
+def print_gates(results: list[GateResult], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    table.add_column("gate", no_wrap=True)
+    table.add_column("status")
+    table.add_column("value")
+    table.add_column("threshold")
+    table.add_column("detail")
+    for r in results:
+        style = _STATUS_STYLE[r.status]
+        table.add_row(r.gate, f"[{style}]{r.status}[/]", r.value, r.threshold, r.detail)
+    Console().print(table)

@@ -1,0 +1,141 @@
+"""`relayctl simulate` (application traffic) and `relayctl demo` (an embedded stack)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+
+import click
+
+from relayctl.cli.common import Context, emit_json
+
+
+def demo_clock(speed: float) -> Callable[[], float]:
+    """The demo's clock: time-based gates advance `speed` x faster than real time."""
+    start = time.time()
+    return lambda: start + (time.time() - start) * speed
+
+
+def wait_for_signal(duration: float | None) -> None:
+    """Block until SIGINT/SIGTERM or `duration` seconds."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    deadline = None if duration is None else time.monotonic() + duration
+    while not stop.is_set():
+        if deadline is not None and time.monotonic() >= deadline:
+            break
+        stop.wait(1.0)
+
+
+@click.command()
+@click.option("--rate", type=click.FloatRange(min=0.1), default=50.0, show_default=True,
+              help="Operations per second.")
+@click.option("--workspaces", type=click.IntRange(1, 500), default=4, show_default=True)
+@click.option("--duration", type=click.FloatRange(min=0), default=None,
+              help="Seconds to run (default: until interrupted).")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve /metrics on 127.0.0.1:PORT (0 picks a free port).")
+@click.option("--seed", type=int, default=None, help="Random seed for a reproducible mix.")
+@click.option("--write-share", type=click.FloatRange(0, 0.5), default=0.22, show_default=True,
+              help="Fraction of operations that enqueue a job.")
+@click.option("--json", "as_json", is_flag=True, help="Final stats as JSON.")
+@click.pass_obj
+def simulate(c: Context, rate: float, workspaces: int, duration: float | None,
+             metrics_port: int | None, seed: int | None, write_share: float,
+             as_json: bool) -> None:
+    """Application traffic through JobStore against a real Redis."""
+    from relayctl.core.jobs import JobStore
+    from relayctl.core.metrics import Metrics
+    from relayctl.core.simulate import Simulator, workspace_names
+
+    client = c.client()
+    names = workspace_names(workspaces)
+    metrics = Metrics(labelled_workspaces=c.config.labelled_workspaces or names)
+    server = metrics.serve(metrics_port) if metrics_port is not None else None
+    with JobStore(client, schema=c.config.schema, metrics=metrics) as store:
+        sim = Simulator(store, rate=rate, workspaces=names, seed=seed, write_share=write_share)
+        sim.load_existing()
+        if not as_json:
+            click.echo(f"simulating {rate:g} ops/s over {workspaces} workspaces "
+                       f"against {c.redis_display}")
+            if server:
+                click.echo(f"metrics: {server.url}")
+        sim.start()
+        try:
+            wait_for_signal(duration)
+        finally:
+            sim.stop()
+            if server:
+                server.close()
+    if as_json:
+        emit_json({"stats": sim.stats.as_dict(), "flags": store.flags.as_dict()})
+    else:
+        click.echo("stats: " + ", ".join(f"{k}={v}" for k, v in sim.stats.as_dict().items()
+                                         if not isinstance(v, dict)))
+
+
+@click.command()
+@click.option("--no-tui", is_flag=True, help="Run the embedded stack without the console.")
+@click.option("--speed", type=click.FloatRange(min=0.1, max=100_000), default=1.0,
+              show_default=True, help="Clock multiplier for the time-based gates (10000 walks "
+              "the 51 days of the rollout in about 7 minutes); traffic grows up to x10.")
+@click.option("--duration", type=click.FloatRange(min=0), default=None,
+              help="Seconds to run (default: until interrupted).")
+@click.option("--redis-port", type=click.IntRange(0, 65535), default=0,
+              help="Port of the embedded Redis (0 picks a free one).")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=0,
+              help="Port of the demo's /metrics (0 picks a free one).")
+@click.pass_obj
+def demo(c: Context, no_tui: bool, speed: float, duration: float | None, redis_port: int,
+         metrics_port: int) -> None:
+    """Embedded fake Redis on loopback + simulator + /metrics (+ the console, later)."""
+    from relayctl import __version__
+    from relayctl.core.connection import connect
+    from relayctl.core.demo import seed_pre_migration, start_embedded_redis
+    from relayctl.core.jobs import JobStore
+    from relayctl.core.metrics import Metrics
+    from relayctl.core.simulate import Simulator, workspace_names
+
+    embedded = start_embedded_redis(redis_port)
+    names = workspace_names(5)
+    metrics = Metrics(labelled_workspaces=names)
+    server = metrics.serve(metrics_port)
+    try:
+        client = connect(embedded.url)
+        summary = seed_pre_migration(client, c.config.schema, names)
+        store = JobStore(client, schema=c.config.schema, metrics=metrics)
+        rate = 20 * min(speed, 10)
+        sim = Simulator(store, rate=rate, workspaces=names, seed=1,
+                        known_jobs=summary.jobs[-2000:])
+        sim.start()
+        click.echo(f"relayctl demo {__version__}")
+        click.echo(f"  redis:   {embedded.url}   (embedded fakeredis, pre-migration data: "
+                   f"{summary.legacy} legacy jobs, {summary.in_both} also in the new schema, "
+                   f"{summary.invalid} invalid records)")
+        click.echo(f"  metrics: {server.url}")
+        click.echo(f"  traffic: {rate:g} ops/s over {', '.join(names)}; clock x{speed:g}")
+        click.echo(f"  try:     relayctl --redis-url {embedded.url} flags")
+        try:
+            if no_tui:
+                click.echo("Ctrl-C to stop.")
+                wait_for_signal(duration)
+            else:
+                from relayctl.core.gates import THRESHOLDS
+                from relayctl.tui.app import RelayApp
+
+                # freshness windows stay in real time while the rollout's weeks fly by
+                max_age = c.config.thresholds.get("max_age_s", THRESHOLDS["max_age_s"])
+                RelayApp(redis_url=embedded.url, metrics_urls=[server.url], actor=c.actor,
+                         schema=c.config.schema, clock=demo_clock(speed),
+                         thresholds={**c.config.thresholds, "max_age_s": max_age * speed}).run()
+        finally:
+            sim.stop()
+            store.close()
+            click.echo("stats: " + ", ".join(
+                f"{k}={v}" for k, v in sim.stats.as_dict().items() if not isinstance(v, dict)))
+    finally:
+        server.close()
+        embedded.close()

@@ -1,0 +1,50 @@
+"""`relayctl export alerts | grafana` and `relayctl acl`: configuration generated from core."""
+
+from __future__ import annotations
+
+import click
+
+from relayctl.cli.common import Context, emit_json
+
+
+@click.group("export")
+def export_group() -> None:
+    """Generate monitoring config from the gate thresholds."""
+
+
+@export_group.command("alerts")
+@click.pass_obj
+def export_alerts(c: Context) -> None:
+    """Prometheus alerting rules (YAML) for the seeds' alert thresholds."""
+    from relayctl.core.alerts import alert_rules_yaml
+
+    click.echo(alert_rules_yaml(c.config.thresholds), nl=False)
+
+
+@export_group.command("grafana")
+@click.pass_obj
+def export_grafana(c: Context) -> None:
+    """A Grafana dashboard (JSON) with the seeds' queries and thresholds."""
+    from relayctl.core.alerts import grafana_dashboard
+
+    emit_json(grafana_dashboard(c.config.thresholds))
+
+
+@click.command()
+@click.option("--user", default=None, help="ACL user name (default relay-<role>).")
+@click.option("--role", type=click.Choice(["console", "app", "operator"]), default=None,
+              help="Only this role's rule (default: all three; the console's with --user).")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def acl(c: Context, user: str | None, role: str | None, as_json: bool) -> None:
+    """The least-privilege Redis ACL SETUSER rules (add a password when applying them)."""
+    from relayctl.core.acl import rules_for
+
+    found = rules_for(role, user, c.config.schema)
+    if as_json:
+        emit_json({"users": [r.as_dict() for r in found]})
+        return
+    click.echo("# relayctl least-privilege Redis ACL; append >PASSWORD (or #SHA256) to each")
+    for r in found:
+        click.echo(f"# {r.role}")
+        click.echo(r.command)

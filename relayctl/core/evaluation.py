@@ -1,0 +1,130 @@
+"""How every caller evaluates gates: `relayctl check`, `checklist`, `status` and the console.
+
+The thresholds and sources come from one `GateConfig`, merged from `--config` and the global
+options and validated once, so the console and the CLI give the same verdict on the same data.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from relayctl.core.checklist import ChecklistState, read_checklist
+from relayctl.core.config import Config
+from relayctl.core.errors import RedisUnavailableError, UsageError
+from relayctl.core.exitcodes import ExitCode
+from relayctl.core.gates import THRESHOLDS, GateContext, GateResult, evaluate_phase, overall
+from relayctl.core.keys import KeySchema
+from relayctl.core.phases import LAST_PHASE, PHASES, phase
+
+AUDIT_SCAN = 5000  # audit entries the time gates look back through (newest first)
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Where the gates read and which thresholds they apply (every threshold present)."""
+
+    redis_url: str | None = None
+    metrics_urls: tuple[str, ...] = ()
+    prometheus_url: str | None = None
+    window_s: float | None = None
+    thresholds: Mapping[str, float] = field(default_factory=lambda: dict(THRESHOLDS))
+    schema: KeySchema = field(default_factory=KeySchema)
+    audit_scan: int = AUDIT_SCAN
+
+
+def gate_config(config: Config, *, redis_url: str | None = None,
+                metrics_urls: list[str] | tuple[str, ...] = (),
+                prometheus_url: str | None = None,
+                window_s: float | None = None) -> GateConfig:
+    """The config file's thresholds over the seeds' defaults, with the given sources.
+
+    A threshold the gates do not know, or one that is not a finite number >= 0, is a
+    UsageError naming it (a typo must not silently leave the default in force).
+    """
+    unknown = set(config.thresholds) - set(THRESHOLDS)
+    if unknown:
+        raise UsageError(f"unknown threshold(s) in config: {', '.join(sorted(unknown))}")
+    for name, value in sorted(config.thresholds.items()):
+        if not math.isfinite(value) or value < 0:
+            raise UsageError(f"threshold {name} in config must be a finite number >= 0, "
+                             f"not {value!r}")
+    if window_s is not None and not (math.isfinite(window_s) and window_s > 0):
+        raise UsageError(f"--window must be a positive number of seconds, not {window_s!r}")
+    urls = tuple(u.strip() for u in metrics_urls if u.strip())
+    return GateConfig(redis_url=redis_url, metrics_urls=urls,
+                      prometheus_url=(prometheus_url or "").strip() or None, window_s=window_s,
+                      thresholds={**THRESHOLDS, **config.thresholds}, schema=config.schema)
+
+
+def gate_context(gates: GateConfig, client: redis.Redis | None, state: ChecklistState | None,
+                 number: int, *, now: Callable[[], float] = time.time,
+                 shared: dict[str, Any] | None = None) -> GateContext:
+    """The GateContext of phase `number`: the configured sources and thresholds plus the
+    baselines the checklist recorded when the phase was applied."""
+    ctx = GateContext(client=client, redis_url=gates.redis_url,
+                      metrics_urls=list(gates.metrics_urls), prometheus_url=gates.prometheus_url,
+                      window_s=gates.window_s, schema=gates.schema,
+                      thresholds=dict(gates.thresholds), now=now,
+                      shared={} if shared is None else shared, audit_scan=gates.audit_scan)
+    if state is not None:
+        ctx.baseline = state.baselines.get(number)
+        ctx.baseline_memory = state.memory.get(number)
+    ctx.target_flags = phase(number).target_flags if number <= LAST_PHASE else None
+    return ctx
+
+
+@dataclass(frozen=True)
+class PhaseCheck:
+    number: int
+    title: str
+    gates: list[GateResult]
+
+    @property
+    def exit(self) -> ExitCode:
+        return overall(self.gates)
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    phases: list[PhaseCheck]
+
+    @property
+    def exit(self) -> ExitCode:
+        return overall([g for p in self.phases for g in p.gates])
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"phases": [{"phase": p.number, "title": p.title, "exit": p.exit,
+                            "gates": [g.as_dict() for g in p.gates]} for p in self.phases],
+                "exit": self.exit}
+
+
+def check_phases(gates: GateConfig, connect: Callable[[], redis.Redis],
+                 numbers: list[int] | None = None, *,
+                 now: Callable[[], float] = time.time) -> CheckReport:
+    """Evaluate the given phases (default: the checklist's current one), scraping once.
+
+    An unreachable Redis is not an error here: its gates say UNKNOWN, the metric gates still
+    answer, and the current phase is taken as 0.
+    """
+    client: redis.Redis | None
+    try:
+        client = connect()
+        state: ChecklistState | None = read_checklist(client)
+    except (RedisUnavailableError, redis.ConnectionError, redis.TimeoutError):
+        client, state = None, None
+    if numbers is None:
+        numbers = [min(state.phase if state is not None else 0, LAST_PHASE)]
+    shared: dict[str, Any] = {}
+    return CheckReport([
+        PhaseCheck(n, phase(n).title, evaluate_phase(
+            gate_context(gates, client, state, n, now=now, shared=shared), phase(n)))
+        for n in numbers])
+
+
+ALL_PHASES = [p.number for p in PHASES]
