@@ -28,6 +28,7 @@ from relayctl.core.backfill.state import (
     HEARTBEAT_S,
     LEASE_TTL_MS,
     REASONS,
+    TUNABLE,
     UNFINISHED,
     BackfillKeys,
     RunHealth,
@@ -37,6 +38,7 @@ from relayctl.core.backfill.state import (
     read_state,
     run_health,
     send_control,
+    send_tune,
 )
 from relayctl.core.errors import UsageError
 
@@ -57,6 +59,7 @@ __all__ = [
     "RESCAN_CLUSTER_MESSAGE",
     "RESCAN_MESSAGE",
     "RESTORE_INDEXED",
+    "TUNABLE",
     "UNFINISHED",
     "Backfill",
     "BackfillKeys",
@@ -74,5 +77,6 @@ __all__ = [
     "run_health",
     "scan_fraction",
     "send_control",
+    "send_tune",
     "spawn_engine",
 ]

@@ -40,6 +40,10 @@ class BackfillKeys:
     def control(self) -> str:
         return self.prefix + "control"
 
+    @property
+    def tune(self) -> str:
+        return self.prefix + "tune"
+
 
 def owner_id() -> str:
     """host:pid, so a refusal names the process that holds the lease."""
@@ -74,6 +78,66 @@ def send_control(client: redis.Redis, action: str, *, actor: str, reason: str,
     audit.write_audited(client, [entry],
                         lambda pipe: pipe.set(keys.control, CONTROL_ACTIONS[action]))
     return state
+
+
+# What `relayctl backfill set` may change on a running engine, with each value's range.
+TUNABLE: dict[str, tuple[type, float, float]] = {
+    "rps": (float, 0, 1e9),
+    "batch": (int, 1, 100_000),
+    "max_memory_pct": (float, 1, 100),
+    "critical_memory_pct": (float, 1, 100),
+    "max_replica_lag_bytes": (int, 1, 2**62),
+    "max_replica_lag_s": (float, 0.001, 86_400),
+    "max_latency_ms": (float, 0.1, 60_000),
+}
+
+
+def parse_tune(changes: dict[str, object]) -> dict[str, str]:
+    """Validate a retune; one-line refusal naming the bad parameter."""
+    out: dict[str, str] = {}
+    for name, value in changes.items():
+        if value is None:
+            continue
+        if name not in TUNABLE:
+            raise UsageError(f"cannot retune {name!r}: one of {', '.join(TUNABLE)}")
+        kind, low, high = TUNABLE[name]
+        try:
+            number = kind(value)
+        except (TypeError, ValueError):
+            raise UsageError(f"{name} must be a number, not {value!r}") from None
+        if not low <= number <= high:
+            raise UsageError(f"{name} must be between {low:g} and {high:g}")
+        out[name] = f"{number:g}" if kind is float else str(number)
+    if not out:
+        raise UsageError("nothing to change: give at least one of "
+                         + ", ".join(f"--{n.replace('_', '-')}" for n in TUNABLE))
+    return out
+
+
+def send_tune(client: redis.Redis, changes: dict[str, object], *, actor: str, reason: str,
+              keys: BackfillKeys | None = None) -> dict[str, str]:
+    """Retune a running engine between batches (gh-ost's interactive commands); audited.
+
+    The engine reads the tune hash with its batches and applies a new `seq` at once.
+    """
+    keys = keys or BackfillKeys()
+    if not reason.strip():
+        raise UsageError("a reason is required to retune a backfill")
+    values = parse_tune(changes)
+    if client.exists(keys.lease) != 1:
+        raise UsageError("no backfill engine is running: nothing to retune")
+    before: dict[str, str] = client.hgetall(keys.tune)  # type: ignore[assignment]
+    entry = audit.audit_fields(
+        actor, "backfill.set", "backfill",
+        " ".join(f"{k}={before[k]}" for k in values if k in before),
+        " ".join(f"{k}={v}" for k, v in values.items()), reason)
+
+    def change(pipe: redis.client.Pipeline) -> None:
+        pipe.hset(keys.tune, mapping=values)  # type: ignore[arg-type]
+        pipe.hincrby(keys.tune, "seq", 1)
+
+    audit.write_audited(client, [entry], change)
+    return values
 
 
 def iter_status_fields(state: dict[str, str]) -> Iterable[tuple[str, str]]:
