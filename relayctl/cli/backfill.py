@@ -33,18 +33,37 @@ from relayctl.core.exitcodes import ExitCode
               help="Seconds to retry a lost Redis before exiting 4.")
 @click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
               help="Redis Cluster: walk this many shards in parallel.")
+@click.option("--max-memory-pct", type=click.FloatRange(1, 100), default=85.0,
+              show_default=True,
+              help="Refuse a run projected past this share of maxmemory; throttle at it.")
+@click.option("--critical-memory-pct", type=click.FloatRange(1, 100), default=95.0,
+              show_default=True, help="Stop (exit 3, resumable) at this share of maxmemory.")
+@click.option("--max-memory-bytes", type=click.IntRange(min=1), default=None,
+              help="The memory limit to guard when the server's maxmemory is 0.")
+@click.option("--allow-evicting-policy", is_flag=True,
+              help="Run although maxmemory-policy can evict job keys.")
+@click.option("--max-replica-lag-bytes", type=click.IntRange(min=1), default=None,
+              help="Throttle while a replica lags more (default: half its soft "
+                   "output-buffer limit, else 8 MiB).")
+@click.option("--max-replica-lag-s", type=click.FloatRange(min=0.001), default=2.0,
+              show_default=True, help="Throttle while a replica's last ack is older.")
+@click.option("--wait-replicas", type=click.IntRange(0, 64), default=0, show_default=True,
+              help="WAIT for this many replicas after each batch (synchronous copies).")
 @click.option("--json", "as_json", is_flag=True, help="Only a final summary object.")
 @click.pass_context
 def backfill(ctx: click.Context, dry_run: bool, execute: bool, workspaces: tuple[str, ...],
              rps: float, batch: int, max_keys: int | None, fresh: bool, resume: bool,
              max_latency_ms: float | None, metrics_port: int | None, force: bool,
-             retry_for: float, workers: int, as_json: bool) -> None:
+             retry_for: float, workers: int, max_memory_pct: float, critical_memory_pct: float,
+             max_memory_bytes: int | None, allow_evicting_policy: bool,
+             max_replica_lag_bytes: int | None, max_replica_lag_s: float, wait_replicas: int,
+             as_json: bool) -> None:
     """Copy legacy jobs to the workspace-scoped schema (resumable, steerable, one at a time).
 
     \b
     relayctl backfill --dry-run [--workspace WS ...] [--max-keys N]
     relayctl backfill --execute [--rps N] [--batch N] [--resume|--fresh] [--workers N]
-    relayctl backfill status | pause | resume | stop
+    relayctl backfill status | pause | resume | stop | set
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -59,7 +78,10 @@ def backfill(ctx: click.Context, dry_run: bool, execute: bool, workspaces: tuple
     options = BackfillOptions(
         execute=execute, workspaces=workspaces, rps=rps, batch=batch, max_keys=max_keys,
         fresh=fresh, resume=resume, max_latency_ms=max_latency_ms, force=force,
-        retry_for_s=retry_for, workers=workers,
+        retry_for_s=retry_for, workers=workers, max_memory_pct=max_memory_pct,
+        critical_memory_pct=critical_memory_pct, max_memory_bytes=max_memory_bytes,
+        allow_evicting_policy=allow_evicting_policy, max_replica_lag_bytes=max_replica_lag_bytes,
+        max_replica_lag_s=max_replica_lag_s, wait_replicas=wait_replicas,
     )
     metrics = Metrics(labelled_workspaces=c.config.labelled_workspaces or workspaces)
     view = BackfillView(as_json=as_json)
@@ -84,21 +106,29 @@ def backfill(ctx: click.Context, dry_run: bool, execute: bool, workspaces: tuple
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def backfill_status(c: Context, as_json: bool) -> None:
-    """The saved state of the current or last run (exit 3 while paused)."""
-    from relayctl.core.backfill import iter_status_fields, lease_owner, read_state
+    """The saved state of the current or last run (exit 1 when its engine is dead, 3 while
+    paused or stopped)."""
+    from relayctl.core.backfill import iter_status_fields, lease_owner, read_state, run_health
 
     client = c.client()
     state = read_state(client)
     owner = lease_owner(client)
-    data = {"state": state, "engine_alive": owner is not None}
+    health = run_health(state, owner is not None, c.now())
+    data = {"state": state, "engine_alive": owner is not None,
+            "health": health.health, "detail": health.detail}
     if as_json:
         emit_json(data)
     elif not state:
         click.echo("no backfill has run")
     else:
+        click.echo(f"{'health':>18}: {health.health.upper()}  {health.detail}".rstrip())
         for name, value in iter_status_fields(state):
+            if name in ("rate", "eta_s") and not health.live:
+                continue
             click.echo(f"{name:>18}: {value}")
         click.echo(f"{'engine':>18}: {'alive' if owner else 'not running'}")
+    if health.dead:
+        sys.exit(ExitCode.ERRORS)
     if state.get("status") in ("paused", "stopped", "partial"):
         sys.exit(ExitCode.STOPPED)
 
@@ -133,3 +163,27 @@ def backfill_resume(c: Context, reason: str) -> None:
 def backfill_stop(c: Context, reason: str) -> None:
     """Stop the running engine after its current batch; the cursor stays resumable."""
     _control(c, "stop", reason)
+
+
+@backfill.command("set")
+@click.option("--rps", type=float, default=None, help="Keys per second (0 = unlimited).")
+@click.option("--batch", type=int, default=None, help="Keys per SCAN step.")
+@click.option("--max-memory-pct", type=float, default=None)
+@click.option("--critical-memory-pct", type=float, default=None)
+@click.option("--max-replica-lag-bytes", type=int, default=None)
+@click.option("--max-replica-lag-s", type=float, default=None)
+@click.option("--max-latency-ms", type=float, default=None)
+@click.option("--reason", required=True, help="Why; recorded in the audit stream.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def backfill_set(c: Context, reason: str, as_json: bool, **changes: float | None) -> None:
+    """Retune the running engine between batches, without stopping it (audited)."""
+    from relayctl.core.backfill import send_tune
+
+    values = send_tune(c.client(), dict(changes), actor=c.actor, reason=reason)
+    if as_json:
+        emit_json({"set": values})
+    else:
+        click.echo("backfill retune requested: "
+                   + " ".join(f"{k}={v}" for k, v in values.items())
+                   + " (takes effect within one batch)")

@@ -33,6 +33,12 @@ class BackfillView:
         if not self.tty:
             self._line(event, p)
             return
+        if event == "preflight":
+            for line in p.preflight:
+                click.echo(f"preflight: {line}", err=True)
+            for line in p.refusals:
+                click.echo(f"preflight: would refuse --execute: {line}", err=True)
+            return
         if self._bar is None:
             self._bar = Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(),
@@ -48,7 +54,8 @@ class BackfillView:
         desc = f"{p.mode} [{p.status}]"
         self._bar.update(self._task, completed=int(p.fraction * 1000), rate=p.rate,
                          counts=counts, description=desc)
-        if event in ("checkpoint", "retry", "paused", "resumed", "stopped", "lost", "partial"):
+        if event in ("checkpoint", "retry", "paused", "resumed", "stopped", "lost", "partial",
+                     "throttled", "unthrottled", "tuned"):
             self._bar.console.print(
                 f"{event}: scanned {p.scanned:,} migrated {p.migrated:,} cursor {p.cursor} "
                 f"{p.message}".rstrip())

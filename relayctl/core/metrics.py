@@ -102,6 +102,19 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=r,
         )
+        self.backfill_throttled = Counter(
+            "relay_backfill_throttled_seconds_total",
+            "seconds the backfill spent throttled by a guard, by reason", ["reason"], registry=r,
+        )
+        for reason in ("memory", "replica_lag", "replica_lost", "latency", "replica_wait"):
+            self.backfill_throttled.labels(reason)
+        self.backfill_healed = Counter(
+            "relay_backfill_healed_total",
+            "existing copies the backfill repaired: index entry added, partial record completed",
+            ["what"], registry=r,
+        )
+        for what in ("indexed", "healed"):
+            self.backfill_healed.labels(what)
         self.flag_state = Gauge(
             "relay_flag_enabled", "effective migration flag in this process (1 = on)",
             ["flag"], registry=r,

@@ -24,6 +24,18 @@ import redis
 
 from relayctl.core import cluster as clusterlib
 from relayctl.core.backfill import scripts
+from relayctl.core.backfill.capacity import Projection, project
+from relayctl.core.backfill.guards import (
+    GO_VERDICT,
+    SAMPLE_EVERY_S,
+    STOP,
+    THROTTLE,
+    GuardLimits,
+    Guards,
+    ServerSample,
+    Verdict,
+    soft_buffer_limit,
+)
 from relayctl.core.backfill.lanes import (
     Batch,
     CopyItem,
@@ -39,14 +51,21 @@ from relayctl.core.backfill.prefetch import Prefetcher
 from relayctl.core.backfill.progress import CHECKPOINT_EVERY, BackfillProgress, scan_fraction
 from relayctl.core.backfill.sharded import ClusterTopology
 from relayctl.core.backfill.standalone import StandaloneTopology
-from relayctl.core.backfill.state import HEARTBEAT_S, UNFINISHED, BackfillKeys, owner_id
+from relayctl.core.backfill.state import (
+    HEARTBEAT_S,
+    TUNABLE,
+    UNFINISHED,
+    BackfillKeys,
+    owner_id,
+)
+from relayctl.core.backfill.throttle import INTERRUPTED, Throttle
 from relayctl.core.errors import RedisUnavailableError, UsageError
 from relayctl.core.exitcodes import ExitCode
 from relayctl.core.flags import stored_flags
 from relayctl.core.jobs import iso_to_ms
 from relayctl.core.keys import KeySchema
 from relayctl.core.metrics import Metrics
-from relayctl.core.replies import as_str, fields
+from relayctl.core.replies import as_str, as_str_dict, fields
 from relayctl.core.validate import is_valid_job_id, is_valid_workspace_id, validate_workspace_id
 
 T = TypeVar("T")
@@ -100,6 +119,21 @@ class Backfill:
         self._paced = (self._t_start, 0)  # --rps schedule origin: (time, keys scanned)
         self._next_checkpoint = 0
         self._last_event = 0.0
+        self.guards = Guards(GuardLimits(
+            max_memory_pct=options.max_memory_pct, critical_memory_pct=options.critical_memory_pct,
+            max_memory_bytes=options.max_memory_bytes,
+            max_replica_lag_bytes=options.max_replica_lag_bytes,
+            max_replica_lag_s=options.max_replica_lag_s, wait_replicas=options.wait_replicas))
+        self.guards.named = self.cluster
+        self.throttle = Throttle(self.guards, self.progress, self.metrics,
+                                 write=self._write_if_executing,
+                                 emit=lambda e: self.on_event(e, self.progress), sleep=sleep)
+        self.projection: Projection | None = None
+        self._tune_seq: str | None = None
+        self._tune_checked = 0.0
+        if self.cluster and options.wait_replicas:
+            raise UsageError("--wait-replicas applies to a standalone server: on a cluster each "
+                             "shard's replicas are watched by the replica-lag guard instead")
 
     def request_stop(self) -> None:
         """Finish the current batch, save, and exit 3 (SIGINT/SIGTERM)."""
@@ -138,6 +172,26 @@ class Backfill:
                     "refusing --execute while dual-write (AI_JOBS_NEW_SCHEMA) is off: records "
                     "updated after their copy would go stale; turn it on first or pass --force"
                 )
+        self.projection = project(
+            self.client, self.schema, self._workspaces, max_memory_pct=self.opt.max_memory_pct,
+            max_memory_bytes=self.opt.max_memory_bytes,
+            allow_evicting=self.opt.allow_evicting_policy)
+        self.progress.preflight = self.projection.lines()
+        self.progress.refusals = self.projection.problems
+        if self.opt.max_replica_lag_bytes is None:
+            self.guards.lag_limit_default = self._replica_buffer_limit()
+        self.on_event("preflight", self.progress)
+        if self.opt.execute and self.progress.refusals:
+            raise UsageError("refusing --execute: " + "; ".join(self.progress.refusals))
+
+    def _replica_buffer_limit(self) -> int:
+        """Half the replica soft output-buffer limit (CONFIG GET may be denied: 8 MiB)."""
+        try:
+            found = soft_buffer_limit(as_str_dict(
+                self.client.config_get("client-output-buffer-limit")))
+        except (redis.ResponseError, AttributeError):
+            found = None
+        return found or self.guards.lag_limit_default
 
     def _resume_counters(self, saved: dict[str, str]) -> None:
         p, scope = self.progress, ",".join(sorted(self._workspaces))
@@ -158,6 +212,7 @@ class Backfill:
             p.skipped[reason] = int(saved.get(field_name, 0))
         p.started = float(saved.get("started", time.time()))
         p.message = f"resumed at cursor {p.cursor}"
+        self.throttle.total_s = float(saved.get("throttled_s", 0) or 0)
 
     def _start_state(self, saved: dict[str, str]) -> None:
         """Decide fresh vs resume, make the lanes, and write the run's starting state."""
@@ -187,12 +242,12 @@ class Backfill:
             "updated": now, "workspaces": ",".join(sorted(self._workspaces)),
             "rps": str(self.opt.rps), "batch": str(self.opt.batch),
             "max_keys": str(self.opt.max_keys or ""), "workers": str(self.opt.workers),
-            "heartbeat_s": f"{HEARTBEAT_S:g}",
+            "heartbeat_s": f"{HEARTBEAT_S:g}", **self._limits_fields(),
             "cursor": str(p.cursor), "message": p.message, "finished": "",
             **self.topology.state_fields(self.lanes),
         }))
         pipe.persist(k.state)
-        pipe.delete(k.control)
+        pipe.delete(k.control, k.tune)
         pipe.execute()
 
     def _beat(self) -> list[Any]:
@@ -252,7 +307,7 @@ class Backfill:
                 if outcome is not None:
                     return outcome
                 if self._retrying(lambda: self.topology.unchanged(self.lanes), "final check"):
-                    return self._finish()
+                    return self._final_guard() or self._finish()
                 raise Rescan("final check")
             except Rescan:
                 self._retrying(self._rescan, "rescan")
@@ -335,6 +390,10 @@ class Backfill:
                         control = self._wait_while_paused()
                 if control == "stop":
                     return self._stopped_by_operator()
+                self._poll_tune()
+                code = self._guard(lane, batch.sample)
+                if code is not None:
+                    return code
                 items, skips, scanned = self._classify(batch)
                 codes, control = self._retrying(
                     partial(lane.apply, batch, items, skips), "copy")
@@ -351,12 +410,121 @@ class Backfill:
                     return EXIT_DONE
                 if not lane.done:
                     throttle = self._throttle(throttle, batch.scan_ms)
+                    if self.opt.max_latency_ms is not None:
+                        self.throttle.latency(lane.name, throttle, batch.scan_ms,
+                                              self.opt.max_latency_ms)
                     wait = max(throttle, self._pace())
                     if wait > 0:
                         self.sleep(wait)
         finally:
             prefetch.close()
         return None
+
+    def _guard(self, lane: Lane, sample: ServerSample | None) -> int | None:
+        """Judge the lane's server before its next copy; hold while throttled; an exit code
+        when a guard (or the operator, while held) stops the run."""
+        verdict = self.guards.judge(lane.name, sample) if sample is not None else GO_VERDICT
+        if verdict.action == GO_VERDICT.action and self.opt.wait_replicas:
+            verdict = self._replicas_acked()
+        while verdict.action == THROTTLE:
+            if verdict.reason == "replica_wait":
+                held = self.throttle.hold(lane.name, verdict, lambda: None, self._interrupt)
+                verdict = held if held.action == INTERRUPTED else self._replicas_acked()
+            else:
+                verdict = self.throttle.hold(lane.name, verdict,
+                                             partial(self._retrying, lane.probe, "guard"),
+                                             self._interrupt)
+        if verdict.action == INTERRUPTED:
+            return verdict.exit_code
+        if verdict.action == STOP:
+            return self._stopped_by_guard(verdict)
+        return None
+
+    def _replicas_acked(self) -> Verdict:
+        """--wait-replicas: did N replicas acknowledge every write so far?"""
+        n = self.opt.wait_replicas
+        acked = int(self._retrying(lambda: self.client.execute_command("WAIT", n, 1000),
+                                   "wait replicas"))
+        if acked >= n:
+            return GO_VERDICT
+        return Verdict(THROTTLE, "replica_wait", f"{acked} of {n} replicas acknowledged "
+                       "the last batch (--wait-replicas)", str(acked), str(n))
+
+    def _interrupt(self) -> int | None:
+        """While held by a guard: signals, a lost lease and stop/pause still act."""
+        if self._signalled():
+            return EXIT_STOPPED
+        control = self._retrying(lambda: self.client.get(self.keys.control), "control")
+        if control == "pause":
+            with self._lock:
+                control = self._wait_while_paused()
+        if control == "stop":
+            return self._stopped_by_operator()
+        self._poll_tune()
+        return None
+
+    def _stopped_by_guard(self, verdict: Verdict) -> int:
+        status = "failed" if verdict.exit_code == ExitCode.ERRORS else "stopped"
+        self._set_status(status, verdict.message, stop_reason=verdict.reason)
+        self.on_event("stopped", self.progress)
+        return verdict.exit_code
+
+    def _final_guard(self) -> int | None:
+        """A run during which Redis evicted keys never ends `completed`."""
+        for lane in self.lanes:
+            sample = self._retrying(lane.probe, "final check")
+            if sample is None:
+                continue
+            verdict = self.guards.judge(lane.name, sample)
+            if verdict.action == STOP and verdict.reason == "evictions":
+                return self._stopped_by_guard(verdict)
+        return None
+
+    def _poll_tune(self) -> None:
+        """`relayctl backfill set`: one HGET at most every SAMPLE_EVERY_S, shared by lanes."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._tune_checked < SAMPLE_EVERY_S:
+                return
+            self._tune_checked = now
+            seq = self._retrying(lambda: self.client.hget(self.keys.tune, "seq"), "tune")
+            if seq is None or as_str(seq) == self._tune_seq:
+                return
+            self._tune_seq = as_str(seq)
+            values = as_str_dict(self._retrying(lambda: self.client.hgetall(self.keys.tune),
+                                                "tune"))
+            self._apply_tune(values)
+
+    def _apply_tune(self, values: dict[str, str]) -> None:
+        lim, opt = self.guards.limits, self.opt
+        for name, raw in values.items():
+            if name not in TUNABLE:
+                continue
+            number = TUNABLE[name][0](float(raw))
+            if name in ("rps", "batch", "max_latency_ms"):
+                setattr(opt, name, number)
+            else:
+                setattr(lim, name, number)
+        self._paced = (time.monotonic(), self._scanned_this_run)  # the new --rps from now
+        changed = " ".join(f"{k}={v}" for k, v in sorted(values.items()) if k in TUNABLE)
+        self.progress.message = f"retuned: {changed}"
+        self._write_if_executing({**self._limits_fields(), "message": self.progress.message,
+                                  "tuned": f"{time.time():.3f}"})
+        self.on_event("tuned", self.progress)
+
+    def _limits_fields(self) -> dict[str, str]:
+        lim, opt = self.guards.limits, self.opt
+        return {"rps": f"{opt.rps:g}", "batch": str(opt.batch),
+                "max_latency_ms": "" if opt.max_latency_ms is None else f"{opt.max_latency_ms:g}",
+                "max_memory_pct": f"{lim.max_memory_pct:g}",
+                "critical_memory_pct": f"{lim.critical_memory_pct:g}",
+                "max_replica_lag_bytes": str(self.guards.lag_limit()),
+                "max_replica_lag_s": f"{lim.max_replica_lag_s:g}",
+                "wait_replicas": str(lim.wait_replicas)}
+
+    def _write_if_executing(self, change: dict[str, str]) -> None:
+        if self.opt.execute:
+            self._retrying(lambda: self._write_state(change), "status")
 
     def _classify(self, batch: Batch) -> tuple[list[CopyItem], Skips, Counter[str]]:
         """(key, job_id, ws, index score) to copy; skips by reason; scanned by label."""
@@ -503,12 +671,14 @@ class Backfill:
                 return str(control or "run")
             self.sleep(0.2)
 
-    def _set_status(self, status: str, message: str = "", finished: bool = False) -> None:
+    def _set_status(self, status: str, message: str = "", finished: bool = False,
+                    **extra: str) -> None:
         self.progress.status = status
         self.progress.message = message
         if not self.opt.execute:
             return
-        change = {"status": status, "message": message, "updated": f"{time.time():.3f}"}
+        change = {"status": status, "message": message, "updated": f"{time.time():.3f}",
+                  **extra}
         if finished:
             change["finished"] = change["updated"]
         self._retrying(lambda: self._write_state(change), "status")

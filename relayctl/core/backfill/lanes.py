@@ -7,6 +7,7 @@ behind them changed. The engine's one walk loop drives any number of lanes.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import Any, Protocol
 
 import redis
 
+from relayctl.core.backfill.guards import SAMPLE_EVERY_S, ServerSample, parse_info
 from relayctl.core.backfill.options import BackfillOptions
 from relayctl.core.backfill.state import BackfillKeys
 from relayctl.core.keys import KeySchema
@@ -34,6 +36,7 @@ class Batch:
     heads: list[tuple[str, str, str]]  # workspace_id, job_id, enqueued_at per key
     lane: str = "0"
     dumps: list[tuple[bytes | None, int]] = field(default_factory=list)
+    sample: ServerSample | None = None  # the lane's server, read with this batch
 
 
 @dataclass
@@ -75,6 +78,9 @@ class Lane(Protocol):
         """Copy (or, dry-run, look) and record the batch; returns one code per item
         (m migrated, e exists, g gone, x error) and the control key's value."""
 
+    def probe(self) -> ServerSample | None:
+        """A full sample of the lane's server now (while throttled, and at the end)."""
+
     def close(self) -> None: ...
 
 
@@ -105,6 +111,59 @@ class Topology(Protocol):
         """What a resume will continue from, for the lost-Redis message."""
 
     def close(self) -> None: ...
+
+
+class SampleClock:
+    """A full INFO at most every SAMPLE_EVERY_S per lane; `INFO server` in between."""
+
+    def __init__(self) -> None:
+        self._last = 0.0
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now - self._last >= SAMPLE_EVERY_S:
+            self._last = now
+            return True
+        return False
+
+
+class ServerWatch:
+    """Per lane: queues the server sample on the batch's own pipeline (a full INFO and the
+    replicas' output buffers when due, `INFO server` otherwise) and parses the replies."""
+
+    def __init__(self) -> None:
+        self.clock = SampleClock()
+        self.buffers = True  # CLIENT LIST may be denied by an ACL: then lag bytes only
+
+    def queue(self, pipe: Any, full: bool | None = None) -> tuple[bool, bool]:
+        full = self.clock.due() if full is None else full
+        if full:
+            pipe.info()
+        else:
+            pipe.info("server")
+        buffers = full and self.buffers
+        if buffers:
+            pipe.client_list(_type="replica")
+        return full, buffers
+
+    def parse(self, replies: list[Any], full: bool, buffers: bool) -> ServerSample:
+        info = replies[0]
+        if isinstance(info, Exception):
+            raise info
+        sample = parse_info(decoded(info), full)
+        if buffers:
+            clients = replies[1]
+            if isinstance(clients, Exception):
+                self.buffers = False
+            else:
+                sample.buffers = [int(as_str(c.get("omem", 0)) or 0) for c in clients]
+        return sample
+
+
+def decoded(info: dict[Any, Any]) -> dict[str, Any]:
+    """INFO from a raw (bytes) reader, with text keys and values."""
+    return {as_str(k): (decoded(v) if isinstance(v, dict) else
+                        v if isinstance(v, int | float) else as_str(v)) for k, v in info.items()}
 
 
 def look_only(ctx: EngineContext, items: list[CopyItem]) -> tuple[str, str]:

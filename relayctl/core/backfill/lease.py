@@ -16,10 +16,11 @@ import redis
 from relayctl.core.backfill import scripts
 from relayctl.core.backfill.state import HEARTBEAT_S, LEASE_TTL_MS, BackfillKeys
 from relayctl.core.errors import RedisUnavailableError, UsageError
+from relayctl.core.exitcodes import ExitCode
 
 
 class LeaseLostError(RedisUnavailableError):
-    exit_code = 4
+    exit_code = ExitCode.LOST
 
 
 class Lease:

@@ -20,6 +20,13 @@ class BackfillOptions:
     force: bool = False
     retry_for_s: float = 30.0
     workers: int = 1
+    max_memory_pct: float = 85.0
+    critical_memory_pct: float = 95.0
+    max_memory_bytes: int | None = None
+    allow_evicting_policy: bool = False
+    max_replica_lag_bytes: int | None = None
+    max_replica_lag_s: float = 2.0
+    wait_replicas: int = 0
 
     def validate(self) -> None:
         """One-line refusals before anything is read or written."""
@@ -33,3 +40,16 @@ class BackfillOptions:
             raise UsageError("--workers must be between 1 and 64")
         if self.fresh and self.resume:
             raise UsageError("--fresh and --resume are mutually exclusive")
+        if not 1 <= self.max_memory_pct <= 100 or not 1 <= self.critical_memory_pct <= 100:
+            raise UsageError("--max-memory-pct and --critical-memory-pct must be 1..100")
+        if self.critical_memory_pct < self.max_memory_pct:
+            raise UsageError(f"--critical-memory-pct {self.critical_memory_pct:g} is below "
+                             f"--max-memory-pct {self.max_memory_pct:g}")
+        if self.max_memory_bytes is not None and self.max_memory_bytes < 1:
+            raise UsageError("--max-memory-bytes must be >= 1")
+        if self.max_replica_lag_bytes is not None and self.max_replica_lag_bytes < 1:
+            raise UsageError("--max-replica-lag-bytes must be >= 1")
+        if self.max_replica_lag_s <= 0:
+            raise UsageError("--max-replica-lag-s must be > 0")
+        if not 0 <= self.wait_replicas <= 64:
+            raise UsageError("--wait-replicas must be between 0 and 64")

@@ -33,6 +33,17 @@ def engine_args(options: BackfillOptions) -> list[str]:
         args.append("--fresh")
     if options.force:
         args.append("--force")
+    args += ["--max-memory-pct", f"{options.max_memory_pct:g}",
+             "--critical-memory-pct", f"{options.critical_memory_pct:g}",
+             "--max-replica-lag-s", f"{options.max_replica_lag_s:g}"]
+    if options.max_memory_bytes is not None:
+        args += ["--max-memory-bytes", str(options.max_memory_bytes)]
+    if options.max_replica_lag_bytes is not None:
+        args += ["--max-replica-lag-bytes", str(options.max_replica_lag_bytes)]
+    if options.allow_evicting_policy:
+        args.append("--allow-evicting-policy")
+    if options.wait_replicas:
+        args += ["--wait-replicas", str(options.wait_replicas)]
     return args
 
 

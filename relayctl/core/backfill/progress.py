@@ -40,6 +40,8 @@ class BackfillProgress:
     message: str = ""
     cursors: dict[str, int] = field(default_factory=dict)  # per shard, on a cluster
     shards_done: int = 0
+    preflight: list[str] = field(default_factory=list)  # the memory projection, per server
+    refusals: list[str] = field(default_factory=list)  # why --execute would be refused
 
     @property
     def errors(self) -> int:
@@ -58,4 +60,6 @@ class BackfillProgress:
             "message": self.message,
             **({"cursors": dict(self.cursors), "shards_done": self.shards_done}
                if self.cursors else {}),
+            **({"preflight": list(self.preflight), "refusals": list(self.refusals)}
+               if self.preflight else {}),
         }

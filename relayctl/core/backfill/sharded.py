@@ -22,12 +22,14 @@ from redis.exceptions import (
 
 from relayctl.core import cluster as clusterlib
 from relayctl.core.backfill import scripts
+from relayctl.core.backfill.guards import ServerSample
 from relayctl.core.backfill.lanes import (
     Batch,
     CopyItem,
     EngineContext,
     Lane,
     Rescan,
+    ServerWatch,
     Skips,
     look_only,
 )
@@ -129,6 +131,7 @@ class ShardLane:
         self.done = False
         self._reader: redis.Redis | None = None
         self._gen = 0
+        self.watch = ServerWatch()
 
     def reader(self) -> redis.Redis:
         gen = self.topology.generation
@@ -153,9 +156,13 @@ class ShardLane:
         reader = self.reader()
         pipe = reader.pipeline(transaction=False)
         pipe.scan(cursor, match=ctx.schema.old_pattern, count=ctx.options.batch)
-        pipe.info("server")
-        (next_cursor, raw_keys), info = pipe.execute()
-        if text(info.get("run_id", "")) != self.server:
+        full, buffers = self.watch.queue(pipe)
+        replies = pipe.execute(raise_on_error=False)
+        if isinstance(replies[0], Exception):
+            raise replies[0]
+        next_cursor, raw_keys = replies[0]
+        sample = self.watch.parse(replies[1:], full, buffers)
+        if sample.run_id != self.server:
             raise Rescan(self.name)
         scan_ms = (time.perf_counter() - t0) * 1000
         keys = [text(k) for k in raw_keys]
@@ -187,7 +194,12 @@ class ShardLane:
                 dump, pttl = replies[per_key * i + 1], replies[per_key * i + 2]
                 dumps.append((dump if isinstance(dump, bytes) else None,
                               pttl if isinstance(pttl, int) else -2))
-        return Batch(cursor, int(next_cursor), keys, scan_ms, heads, self.name, dumps)
+        return Batch(cursor, int(next_cursor), keys, scan_ms, heads, self.name, dumps, sample)
+
+    def probe(self) -> ServerSample | None:
+        pipe = self.reader().pipeline(transaction=False)
+        full, buffers = self.watch.queue(pipe, full=True)
+        return self.watch.parse(pipe.execute(raise_on_error=False), full, buffers)
 
     def apply(self, batch: Batch, items: list[CopyItem], skips: Skips) -> tuple[str, str]:
         if not self.ctx.options.execute:

@@ -10,12 +10,14 @@ from typing import Any
 import redis
 
 from relayctl.core.backfill import scripts
+from relayctl.core.backfill.guards import ServerSample
 from relayctl.core.backfill.lanes import (
     Batch,
     CopyItem,
     EngineContext,
     Lane,
     Rescan,
+    ServerWatch,
     Skips,
     look_only,
 )
@@ -53,6 +55,7 @@ class StandaloneLane:
         self.cursor = cursor
         self.done = done
         self.server = server
+        self.watch = ServerWatch()
 
     def read(self, cursor: int) -> Batch:
         ctx = self.ctx
@@ -60,17 +63,16 @@ class StandaloneLane:
         pipe = ctx.client.pipeline(transaction=False)
         pipe.scan(cursor, match=ctx.schema.old_pattern, count=ctx.options.batch)
         with_info = self.identity.has_info
-        if with_info:
-            pipe.info("server")
-        try:
-            replies = pipe.execute()
-        except redis.ResponseError as exc:
-            if with_info and "info" in str(exc).lower():
-                self.identity.has_info = False  # the embedded demo's fakeredis has no INFO
-                return self.read(cursor)
-            raise
+        full, buffers = self.watch.queue(pipe) if with_info else (False, False)
+        replies = pipe.execute(raise_on_error=False)
+        if isinstance(replies[0], Exception):
+            raise replies[0]
+        if with_info and isinstance(replies[1], redis.ResponseError):
+            self.identity.has_info = False  # the embedded demo's fakeredis has no INFO
+            return self.read(cursor)
         next_cursor, keys = replies[0]
-        server = text(replies[1].get("run_id", "")) if with_info else ""
+        sample = self.watch.parse(replies[1:], full, buffers) if with_info else None
+        server = sample.run_id if sample is not None else ""
         if server != self.server:
             if cursor != 0:
                 raise Rescan(f"server {self.server or '?'} is now {server or '?'}")
@@ -78,7 +80,14 @@ class StandaloneLane:
         scan_ms = (time.perf_counter() - t0) * 1000
         flat = scripts.HEADS(ctx.client, keys=[ctx.keys.control, *keys])
         heads = list(zip(flat[1::3], flat[2::3], flat[3::3], strict=True))
-        return Batch(cursor, int(next_cursor), list(keys), scan_ms, heads)
+        return Batch(cursor, int(next_cursor), list(keys), scan_ms, heads, sample=sample)
+
+    def probe(self) -> ServerSample | None:
+        if not self.identity.has_info:
+            return None
+        pipe = self.ctx.client.pipeline(transaction=False)
+        full, buffers = self.watch.queue(pipe, full=True)
+        return self.watch.parse(pipe.execute(raise_on_error=False), full, buffers)
 
     def apply(self, batch: Batch, items: list[CopyItem], skips: Skips) -> tuple[str, str]:
         ctx = self.ctx
