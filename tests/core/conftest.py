@@ -18,6 +18,7 @@ in modules marked `backends("standalone", "cluster")`, the session's real Redis 
 from __future__ import annotations
 
 import contextlib
+import shutil
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -29,6 +30,7 @@ from relayctl.core.connection import connect
 from relayctl.core.jobs import JobStore
 from relayctl.core.keys import KeySchema
 from relayctl.core.metrics import Metrics
+from tests.conftest import REQUIRE_REDIS, RedisServer, free_port
 
 BACKENDS = ("standalone", "cluster")
 
@@ -213,3 +215,34 @@ def counting_client(backend: str, redis_url: str) -> Iterator[tuple[redis.Redis,
 @pytest.fixture
 def raw(new_client: Callable[..., redis.Redis]) -> redis.Redis:
     return new_client(decode_responses=False)
+
+
+@pytest.fixture
+def redis_factory(tmp_path_factory: pytest.TempPathFactory
+                  ) -> Iterator[Callable[..., RedisServer]]:
+    """Start private redis-servers with production options (maxmemory, a policy,
+    --replicaof ...) on free ports; every one is killed (and continued first, if a test
+    SIGSTOPped it) at teardown."""
+    import os
+    import signal
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if REQUIRE_REDIS:
+            pytest.fail("redis-server is not on PATH and RELAYCTL_REQUIRE_REDIS=1")
+        pytest.skip("redis-server is not on PATH")
+    started: list[RedisServer] = []
+
+    def start(*extra: str) -> RedisServer:
+        server = RedisServer(binary=binary, port=free_port(),
+                             workdir=tmp_path_factory.mktemp("redis-guard"), extra=extra)
+        server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        if server.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(server.proc.pid, signal.SIGCONT)
+            server.stop(kill=True)

@@ -133,7 +133,8 @@ class Guards:
         if base is None:
             base = self.baselines[lane] = LaneBaseline(
                 sample.evicted_keys, sum(r.state == "online" for r in sample.replicas))
-        base.offsets = [(t, o) for t, o in base.offsets if sample.at - t <= 1.5]
+        base.offsets = [(t, o) for t, o in base.offsets
+                        if sample.at - t <= 1.0 + SAMPLE_EVERY_S]
         base.offsets.append((sample.at, sample.master_offset))
         for check in (self._evictions, self._memory, self._replicas):
             verdict = check(base, sample)
@@ -193,9 +194,10 @@ class Guards:
                 return Verdict(THROTTLE, "replica_lag",
                                f"replica {r.name} lag {_mib(lag)} > {_mib(limit)}",
                                _mib(lag), _mib(limit))
-            if r.lag_s > self.limits.max_replica_lag_s:
+            # INFO's lag is whole seconds since the last ack: 2 means at least 2 s
+            if r.lag_s >= self.limits.max_replica_lag_s:
                 return Verdict(THROTTLE, "replica_lag",
-                               f"replica {r.name} lag {r.lag_s:g}s > "
+                               f"replica {r.name} lag {r.lag_s:g}s ≥ "
                                f"{self.limits.max_replica_lag_s:g}s",
                                f"{r.lag_s:g}s", f"{self.limits.max_replica_lag_s:g}s")
         return GO_VERDICT
