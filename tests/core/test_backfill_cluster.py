@@ -360,3 +360,42 @@ def test_a_failover_under_live_dual_writes_leaves_only_what_repair_fixes(tmp_pat
     finally:
         stop.set()
         cluster.stop()
+
+
+def test_the_memory_guard_acts_per_shard_one_full_shard_throttles_the_run(rc):
+    fast_seed(rc, 30_000)
+    dual_write_on(rc)
+    found = clusterlib.shards(rc)
+    events: list[tuple[str, str]] = []
+    full = found[1]
+    engine = Backfill(rc, BackfillOptions(execute=True, batch=200, rps=6000, workers=3),
+                      metrics=Metrics(), on_event=lambda e, p: events.append((e, p.message)))
+    result: list[int] = []
+    worker = threading.Thread(target=lambda: result.append(engine.run()), daemon=True)
+    try:
+        worker.start()
+        wait_for(lambda: int(read_state(rc).get("scanned", 0)) >= 3000, 60, "the run")
+        used = int(full.client.info("memory")["used_memory"])
+        full.client.config_set("maxmemory", int(used / 0.88))
+        held = {}
+
+        def throttled() -> bool:
+            held.update(read_state(rc))
+            return held.get("status") == "throttled"
+
+        wait_for(throttled, 15, "the shard's memory throttle")
+        assert held["throttle_kind"] == "memory"
+        assert held["throttle_reason"].startswith(f"shard {full.name}: memory ")
+        others = [sh for sh in found if sh.name != full.name]
+        assert all(int(sh.client.config_get("maxmemory")["maxmemory"]) == 0 for sh in others)
+        time.sleep(1.0)
+        assert read_state(rc)["status"] == "throttled"
+    finally:
+        full.client.config_set("maxmemory", 0)
+        worker.join(timeout=120)
+        clusterlib.close_shards(found, rc)
+    assert result == [0]
+    state = read_state(rc)
+    assert state["status"] == "completed" and float(state["throttled_s"]) >= 1.0
+    assert ("throttled", held["throttle_reason"]) in events
+    assert_all_copied(rc, minimum=30_000)

@@ -247,7 +247,8 @@ class Backfill:
             **self.topology.state_fields(self.lanes),
         }))
         pipe.persist(k.state)
-        pipe.delete(k.control, k.tune)
+        pipe.delete(k.control)
+        pipe.delete(k.tune)
         pipe.execute()
 
     def _beat(self) -> list[Any]:
@@ -422,8 +423,29 @@ class Backfill:
 
     def _guard(self, lane: Lane, sample: ServerSample | None) -> int | None:
         """Judge the lane's server before its next copy; hold while throttled; an exit code
-        when a guard (or the operator, while held) stops the run."""
-        verdict = self.guards.judge(lane.name, sample) if sample is not None else GO_VERDICT
+        when a guard (or the operator, while held) stops the run.
+
+        On a cluster every lane copies into every shard, so a shard that is full holds all
+        lanes, and the shards of lanes already done are still sampled by the others."""
+        code = self._hold(lane, self.guards.judge(lane.name, sample) if sample is not None
+                          else GO_VERDICT)
+        if code is not None or not self.cluster:
+            return code
+        for other in self.lanes:
+            if other is not lane and other.done and other.watch.clock.due():
+                probed = self._retrying(other.probe, "guard")
+                if probed is not None:
+                    code = self._hold(other, self.guards.judge(other.name, probed))
+                    if code is not None:
+                        return code
+        while self.throttle.held_elsewhere(lane.name):
+            self.sleep(SAMPLE_EVERY_S)
+            code = self._interrupt()
+            if code is not None:
+                return code
+        return None
+
+    def _hold(self, lane: Lane, verdict: Verdict) -> int | None:
         if verdict.action == GO_VERDICT.action and self.opt.wait_replicas:
             verdict = self._replicas_acked()
         while verdict.action == THROTTLE:

@@ -70,6 +70,7 @@ class Lane(Protocol):
     cursor: int
     done: bool
     server: str
+    watch: ServerWatch
 
     def read(self, cursor: int) -> Batch:
         """SCAN from `cursor` and read what the copy needs; raises Rescan on a new server."""

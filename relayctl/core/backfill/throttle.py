@@ -58,6 +58,10 @@ class Throttle:
         self._off(lane, quiet=verdict.action == STOP)
         return verdict
 
+    def held_elsewhere(self, lane: str) -> bool:
+        with self._lock:
+            return any(name != lane for name in self._held)
+
     def latency(self, lane: str, wait_s: float, scan_ms: float, limit_ms: float) -> None:
         """The --max-latency-ms back-off as one more guard: same state, metric and events."""
         if wait_s <= 0:
