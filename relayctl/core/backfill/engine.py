@@ -172,6 +172,8 @@ class Backfill:
                     "refusing --execute while dual-write (AI_JOBS_NEW_SCHEMA) is off: records "
                     "updated after their copy would go stale; turn it on first or pass --force"
                 )
+        if not self.opt.guards:
+            return
         self.projection = project(
             self.client, self.schema, self._workspaces, max_memory_pct=self.opt.max_memory_pct,
             max_memory_bytes=self.opt.max_memory_bytes,

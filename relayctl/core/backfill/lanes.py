@@ -132,12 +132,13 @@ class ServerWatch:
     """Per lane: queues the server sample on the batch's own pipeline (a full INFO and the
     replicas' output buffers when due, `INFO server` otherwise) and parses the replies."""
 
-    def __init__(self) -> None:
+    def __init__(self, enabled: bool = True) -> None:
         self.clock = SampleClock()
+        self.enabled = enabled
         self.buffers = True  # CLIENT LIST may be denied by an ACL: then lag bytes only
 
     def queue(self, pipe: Any, full: bool | None = None) -> tuple[bool, bool]:
-        full = self.clock.due() if full is None else full
+        full = (self.enabled and self.clock.due()) if full is None else full
         if full:
             pipe.info()
         else:

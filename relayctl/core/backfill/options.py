@@ -27,6 +27,7 @@ class BackfillOptions:
     max_replica_lag_bytes: int | None = None
     max_replica_lag_s: float = 2.0
     wait_replicas: int = 0
+    guards: bool = True  # off only in `relayctl bench`, to measure what the guards cost
 
     def validate(self) -> None:
         """One-line refusals before anything is read or written."""

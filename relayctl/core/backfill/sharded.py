@@ -131,7 +131,7 @@ class ShardLane:
         self.done = False
         self._reader: redis.Redis | None = None
         self._gen = 0
-        self.watch = ServerWatch()
+        self.watch = ServerWatch(ctx.options.guards)
 
     def reader(self) -> redis.Redis:
         gen = self.topology.generation

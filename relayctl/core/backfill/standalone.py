@@ -55,7 +55,7 @@ class StandaloneLane:
         self.cursor = cursor
         self.done = done
         self.server = server
-        self.watch = ServerWatch()
+        self.watch = ServerWatch(ctx.options.guards)
 
     def read(self, cursor: int) -> Batch:
         ctx = self.ctx
