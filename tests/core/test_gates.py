@@ -5,7 +5,6 @@ Time-based gates use an injected clock, never a wait."""
 from __future__ import annotations
 
 import http.server
-import json
 import math
 import threading
 import time
