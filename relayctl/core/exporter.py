@@ -46,7 +46,7 @@ class ExporterStats:
     last_duration_s: float = 0.0
 
 
-@dataclass
+@dataclass(eq=False)  # registered by identity
 class MigrationCollector(Collector):
     """Reads Redis on every scrape; a failed read exports relay_exporter_redis_up 0 and no
     state (absent, so gates and alerts read UNKNOWN rather than stale numbers)."""
@@ -160,9 +160,10 @@ class MigrationCollector(Collector):
             ("relay_backfill_eta_seconds", "eta_s", "estimated seconds to completion"),
         ):
             value = _num(state.get(field_name, ""))
-            if state.get("status") in ("completed", "completed_with_errors") \
-                    and field_name == "fraction":
-                value = 1.0
+            if health.health == "finished":  # done: all scanned, nothing scanning, no ETA
+                value = {"fraction": 1.0, "rate": 0.0, "eta_s": 0.0}[field_name]
+            elif field_name == "rate" and not health.live:
+                value = 0.0  # the last heartbeat's rate is stale once no engine works
             if value is not None:
                 gauge = GaugeMetricFamily(name, help_text)
                 gauge.add_metric([], value)
