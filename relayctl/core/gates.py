@@ -492,8 +492,9 @@ def _silent_fleet(ctx: GateContext) -> int:
     """Scrape targets showing traffic while no instance sends a heartbeat (0: none, or no
     metrics source to tell)."""
     try:
-        traffic = (sum(ctx.counter("read_path").values())
-                   + sum(ctx.counter("dual_write").values()))
+        # the share and dual-write gates' own queries, so no extra one
+        traffic = (sum(ctx.counter("read_path", by="path").values())
+                   + sum(ctx.counter("dual_write", by="result").values()))
         if not traffic:
             return 0
         return ctx.prom_up_targets() if ctx.prom_options is not None else len(ctx.metrics_urls)
