@@ -291,8 +291,9 @@ def test_every_dashboard_expression_returns_data_on_the_running_prometheus(stack
     for panel in grafana_dashboard()["panels"]:
         for target in panel["targets"]:
             expr = target["expr"].replace("$workspace", ".*")
-            q = urllib.parse.urlencode({"query": expr, "start": f"{end - 60:.0f}",
-                                        "end": f"{end:.0f}", "step": "1"})
+            # end at the fresh scrape exactly: a rounded-down end can miss a new series
+            q = urllib.parse.urlencode({"query": expr, "start": f"{end - 60:.3f}",
+                                        "end": f"{end:.3f}", "step": "1"})
             with urllib.request.urlopen(f"{stack.prom.url}/api/v1/query_range?{q}",
                                         timeout=5) as resp:
                 if not json.loads(resp.read())["data"]["result"]:
