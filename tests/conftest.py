@@ -125,12 +125,15 @@ REQUIRE_TOOLS = os.environ.get("RELAYCTL_REQUIRE_TOOLS") == "1"
 
 @dataclass
 class PrometheusServer:
-    """Debian's `prometheus` scraping the given targets every second, on a free port."""
+    """Debian's `prometheus` scraping the given targets every second, on a free port, with
+    its own config and data dir; each job's targets carry that job's name, and `rules` (a
+    rule file's text) is loaded and evaluated every second."""
 
     binary: str
     port: int
     workdir: Path
-    targets: tuple[str, ...]
+    jobs: dict[str, tuple[str, ...]]
+    rules: str | None = None
     proc: subprocess.Popen | None = None
 
     @property
@@ -139,10 +142,16 @@ class PrometheusServer:
 
     def start(self) -> None:
         config = self.workdir / "prometheus.yml"
-        listed = ", ".join(f"'{t}'" for t in self.targets)
-        config.write_text("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-                          "scrape_configs:\n  - job_name: relay\n    static_configs:\n"
-                          f"      - targets: [{listed}]\n")
+        text = "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        if self.rules is not None:
+            (self.workdir / "rules.yml").write_text(self.rules)
+            text += f"rule_files: ['{self.workdir / 'rules.yml'}']\n"
+        text += "scrape_configs:\n"
+        for job, targets in self.jobs.items():
+            listed = ", ".join(f"'{t}'" for t in targets)
+            text += (f"  - job_name: {job}\n    static_configs:\n"
+                     f"      - targets: [{listed}]\n        labels: {{env: test}}\n")
+        config.write_text(text)
         log = open(self.workdir / "prometheus.log", "wb")  # noqa: SIM115 (lives with proc)
         self.proc = subprocess.Popen(
             [self.binary, f"--config.file={config}", f"--storage.tsdb.path={self.workdir}/tsdb",
@@ -161,6 +170,16 @@ class PrometheusServer:
                 return False
         wait_for(ready, 30, "prometheus to be ready", interval=0.1)
 
+    def query(self, promql: str) -> list[dict]:
+        """The instant vector (a test's own look at the server, not the code under test)."""
+        import json
+        import urllib.parse
+        import urllib.request
+
+        q = urllib.parse.urlencode({"query": promql})
+        with urllib.request.urlopen(f"{self.url}/api/v1/query?{q}", timeout=3) as resp:
+            return json.loads(resp.read())["data"]["result"]
+
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.terminate()
@@ -170,7 +189,8 @@ class PrometheusServer:
 
 @pytest.fixture
 def prometheus(tmp_path_factory: pytest.TempPathFactory):
-    """Start a real Prometheus scraping `targets` (host:port); stopped at teardown."""
+    """Start a real Prometheus scraping `targets` (host:port) as job "relay", or `jobs`
+    ({job: targets}), optionally with a rule file loaded; stopped at teardown."""
     binary = shutil.which("prometheus")
     if binary is None:
         if REQUIRE_TOOLS:
@@ -178,10 +198,11 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory):
         pytest.skip("prometheus is not on PATH")
     started: list[PrometheusServer] = []
 
-    def start(*targets: str) -> PrometheusServer:
+    def start(*targets: str, jobs: dict[str, tuple[str, ...]] | None = None,
+              rules: str | None = None) -> PrometheusServer:
         server = PrometheusServer(binary=binary, port=free_port(),
                                   workdir=tmp_path_factory.mktemp("prometheus"),
-                                  targets=targets)
+                                  jobs=jobs or {"relay": targets}, rules=rules)
         started.append(server)
         server.start()
         return server

@@ -30,6 +30,8 @@ def check(c: Context, phase_no: int | None, all_phases: bool, window: float | No
     else:
         for p in report.phases:
             print_gates(p.gates, f"Phase {p.number}: {p.title}")
+        if report.metrics_read:
+            click.echo("metrics read: " + ", ".join(report.metrics_read))
     sys.exit(report.exit)
 
 

@@ -22,6 +22,16 @@ if TYPE_CHECKING:
     from relayctl.core.gates import GateResult
 
 
+@dataclass(frozen=True)
+class PromFlags:
+    """The --prometheus-* connection options (the URL itself is Context.prometheus_url)."""
+
+    selector: str | None = None
+    bearer_token_file: str | None = None
+    ca: str | None = None
+    headers: tuple[str, ...] = ()
+
+
 @dataclass
 class Context:
     """Global options shared by every command."""
@@ -34,6 +44,7 @@ class Context:
     config: Config
     tls: TLSOptions = field(default_factory=TLSOptions)
     config_path: str | None = None
+    prometheus: PromFlags = field(default_factory=PromFlags)
     _client: redis.Redis | None = field(default=None, repr=False)
 
     def client(self) -> redis.Redis:
@@ -58,8 +69,12 @@ class Context:
         """The gates' thresholds and sources, merged and validated by core (as the console)."""
         from relayctl.core.evaluation import gate_config
 
+        p = self.prometheus
         return gate_config(self.config, redis_url=self.redis_url, metrics_urls=self.metrics_urls,
-                           prometheus_url=self.prometheus_url, window_s=window)
+                           prometheus_url=self.prometheus_url, window_s=window,
+                           prometheus_selector=p.selector,
+                           prometheus_bearer_token_file=p.bearer_token_file,
+                           prometheus_ca=p.ca, prometheus_headers=p.headers)
 
 
 def emit_json(data: Any) -> None:

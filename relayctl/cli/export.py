@@ -1,4 +1,4 @@
-"""`relayctl export alerts | grafana` and `relayctl acl`: configuration generated from core."""
+"""`relayctl export alerts | dashboard` (alias grafana) and `relayctl acl`, from core."""
 
 from __future__ import annotations
 
@@ -21,13 +21,16 @@ def export_alerts(c: Context) -> None:
     click.echo(alert_rules_yaml(c.config.thresholds), nl=False)
 
 
-@export_group.command("grafana")
+@export_group.command("dashboard")
 @click.pass_obj
-def export_grafana(c: Context) -> None:
+def export_dashboard(c: Context) -> None:
     """A Grafana dashboard (JSON) with the seeds' queries and thresholds."""
     from relayctl.core.alerts import grafana_dashboard
 
     emit_json(grafana_dashboard(c.config.thresholds))
+
+
+export_group.add_command(export_dashboard, "grafana")  # the name it had first
 
 
 @click.command()

@@ -10,11 +10,21 @@ import click
 import redis
 
 from relayctl import __version__
-from relayctl.cli import archive, backfill, bench, census, checklist, console, demo, export
+from relayctl.cli import (
+    archive,
+    backfill,
+    bench,
+    census,
+    checklist,
+    console,
+    demo,
+    export,
+    exporter,
+)
 from relayctl.cli import flags as flags_cmd
 from relayctl.cli import status as status_cmd
 from relayctl.cli import verify as verify_cmd
-from relayctl.cli.common import Context, fail
+from relayctl.cli.common import Context, PromFlags, fail
 from relayctl.core.audit import default_actor
 from relayctl.core.config import load_config
 from relayctl.core.connection import TLSOptions, describe_redis_error
@@ -34,6 +44,16 @@ def _split_env_list(value: str | None) -> list[str]:
               help="A /metrics endpoint to read (repeatable) [env RELAYCTL_METRICS_URL].")
 @click.option("--prometheus-url", envvar="RELAYCTL_PROMETHEUS_URL", default=None,
               help="Prometheus server for windowed gates [env RELAYCTL_PROMETHEUS_URL].")
+@click.option("--prometheus-selector", envvar="RELAYCTL_PROMETHEUS_SELECTOR", default=None,
+              metavar="MATCHERS", help='Label matchers added to every Prometheus query, e.g. '
+              'job="relay-api",env="prod" [env RELAYCTL_PROMETHEUS_SELECTOR; config '
+              '[prometheus] selector].')
+@click.option("--prometheus-bearer-token-file", envvar="RELAYCTL_PROMETHEUS_BEARER_TOKEN_FILE",
+              default=None, metavar="FILE", help="File holding a bearer token for Prometheus.")
+@click.option("--prometheus-ca", envvar="RELAYCTL_PROMETHEUS_CA", default=None, metavar="FILE",
+              help="CA bundle to verify an https:// Prometheus.")
+@click.option("--prometheus-header", multiple=True, metavar="'NAME: VALUE'",
+              help="Header sent to Prometheus (repeatable), e.g. 'X-Scope-OrgID: tenant'.")
 @click.option("--actor", envvar="RELAYCTL_ACTOR", default=None,
               help="Who is acting, for the audit log [env RELAYCTL_ACTOR; default login].")
 @click.option("--allow-plaintext", is_flag=True,
@@ -48,7 +68,9 @@ def _split_env_list(value: str | None) -> list[str]:
               help="Client certificate's private key [env RELAYCTL_TLS_KEY].")
 @click.pass_context
 def cli(ctx: click.Context, redis_url: str | None, metrics_url: tuple[str, ...],
-        prometheus_url: str | None, actor: str | None, allow_plaintext: bool,
+        prometheus_url: str | None, prometheus_selector: str | None,
+        prometheus_bearer_token_file: str | None, prometheus_ca: str | None,
+        prometheus_header: tuple[str, ...], actor: str | None, allow_plaintext: bool,
         config_path: str | None, tls_ca: str | None, tls_cert: str | None,
         tls_key: str | None) -> None:
     """Run the Relay job store's zero-downtime Redis key-schema migration."""
@@ -59,6 +81,9 @@ def cli(ctx: click.Context, redis_url: str | None, metrics_url: tuple[str, ...],
         config=load_config(config_path),
         tls=TLSOptions(ca=tls_ca or None, cert=tls_cert or None, key=tls_key or None),
         config_path=os.path.abspath(config_path) if config_path else None,
+        prometheus=PromFlags(selector=prometheus_selector,
+                             bearer_token_file=prometheus_bearer_token_file,
+                             ca=prometheus_ca, headers=prometheus_header),
     )
 
 
@@ -66,7 +91,7 @@ for _command in (
     flags_cmd.flags, demo.simulate, demo.demo, backfill.backfill, census.census,
     verify_cmd.verify, archive.archive, checklist.check, checklist.checklist,
     checklist.rollback, status_cmd.status, export.export_group, export.acl, console.tui,
-    console.screenshots, bench.bench,
+    console.screenshots, bench.bench, exporter.exporter,
 ):
     cli.add_command(_command)
 

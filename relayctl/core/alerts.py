@@ -1,4 +1,8 @@
-"""Prometheus alerting rules and a Grafana dashboard built from the gates' thresholds."""
+"""Prometheus alerting rules and a Grafana dashboard built from the gates' thresholds.
+
+Migration-wide state (phase, backfill progress, fleet) comes from `relayctl exporter`, so
+panels and alerts have data whether or not an engine process runs.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ class Rule:
     severity: str
     summary: str
     source: str
+    runbook: str = ""
 
 
 def _share(path: str, window: str, offset: str = "") -> str:
@@ -30,9 +35,38 @@ def _share(path: str, window: str, offset: str = "") -> str:
             f"sum(rate({READS}{among}[{window}]{off}))")
 
 
+PHASE = "relay_migration_phase"
+# Shown with every alert: the phase the exporter reads from Redis when the alert fires.
+PHASE_ANNOTATION = ('{{ with query "max(relay_migration_phase)" }}{{ . | first | value }}'
+                    "{{ else }}unknown (no relayctl exporter){{ end }}")
+RUNBOOKS = {
+    "RelayNewReadShareLow": "Check relay_job_read_path_total by workspace; if it stays <50% "
+                            "run `relayctl rollback read-routing`.",
+    "RelayNewReadShareRollback": "Step 1 rollback: `relayctl rollback read-routing`.",
+    "RelayDualWriteFailures": "Inspect dual-write errors in the app logs; `relayctl check`.",
+    "RelayDualWriteFailuresRollback": "Step 3 rollback: `relayctl rollback dual-write`.",
+    "RelayDualWriteLatencyHigh": "Check Redis latency and memory (`relayctl status`).",
+    "RelayWorkspaceMismatch": "Emergency rollback: `relayctl rollback emergency`; alert "
+                              "security.",
+    "RelayMissRateIncrease": "Compare 404s by workspace; `relayctl verify` for missing copies.",
+    "RelayJobErrorRateIncrease": "Check the job store's errors by operation; `relayctl check`.",
+    "RelayDeserializeErrors": "Corrupt records: `relayctl verify --full` and inspect them.",
+    "RelayBackfillErrors": "`relayctl backfill status`; investigate the errors it names.",
+    "RelayBackfillSlow": "Reduce the rate: `relayctl backfill set --rps N`.",
+    "RelayBackfillStalled": "`relayctl backfill status`: resume a dead run with "
+                            "`relayctl backfill --execute --resume`.",
+    "RelayFallbackReadsHigh": "Do not disable fallback yet: finish the backfill and "
+                              "`relayctl verify`.",
+}
+
+
 def rules(thresholds: dict[str, float] | None = None) -> list[Rule]:
     t = {**THRESHOLDS, **(thresholds or {})}
     miss_now = _share("miss", "1h")
+    return [Rule(**{**r.__dict__, "runbook": RUNBOOKS[r.name]}) for r in _rules(t, miss_now)]
+
+
+def _rules(t: dict[str, float], miss_now: str) -> list[Rule]:
     return [
         Rule("RelayNewReadShareLow", f"{_share('new', '5m')} < {t['new_read_share_60']}", "1h",
              "warning",
@@ -84,13 +118,17 @@ def rules(thresholds: dict[str, float] | None = None) -> list[Rule]:
              "(rate(relay_backfill_duration_seconds_bucket[10m]))) > 5", "10m", "warning",
              "Backfill p99 batch duration above 5 s: reduce --rps",
              "003: p99 duration > 5 s for > 10 min"),
+        # scan progress, not migrated/(migrated+exists): dual-write copies most records first,
+        # so that ratio is tiny during a healthy backfill
         Rule("RelayBackfillStalled",
-             "sum(relay_backfill_migrated_total) / (sum(relay_backfill_migrated_total) + "
-             'sum(relay_backfill_skipped_total{reason="exists"})) < 0.9', "72h", "info",
-             "Backfill below 90% after 72 h: manual review",
-             "003: Migration stalled < 90 % after 72 h"),
-        Rule("RelayFallbackReadsHigh", f"{_share('old', '1h')} > {t['old_read_share_2']}",
-             "1h", "info",
+             "max(relay_backfill_running) == 1 and on() "
+             'max(delta(relay_backfill_keys{kind="scanned"}[30m])) <= 0', "15m", "warning",
+             "Backfill state says running but no key was scanned for 30 minutes",
+             "003: Migration stalled"),
+        # fallback reads are expected until the backfill is done: only from phase 5 on
+        Rule("RelayFallbackReadsHigh",
+             f"({_share('old', '1h')} > {t['old_read_share_2']}) and on() "
+             f"(max({PHASE}) >= 5)", "1h", "info",
              f"Over {t['old_read_share_2']:.0%} of found reads still hit the old schema",
              "000: Step 5 prerequisite: <2% of reads still hitting old schema"),
     ]
@@ -114,6 +152,8 @@ def alert_rules_yaml(thresholds: dict[str, float] | None = None) -> str:
             "        annotations:",
             f"          summary: {_yaml_str(rule.summary)}",
             f"          source: {_yaml_str(rule.source)}",
+            f"          runbook: {_yaml_str(rule.runbook)}",
+            f"          phase: {_yaml_str(PHASE_ANNOTATION)}",
         ]
     return "\n".join(lines) + "\n"
 
@@ -134,7 +174,8 @@ def _panel(pid: int, title: str, exprs: list[tuple[str, str]], unit: str, x: int
 
 
 def grafana_dashboard(thresholds: dict[str, float] | None = None) -> dict:
-    """A dashboard with the seed's queries and the gates' thresholds as colours."""
+    """A dashboard with the seed's queries and the gates' thresholds as colours; `$workspace`
+    filters every panel whose series carry a workspace, the exporter's are migration-wide."""
     t = {**THRESHOLDS, **(thresholds or {})}
     ws = 'workspace_id=~"$workspace"'
     panels = [
@@ -145,31 +186,50 @@ def grafana_dashboard(thresholds: dict[str, float] | None = None) -> dict:
             [("red", None), ("yellow", t["new_read_share_50"]),
              ("green", t["new_read_share_80"])]),
         _panel(2, "List-path shares (new / mixed / old)", [
-            ("sum by (path) (rate(relay_job_list_read_path_total[5m])) / ignoring(path) "
-             "group_left sum(rate(relay_job_list_read_path_total[5m]))", "{{path}}")],
+            (f"sum by (path) (rate(relay_job_list_read_path_total{{{ws}}}[5m])) / "
+             f"ignoring(path) group_left sum(rate(relay_job_list_read_path_total{{{ws}}}[5m]))",
+             "{{path}}")],
             "percentunit", 12, 0),
         _panel(3, "Dual-write failure rate", [
-            (f'sum(rate({DW}{{result="failed"}}[5m])) / sum(rate({DW}[5m]))', "failed")],
+            (f'sum(rate({DW}{{result="failed",{ws}}}[5m])) / sum(rate({DW}{{{ws}}}[5m]))',
+             "failed")],
             "percentunit", 0, 8,
             [("green", None), ("yellow", t["dual_write_failure_1"]),
              ("red", t["dual_write_failure_5"])]),
+        # each backfill panel: the run's state from relayctl exporter (there with or without
+        # an engine), then the seed's query on the engine's own counters (while one runs)
         _panel(4, "Migration completion % (seed query)", [
+            ('max(relay_backfill_keys{kind="migrated"}) / (max(relay_backfill_keys'
+             '{kind="migrated"}) + max(relay_backfill_keys{kind="skipped_exists"}))',
+             "completion (run state)"),
+            ("max(relay_backfill_progress_ratio)", "keyspace scanned (run state)"),
             (f"sum(relay_backfill_migrated_total{{{ws}}}) / (sum(relay_backfill_migrated_total"
              f'{{{ws}}}) + sum(relay_backfill_skipped_total{{{ws},reason="exists"}}))',
-             "completion")], "percentunit", 12, 8),
+             "completion (engine)")], "percentunit", 12, 8),
         _panel(5, "Backfill throughput (keys/s, seed query)", [
-            (f"sum(rate(relay_backfill_scanned_total{{{ws}}}[1m]))", "scanned/s")],
+            ("max(relay_backfill_rate_keys_per_second)", "scanned/s (run state)"),
+            (f"sum(rate(relay_backfill_scanned_total{{{ws}}}[1m]))", "scanned/s (engine)")],
             "ops", 0, 16),
-        _panel(6, "Backfill error rate (5m, seed query)", [
-            (f"sum(rate(relay_backfill_errors_total{{{ws}}}[5m]))", "errors/s")],
-            "ops", 12, 16, [("green", None), ("red", 0.000001)]),
-        _panel(7, "Backfill batch latency p99 (seed query)", [
+        _panel(6, "Backfill errors (seed query)", [
+            ('max(relay_backfill_keys{kind="errors"})', "errors (run state)"),
+            (f"sum(rate(relay_backfill_errors_total{{{ws}}}[5m]))", "errors/s (engine)")],
+            "short", 12, 16, [("green", None), ("red", 0.000001)]),
+        _panel(11, "Backfill batch latency p99 (seed query, engine)", [
             ("histogram_quantile(0.99, sum by (le) "
              "(rate(relay_backfill_duration_seconds_bucket[5m])))", "p99")],
-            "s", 0, 24, [("green", None), ("yellow", 2.0), ("red", 5.0)]),
+            "s", 0, 40, [("green", None), ("yellow", 2.0), ("red", 5.0)]),
+        _panel(7, "Migration phase and fleet (from relayctl exporter)", [
+            (f"max({PHASE})", "phase"),
+            ("max by (state) (relay_fleet_instances)", "{{state}} instances")],
+            "short", 0, 24),
         _panel(8, "Workspace mismatches (isolation)", [
-            ("sum(increase(relay_workspace_mismatch_total[5m]))", "mismatches")],
+            (f"sum(increase(relay_workspace_mismatch_total{{{ws}}}[5m]))", "mismatches")],
             "short", 12, 24, [("green", None), ("red", 1)]),
+        _panel(9, "Gates not passing (current phase, from relayctl exporter)", [
+            ('sum by (status) (relay_gate_status{status!="PASS"})', "{{status}}")],
+            "short", 0, 32),
+        _panel(10, "Backfill run health (from relayctl exporter)", [
+            ("max by (health) (relay_backfill_health) == 1", "{{health}}")], "short", 12, 32),
     ]
     return {
         "title": "Relay job store migration (relayctl)",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +11,7 @@ from relayctl.core.errors import UsageError
 from relayctl.core.keys import KeySchema
 from relayctl.core.validate import validate_workspace_id
 
+_METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _KEY_FIELDS = {"old_job", "new_job", "index", "queue", "idempotency"}
 
 
@@ -18,6 +20,8 @@ class Config:
     schema: KeySchema = field(default_factory=KeySchema)
     labelled_workspaces: tuple[str, ...] = ()
     thresholds: dict[str, float] = field(default_factory=dict)
+    metric_names: dict[str, str] = field(default_factory=dict)
+    prometheus_selector: str = ""
 
 
 def load_config(path: str | Path | None) -> Config:
@@ -33,7 +37,7 @@ def load_config(path: str | Path | None) -> Config:
         raise UsageError(f"cannot read config file {p}: {type(exc).__name__}") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"config file {p} is not valid TOML: {exc}") from None
-    unknown = set(data) - {"keys", "workspaces", "thresholds"}
+    unknown = set(data) - {"keys", "workspaces", "thresholds", "metrics", "prometheus"}
     if unknown:
         raise UsageError(f"config file {p}: unknown section(s) {', '.join(sorted(unknown))}")
     keys = data.get("keys", {})
@@ -52,5 +56,18 @@ def load_config(path: str | Path | None) -> Config:
         isinstance(v, int | float) and not isinstance(v, bool) for v in thresholds.values()
     ):
         raise UsageError(f"config file {p}: [thresholds] values must be numbers")
+    metrics = data.get("metrics", {})
+    if not isinstance(metrics, dict) or set(metrics) - {"names"}:
+        raise UsageError(f"config file {p}: [metrics] accepts only a [metrics.names] table")
+    names = metrics.get("names", {})
+    if not isinstance(names, dict) or not all(
+            isinstance(v, str) and _METRIC_NAME.match(v) for v in names.values()):
+        raise UsageError(f"config file {p}: [metrics.names] values must be metric names "
+                         "([a-zA-Z_:][a-zA-Z0-9_:]*)")
+    prom = data.get("prometheus", {})
+    if not isinstance(prom, dict) or set(prom) - {"selector"} or not isinstance(
+            prom.get("selector", ""), str):
+        raise UsageError(f"config file {p}: [prometheus] accepts only selector = \"...\"")
     return Config(schema=schema, labelled_workspaces=labelled_ids,
-                  thresholds={k: float(v) for k, v in thresholds.items()})
+                  thresholds={k: float(v) for k, v in thresholds.items()},
+                  metric_names=dict(names), prometheus_selector=prom.get("selector", ""))

@@ -18,9 +18,18 @@ from relayctl.core.checklist import ChecklistState, read_checklist
 from relayctl.core.config import Config
 from relayctl.core.errors import RedisUnavailableError, UsageError
 from relayctl.core.exitcodes import ExitCode
-from relayctl.core.gates import THRESHOLDS, GateContext, GateResult, evaluate_phase, overall
+from relayctl.core.gates import (
+    METRIC_NAMES,
+    THRESHOLDS,
+    GateContext,
+    GateResult,
+    WindowTooShort,
+    evaluate_phase,
+    overall,
+)
 from relayctl.core.keys import KeySchema
 from relayctl.core.phases import LAST_PHASE, PHASES, phase
+from relayctl.core.scrape import Prometheus, PromOptions, parse_header, parse_selector
 
 AUDIT_SCAN = 5000  # audit entries the time gates look back through (newest first)
 
@@ -36,12 +45,18 @@ class GateConfig:
     thresholds: Mapping[str, float] = field(default_factory=lambda: dict(THRESHOLDS))
     schema: KeySchema = field(default_factory=KeySchema)
     audit_scan: int = AUDIT_SCAN
+    prometheus: PromOptions | None = None
+    metric_names: Mapping[str, str] = field(default_factory=dict)
 
 
 def gate_config(config: Config, *, redis_url: str | None = None,
                 metrics_urls: list[str] | tuple[str, ...] = (),
                 prometheus_url: str | None = None,
-                window_s: float | None = None) -> GateConfig:
+                window_s: float | None = None,
+                prometheus_selector: str | None = None,
+                prometheus_bearer_token_file: str | None = None,
+                prometheus_ca: str | None = None,
+                prometheus_headers: list[str] | tuple[str, ...] = ()) -> GateConfig:
     """The config file's thresholds over the seeds' defaults, with the given sources.
 
     A threshold the gates do not know, or one that is not a finite number >= 0, is a
@@ -56,10 +71,23 @@ def gate_config(config: Config, *, redis_url: str | None = None,
                              f"not {value!r}")
     if window_s is not None and not (math.isfinite(window_s) and window_s > 0):
         raise UsageError(f"--window must be a positive number of seconds, not {window_s!r}")
+    unknown = set(config.metric_names) - set(METRIC_NAMES)
+    if unknown:
+        raise UsageError(f"unknown metric(s) in [metrics.names]: {', '.join(sorted(unknown))} "
+                         f"(known: {', '.join(METRIC_NAMES)})")
     urls = tuple(u.strip() for u in metrics_urls if u.strip())
-    return GateConfig(redis_url=redis_url, metrics_urls=urls,
-                      prometheus_url=(prometheus_url or "").strip() or None, window_s=window_s,
-                      thresholds={**THRESHOLDS, **config.thresholds}, schema=config.schema)
+    prom_url = (prometheus_url or "").strip() or None
+    options = None
+    if prom_url:
+        options = PromOptions(
+            prom_url, selector=parse_selector(prometheus_selector or config.prometheus_selector),
+            bearer_token_file=prometheus_bearer_token_file or None, ca=prometheus_ca or None,
+            headers=tuple(parse_header(h) for h in prometheus_headers))
+        Prometheus(options)  # a bad URL, CA or token file fails here, not in every gate
+    return GateConfig(redis_url=redis_url, metrics_urls=urls, prometheus_url=prom_url,
+                      window_s=window_s, thresholds={**THRESHOLDS, **config.thresholds},
+                      schema=config.schema, prometheus=options,
+                      metric_names=dict(config.metric_names))
 
 
 def gate_context(gates: GateConfig, client: redis.Redis | None, state: ChecklistState | None,
@@ -70,6 +98,7 @@ def gate_context(gates: GateConfig, client: redis.Redis | None, state: Checklist
     ctx = GateContext(client=client, redis_url=gates.redis_url,
                       metrics_urls=list(gates.metrics_urls), prometheus_url=gates.prometheus_url,
                       window_s=gates.window_s, schema=gates.schema,
+                      prometheus_options=gates.prometheus, metric_names=dict(gates.metric_names),
                       thresholds=dict(gates.thresholds), now=now,
                       shared={} if shared is None else shared, audit_scan=gates.audit_scan)
     if state is not None:
@@ -93,6 +122,8 @@ class PhaseCheck:
 @dataclass(frozen=True)
 class CheckReport:
     phases: list[PhaseCheck]
+    metrics_read: list[str] = field(default_factory=list)
+    prometheus_queries: list[str] = field(default_factory=list)
 
     @property
     def exit(self) -> ExitCode:
@@ -101,7 +132,8 @@ class CheckReport:
     def as_dict(self) -> dict[str, Any]:
         return {"phases": [{"phase": p.number, "title": p.title, "exit": p.exit,
                             "gates": [g.as_dict() for g in p.gates]} for p in self.phases],
-                "exit": self.exit}
+                "metrics_read": self.metrics_read,
+                "prometheus_queries": len(self.prometheus_queries), "exit": self.exit}
 
 
 def check_phases(gates: GateConfig, connect: Callable[[], redis.Redis],
@@ -121,10 +153,14 @@ def check_phases(gates: GateConfig, connect: Callable[[], redis.Redis],
     if numbers is None:
         numbers = [min(state.phase if state is not None else 0, LAST_PHASE)]
     shared: dict[str, Any] = {}
-    return CheckReport([
-        PhaseCheck(n, phase(n).title, evaluate_phase(
-            gate_context(gates, client, state, n, now=now, shared=shared), phase(n)))
-        for n in numbers])
+    checks = [PhaseCheck(n, phase(n).title, evaluate_phase(
+        gate_context(gates, client, state, n, now=now, shared=shared), phase(n)))
+        for n in numbers]
+    window = shared.get("prom:window")
+    if isinstance(window, WindowTooShort):
+        raise UsageError(str(window))
+    return CheckReport(checks, metrics_read=sorted(shared.get("names_read", ())),
+                       prometheus_queries=list(shared.get("prom:queries", ())))
 
 
 ALL_PHASES = [p.number for p in PHASES]

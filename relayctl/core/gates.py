@@ -2,7 +2,8 @@
 
 Sources: Redis (flags, audit times, census, verify, fleet, INFO memory, backfill state), the
 /metrics endpoints (summed; over a window, or since the phase was applied, or cumulative)
-and, when given, a Prometheus server (PromQL over the seed's windows).
+and, when given, a Prometheus server (the same counters' increase over the window, every
+query once per check at one evaluation time, restricted to the configured selector).
 """
 
 from __future__ import annotations
@@ -32,12 +33,24 @@ from relayctl.core.flags import (
 from relayctl.core.keys import AUDIT_KEY, KeySchema
 from relayctl.core.layout import ALWAYS, hash_tagged, slot_layout
 from relayctl.core.phases import Phase
-from relayctl.core.scrape import Snapshot, SourceError, prom_query, scrape
+from relayctl.core.scrape import Prometheus, PromOptions, Snapshot, SourceError, scrape
 from relayctl.core.serverinfo import memory_info
 from relayctl.core.verify import last_verify
 
 PASS, FAIL, WAIT, UNKNOWN = "PASS", "FAIL", "WAIT", "UNKNOWN"
 DAY = 86400.0
+PROM_DEFAULT_WINDOW_S = 3600.0
+MIN_WINDOW_SCRAPES = 4  # a Prometheus window must hold this many scrapes of every target
+
+# The counters the gates read, by the name `[metrics.names]` maps to what a fleet exports.
+METRIC_NAMES: dict[str, str] = {
+    "read_path": "relay_job_read_path_total",
+    "list_read_path": "relay_job_list_read_path_total",
+    "dual_write": "relay_dual_write_attempt_total",
+    "workspace_mismatch": "relay_workspace_mismatch_total",
+    "deserialize_errors": "relay_job_deserialize_errors_total",
+    "requests": "relay_job_requests_total",
+}
 
 # Every number is from the seeds (000 checklist, 003 release notes) unless noted.
 THRESHOLDS: dict[str, float] = {
@@ -88,6 +101,8 @@ class GateContext:
     metrics_urls: list[str] = field(default_factory=list)
     prometheus_url: str | None = None
     window_s: float | None = None
+    prometheus_options: PromOptions | None = None
+    metric_names: dict[str, str] = field(default_factory=dict)
     baseline: Snapshot | None = None
     baseline_memory: int | None = None
     target_flags: dict[str, bool] | None = None
@@ -133,9 +148,99 @@ class GateContext:
                 raise SourceError(f"Redis error: {type(exc).__name__}") from None
         return _memo(self._cache, key, call)
 
-    def prom(self, promql: str) -> float | None:
-        assert self.prometheus_url
-        return prom_query(self.prometheus_url, promql)
+    @property
+    def prom_options(self) -> PromOptions | None:
+        if self.prometheus_options is not None:
+            return self.prometheus_options
+        return PromOptions(self.prometheus_url) if self.prometheus_url else None
+
+    def metric_name(self, metric: str) -> str:
+        name = self.metric_names.get(metric) or METRIC_NAMES[metric]
+        self.shared.setdefault("names_read", set()).add(name)
+        return name
+
+    def counter(self, metric: str, by: str | None = None, **labels: str) -> dict[str, float]:
+        """A counter's increase over the gate window, summed (per `by` label value when
+        given), from Prometheus when configured, else from /metrics. A series that neither
+        source has is a SourceError (UNKNOWN), never 0."""
+        name = self.metric_name(metric)
+        if self.prom_options is not None:
+            return self._prom_increase(name, by, labels)
+        snap = self.metrics()
+        if not any(n == name for n, _l in snap.values):
+            raise SourceError(f"no {name} series on /metrics")
+        out: dict[str, float] = {}
+        want = set(labels.items())
+        for (n, lbls), v in snap.values.items():
+            if n == name and want <= lbls:
+                key = dict(lbls).get(by, "") if by else ""
+                out[key] = out.get(key, 0.0) + v
+        return out
+
+    def prometheus(self) -> Prometheus:
+        opts = self.prom_options
+        assert opts is not None
+        return _memo(self.shared, "prom:client", lambda: Prometheus(opts))
+
+    def prom_query(self, promql: str) -> list[tuple[dict[str, str], float]]:
+        """Each distinct query once per `shared` (one check), all at the same time."""
+        client = self.prometheus()
+        at = self.shared.setdefault("prom:at", time.time())
+        queries = self.shared.setdefault("prom:queries", [])
+
+        def run() -> list[tuple[dict[str, str], float]]:
+            queries.append(promql)
+            return client.query(promql, at)
+        return _memo(self.shared, "prom:q:" + promql, run)
+
+    def prom_up_targets(self) -> int:
+        """Up targets the selector matches; none is a SourceError for every Prometheus gate."""
+        sel = self.prometheus().options.selector
+
+        def up() -> int:
+            rows = self.prom_query(f"count(up{{{sel}}} == 1)")
+            count = int(sum(v for _l, v in rows))
+            if not count:
+                raise SourceError(f"selector {{{sel}}} matches no up target in Prometheus"
+                                  if sel else "Prometheus has no up scrape target")
+            return count
+        return _memo(self.shared, "prom:up", up)
+
+    def prom_window(self) -> str:
+        """The gate window as PromQL, checked once against the targets' scrape interval."""
+        window = self.window_s or PROM_DEFAULT_WINDOW_S
+
+        def check() -> str:
+            intervals = self.prometheus().scrape_intervals() or []
+            if intervals and window < MIN_WINDOW_SCRAPES * max(intervals):
+                raise WindowTooShort(
+                    f"--window {window:g}s is shorter than {MIN_WINDOW_SCRAPES} scrape "
+                    f"intervals ({max(intervals):g}s): give at least "
+                    f"{MIN_WINDOW_SCRAPES * max(intervals):g}s")
+            return f"{round(window * 1000)}ms"
+        return _memo(self.shared, "prom:window", check)
+
+    def _prom_increase(self, name: str, by: str | None,
+                       labels: dict[str, str]) -> dict[str, float]:
+        self.prom_up_targets()
+        window = self.prom_window()
+        sel = self.prometheus().options.selector
+        matchers = ",".join([*(f'{k}="{v}"' for k, v in sorted(labels.items())), sel] if sel
+                            else [f'{k}="{v}"' for k, v in sorted(labels.items())])
+        series = f"{name}{{{matchers}}}"
+        # Exact, unlike increase(): each series' value now minus its value a window ago; a
+        # series born inside the window counts from its 0 (every counter starts at 0), and
+        # a reset one from its restart.
+        group = f" by ({by})" if by else ""
+        rows = self.prom_query(f"sum{group} (({series} - {series} offset {window}) >= 0 "
+                               f"or {series})")
+        if not rows:
+            raise SourceError(f"no {series} series in Prometheus")
+        return {(lbls.get(by, "") if by else ""): v for lbls, v in rows}
+
+
+class WindowTooShort(SourceError):
+    """--window holds too few scrapes for a Prometheus increase to mean anything."""
 
 
 def _memo(store: dict, key: str, compute: Callable[[], Any]) -> Any:
@@ -173,12 +278,8 @@ def pct(x: float) -> str:
 
 def _read_counts(ctx: GateContext) -> dict[str, float]:
     """new / old / miss read counts over the gate window."""
-    if ctx.prometheus_url:
-        window = f"{int(ctx.window_s)}s" if ctx.window_s else "1h"
-        return {p: ctx.prom(f'sum(increase(relay_job_read_path_total{{path="{p}"}}[{window}]))')
-                or 0.0 for p in ("new", "old", "miss")}
-    snap = ctx.metrics()
-    return {p: snap.total("relay_job_read_path_total", path=p) for p in ("new", "old", "miss")}
+    by_path = ctx.counter("read_path", by="path")
+    return {p: by_path.get(p, 0.0) for p in ("new", "old", "miss")}
 
 
 def _share_gate(gid: str, path: str, above: bool) -> Gate:
@@ -228,7 +329,7 @@ def _miss_increase(ctx: GateContext) -> GateResult:
     if total < ctx.t("min_reads"):
         return _r("miss_increase", WAIT, f"{int(total)} reads", threshold,
                   "not enough reads since the baseline")
-    base = {p: ctx.baseline.total("relay_job_read_path_total", path=p)
+    base = {p: ctx.baseline.total(ctx.metric_name("read_path"), path=p)
             for p in ("new", "old", "miss")}
     base_total = sum(base.values())
     base_share = base["miss"] / base_total if base_total else 0.0
@@ -244,15 +345,12 @@ def _miss_increase(ctx: GateContext) -> GateResult:
               f"({int(counts['miss'])} misses, {expected:.1f} expected)")
 
 
-def _counter_gate(gid: str, name: str, label: dict[str, str] | None, per_hour: bool) -> Gate:
+def _counter_gate(gid: str, metric: str, per_hour: bool) -> Gate:
     def check(ctx: GateContext) -> GateResult:
         limit = ctx.t(gid) if gid in THRESHOLDS else 0.0
         threshold = f"< {limit:g}/hour" if per_hour else "== 0"
         try:
-            if ctx.prometheus_url:
-                value = ctx.prom(f"sum(increase({name}[1h]))") or 0.0
-            else:
-                value = ctx.metrics().total(name, **(label or {}))
+            value = sum(ctx.counter(metric).values())
         except SourceError as exc:
             return _r(gid, UNKNOWN, "-", threshold, str(exc))
         ok = value < limit if per_hour else value == 0
@@ -261,19 +359,14 @@ def _counter_gate(gid: str, name: str, label: dict[str, str] | None, per_hour: b
 
 
 gate("workspace_mismatch", "Zero workspace mismatches (isolation)")(
-    _counter_gate("workspace_mismatch", "relay_workspace_mismatch_total", None, False))
+    _counter_gate("workspace_mismatch", "workspace_mismatch", False))
 gate("deserialize_errors", "Deserialization errors below 100/hour")(
-    _counter_gate("deserialize_errors", "relay_job_deserialize_errors_total", None, True))
+    _counter_gate("deserialize_errors", "deserialize_errors", True))
 
 
 def _dual_write_counts(ctx: GateContext) -> tuple[float, float]:
-    if ctx.prometheus_url:
-        ok = ctx.prom('sum(increase(relay_dual_write_attempt_total{result="succeeded"}[1h]))')
-        bad = ctx.prom('sum(increase(relay_dual_write_attempt_total{result="failed"}[1h]))')
-        return ok or 0.0, bad or 0.0
-    snap = ctx.metrics()
-    return (snap.total("relay_dual_write_attempt_total", result="succeeded"),
-            snap.total("relay_dual_write_attempt_total", result="failed"))
+    by_result = ctx.counter("dual_write", by="result")
+    return by_result.get("succeeded", 0.0), by_result.get("failed", 0.0)
 
 
 def _dual_write_gate(gid: str, failure: bool) -> Gate:
@@ -306,11 +399,11 @@ def _error_rate(ctx: GateContext) -> GateResult:
     limit = ctx.t("error_rate")
     threshold = f"errors < {pct(limit)} of calls"
     try:
-        snap = ctx.metrics()
+        by_outcome = ctx.counter("requests", by="outcome")
     except SourceError as exc:
         return _r("error_rate", UNKNOWN, "-", threshold, str(exc))
-    total = snap.total("relay_job_requests_total")
-    errors = snap.total("relay_job_requests_total", outcome="error")
+    total = sum(by_outcome.values())
+    errors = by_outcome.get("error", 0.0)
     if total < ctx.t("min_reads"):
         return _r("error_rate", WAIT, f"{int(total)} calls", threshold, "not enough calls")
     rate = errors / total
@@ -380,6 +473,11 @@ def _flags_converged(ctx: GateContext) -> GateResult:
         return _r("flags_converged", FAIL, "stored differs", threshold,
                   "not applied: " + ", ".join(wrong))
     if not live:
+        targets = _silent_fleet(ctx)
+        if targets:
+            return _r("flags_converged", UNKNOWN, f"{targets} scrape targets, 0 heartbeats",
+                      threshold, "the fleet's metrics show traffic but no instance sends a "
+                      "heartbeat: its flags cannot be seen")
         return _r("flags_converged", WAIT, "0 instances", threshold,
                   "no live application instance is reporting")
     lagging = [i.instance + (" (pinned)" if set(i.pinned) & set(target) else "")
@@ -388,6 +486,20 @@ def _flags_converged(ctx: GateContext) -> GateResult:
     if lagging:
         return _r("flags_converged", FAIL, value, threshold, "lagging: " + ", ".join(lagging))
     return _r("flags_converged", PASS, value, threshold)
+
+
+def _silent_fleet(ctx: GateContext) -> int:
+    """Scrape targets showing traffic while no instance sends a heartbeat (0: none, or no
+    metrics source to tell)."""
+    try:
+        # the share and dual-write gates' own queries, so no extra one
+        traffic = (sum(ctx.counter("read_path", by="path").values())
+                   + sum(ctx.counter("dual_write", by="result").values()))
+        if not traffic:
+            return 0
+        return ctx.prom_up_targets() if ctx.prom_options is not None else len(ctx.metrics_urls)
+    except SourceError:
+        return 0
 
 
 def _census_gate(gid: str, title: str,

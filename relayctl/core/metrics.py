@@ -16,6 +16,15 @@ log = logging.getLogger("relayctl.metrics")
 
 OTHER = "_other"
 
+# Every value each bounded label can take, so every series exists at 0 from the start: a
+# counter that appears with its first event has no earlier sample, and `increase()` misses it.
+READ_PATHS = ("new", "old", "miss")
+LIST_PATHS = ("new", "mixed", "old")
+DUAL_WRITE_RESULTS = ("succeeded", "failed")
+MISMATCH_OPERATIONS = ("get", "list", "update")
+REQUEST_OUTCOMES = (("enqueue", "ok"), ("enqueue", "error"),
+                    ("update", "ok"), ("update", "error"), ("update", "not_found"))
+
 
 @dataclass
 class MetricsServer:
@@ -119,6 +128,27 @@ class Metrics:
             "relay_flag_enabled", "effective migration flag in this process (1 = on)",
             ["flag"], registry=r,
         )
+        self._create_series()
+
+    def _create_series(self) -> None:
+        """Create every bounded label combination at 0 (configured workspaces plus _other)."""
+        from relayctl.core.backfill.state import REASONS
+
+        for ws in (*sorted(self.labelled), OTHER):
+            for path in READ_PATHS:
+                self.read_path.labels(path, ws)
+            for path in LIST_PATHS:
+                self.list_read_path.labels(path, ws)
+            for result in DUAL_WRITE_RESULTS:
+                self.dual_write.labels(result, ws)
+            for operation in MISMATCH_OPERATIONS:
+                self.workspace_mismatch.labels(operation, ws)
+            for counter in (self.backfill_scanned, self.backfill_migrated, self.backfill_errors):
+                counter.labels(ws)
+            for reason in REASONS:
+                self.backfill_skipped.labels(ws, reason)
+        for operation, outcome in REQUEST_OUTCOMES:
+            self.requests.labels(operation, outcome)
 
     def label(self, workspace_id: str | None) -> str:
         """The bounded label value for a workspace."""

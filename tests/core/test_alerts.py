@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from relayctl.core.alerts import rules
+from relayctl.core.alerts import grafana_dashboard, rules
 from relayctl.core.gates import THRESHOLDS
 
 REQUIRE_TOOLS = os.environ.get("RELAYCTL_REQUIRE_TOOLS") == "1"
@@ -72,10 +73,11 @@ def test_alert_thresholds_follow_the_config_file(tmp_path):
 RULES = {rule.name: rule for rule in rules()}
 
 
-def fired(name: str, **labels: str) -> dict:
+def fired(name: str, phase: str = "unknown (no relayctl exporter)", **labels: str) -> dict:
     rule = RULES[name]
     return {"exp_labels": {"severity": rule.severity, "team": "relay", **labels},
-            "exp_annotations": {"summary": rule.summary, "source": rule.source}}
+            "exp_annotations": {"summary": rule.summary, "source": rule.source,
+                                "runbook": rule.runbook, "phase": phase}}
 
 
 def case(series: dict[str, str], checks: list[tuple[str, str, list[dict]]]) -> dict:
@@ -146,6 +148,34 @@ UNIT_TESTS = [
         ("130m", "RelayNewReadShareLow", []),
         ("130m", "RelayNewReadShareRollback", []),
     ]),
+    # 10% fallback reads: expected before the backfill (phase 3), an alert from phase 5 on,
+    # carrying the phase the exporter reports
+    case({READ.format("new"): "0+90x180", READ.format("old"): "0+10x180",
+          "relay_migration_phase": "3x180"}, [
+        ("130m", "RelayFallbackReadsHigh", []),
+    ]),
+    case({READ.format("new"): "0+90x180", READ.format("old"): "0+10x180",
+          "relay_migration_phase": "5x180"}, [
+        ("130m", "RelayFallbackReadsHigh", [fired("RelayFallbackReadsHigh", phase="5")]),
+    ]),
+    # a running backfill whose scan does not move is stalled; one that scans is not, however
+    # small migrated/(migrated+exists) is (dual-write copied most records already)
+    case({"relay_backfill_running": "1x90",
+          'relay_backfill_keys{kind="scanned"}': "500x90",
+          'relay_backfill_keys{kind="migrated"}': "5x90",
+          'relay_backfill_keys{kind="skipped_exists"}': "495x90"}, [
+        ("60m", "RelayBackfillStalled", [fired("RelayBackfillStalled")]),
+    ]),
+    case({"relay_backfill_running": "1x90",
+          'relay_backfill_keys{kind="scanned"}': "0+100x90",
+          'relay_backfill_keys{kind="migrated"}': "0+1x90",
+          'relay_backfill_keys{kind="skipped_exists"}': "0+99x90"}, [
+        ("60m", "RelayBackfillStalled", []),
+    ]),
+    # a finished run does not scan any more: not stalled
+    case({"relay_backfill_running": "0x90", 'relay_backfill_keys{kind="scanned"}': "500x90"}, [
+        ("60m", "RelayBackfillStalled", []),
+    ]),
     # healthy read-routing at 90% new: silent
     case({READ.format("new"): "0+90x180", READ.format("old"): "0+10x180"}, [
         ("130m", "RelayNewReadShareLow", []),
@@ -193,10 +223,45 @@ def test_exported_grafana_dashboard_is_json_with_the_seed_queries():
     assert "histogram_quantile(0.99" in joined and "relay_backfill_duration_seconds_bucket" \
         in joined  # p99
     assert "relay_job_read_path_total" in joined  # read-path shares
-    assert 'relay_dual_write_attempt_total{result="failed"}' in joined
+    assert 'relay_dual_write_attempt_total{result="failed",' in joined
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
     assert dashboard["uid"] and dashboard["title"]
     dw = next(p for p in dashboard["panels"] if "Dual-write" in p["title"])
     steps = [s["value"] for s in dw["fieldConfig"]["defaults"]["thresholds"]["steps"]]
     assert steps == [None, THRESHOLDS["dual_write_failure_1"], THRESHOLDS["dual_write_failure_5"]]
+
+
+APP_COUNTERS = ("relay_job_read_path_total", "relay_job_list_read_path_total",
+                "relay_dual_write_attempt_total", "relay_workspace_mismatch_total",
+                "relay_backfill_migrated_total", "relay_backfill_scanned_total",
+                "relay_backfill_skipped_total", "relay_backfill_errors_total")
+
+
+def test_the_workspace_variable_filters_every_series_that_has_a_workspace():
+    dashboard = grafana_dashboard()
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            for name, matchers in re.findall(r"(relay_[a-z_]+)(\{[^}]*\})?", target["expr"]):
+                if name in APP_COUNTERS:
+                    assert 'workspace_id=~"$workspace"' in matchers, (panel["title"], name)
+
+
+def test_the_dashboard_round_trips_through_the_grafana_foundation_sdk():
+    from grafana_foundation_sdk.cog.encoder import JSONEncoder
+    from grafana_foundation_sdk.models.dashboard import Dashboard
+
+    ours = json.loads(relayctl("export", "dashboard"))
+    decoded = Dashboard.from_json(ours)
+    again = json.loads(json.dumps(decoded, cls=JSONEncoder))
+    for key in ("uid", "title", "schemaVersion", "tags", "refresh"):
+        assert again[key] == ours[key], key
+    assert [(p["id"], p["title"], p["type"], p["gridPos"]) for p in again["panels"]] == \
+        [(p["id"], p["title"], p["type"], p["gridPos"]) for p in ours["panels"]]
+    assert [[(t["refId"], t["expr"]) for t in p["targets"]] for p in again["panels"]] == \
+        [[(t["refId"], t["expr"]) for t in p["targets"]] for p in ours["panels"]]
+    variables = {v["name"]: v for v in again["templating"]["list"]}
+    assert variables["workspace"]["query"] == "label_values(relay_job_read_path_total, " \
+        "workspace_id)" and variables["workspace"]["multi"] is True
+    assert [p["fieldConfig"]["defaults"]["thresholds"] for p in again["panels"]] == \
+        [p["fieldConfig"]["defaults"]["thresholds"] for p in ours["panels"]]

@@ -5,7 +5,6 @@ Time-based gates use an injected clock, never a wait."""
 from __future__ import annotations
 
 import http.server
-import json
 import math
 import threading
 import time
@@ -395,29 +394,11 @@ def test_redis_gates_are_unknown_when_redis_is_unreachable():
 # a Prometheus server's HTTP API
 
 
-def test_prometheus_api_answers_the_share_gate_and_garbage_is_unknown(r, bad_endpoint):
-    class Prom(_Handler):
-        def do_GET(self) -> None:
-            from urllib.parse import parse_qs, urlsplit
-
-            query = parse_qs(urlsplit(self.path).query)["query"][0]
-            value = {"new": 40, "old": 60, "miss": 0}[query.split('path="')[1].split('"')[0]]
-            self.body = json.dumps({"status": "success", "data": {"resultType": "vector",
-                                    "result": [{"metric": {}, "value": [0, str(value)]}]}}
-                                   ).encode()
-            super().do_GET()
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Prom)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        ctx = GateContext(client=r, prometheus_url=f"http://127.0.0.1:{server.server_address[1]}")
-        result = one(ctx, "new_read_share_50")
-        assert (result.status, result.value) == (FAIL, "40.00%")
-    finally:
-        server.shutdown()
-        server.server_close()
+def test_a_prometheus_that_answers_garbage_makes_its_gates_unknown(r, bad_endpoint):
+    """Real-server behaviour is in tests/core/test_prometheus.py; this is the hostile one."""
     junk = GateContext(client=r, prometheus_url=bad_endpoint(b"{not json").rsplit("/", 1)[0])
-    assert one(junk, "new_read_share_50").status == UNKNOWN
+    result = one(junk, "new_read_share_50")
+    assert result.status == UNKNOWN and "garbage" in result.detail, result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -677,3 +658,42 @@ def test_evaluate_phase_uses_the_phase_target_flags_and_overall_maps_exit_codes(
 
 def test_every_registered_gate_is_driven_by_this_module():
     assert set(GATES) == COVERED
+
+
+def test_metrics_names_maps_the_dual_write_gates_to_a_fleets_own_counter(r, tmp_path):
+    """The seed's application exports `ai_jobs_dual_write_total`: mapped, the gates read it
+    (and report that name); unmapped, they say the checklist's name is absent."""
+    from prometheus_client import CollectorRegistry, Counter, start_http_server
+
+    from relayctl.core.config import load_config
+    from relayctl.core.evaluation import gate_config, gate_context
+
+    registry = CollectorRegistry()
+    seed = Counter("ai_jobs_dual_write", "the seed app's counter", ["result"], registry=registry)
+    seed.labels("succeeded").inc(1445)
+    server, _thread = start_http_server(0, addr="127.0.0.1", registry=registry)
+    url = f"http://127.0.0.1:{server.server_port}/metrics"
+    config = tmp_path / "relayctl.toml"
+    config.write_text('[metrics.names]\ndual_write = "ai_jobs_dual_write_total"\n')
+    try:
+        for cfg, want in ((load_config(config), (PASS, "100.00%")),
+                          (load_config(None), (UNKNOWN, "-"))):
+            ctx = gate_context(gate_config(cfg, metrics_urls=[url]), r, None, 3)
+            result = one(ctx, "dual_write_success")
+            assert (result.status, result.value) == want, result
+        assert ctx.shared["names_read"] == {"relay_dual_write_attempt_total"}
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_an_unknown_metrics_names_entry_is_a_one_line_usage_error(tmp_path):
+    from relayctl.core.config import load_config
+    from relayctl.core.errors import UsageError
+    from relayctl.core.evaluation import gate_config
+
+    config = tmp_path / "relayctl.toml"
+    config.write_text('[metrics.names]\ndual_writes = "ai_jobs_dual_write_total"\n')
+    with pytest.raises(UsageError, match=r"unknown metric\(s\) in \[metrics.names\]: "
+                                         "dual_writes"):
+        gate_config(load_config(config))
