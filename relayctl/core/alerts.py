@@ -57,6 +57,15 @@ RUNBOOKS = {
                             "`relayctl backfill --execute --resume`.",
     "RelayFallbackReadsHigh": "Do not disable fallback yet: finish the backfill and "
                               "`relayctl verify`.",
+    "RelayEvictionsDuringMigration": "Keys were evicted: jobs may be lost. Stop writes that "
+                                     "grow memory, set maxmemory-policy noeviction, then "
+                                     "`relayctl verify`.",
+    "RelayMemoryHeadroomLow": "Raise maxmemory or archive first; the backfill refuses to start "
+                              "(`relayctl backfill --dry-run` shows the projection).",
+    "RelayReplicasOutOfSync": "Slow the backfill (`relayctl backfill set --rps N`) and check "
+                              "the replica's link.",
+    "RelayBackfillThrottled": "`relayctl backfill status` names the guard; fix its cause or "
+                              "retune with `relayctl backfill set`.",
 }
 
 
@@ -125,6 +134,20 @@ def _rules(t: dict[str, float], miss_now: str) -> list[Rule]:
              'max(delta(relay_backfill_keys{kind="scanned"}[30m])) <= 0', "15m", "warning",
              "Backfill state says running but no key was scanned for 30 minutes",
              "003: Migration stalled"),
+        Rule("RelayEvictionsDuringMigration",
+             'max(relay_gate_status{gate="no_evictions_since_phase",status="FAIL"}) == 1',
+             "0m", "critical", "Redis evicted keys since the phase began: jobs may be lost",
+             "issue 12: any increase of evicted_keys"),
+        Rule("RelayMemoryHeadroomLow",
+             'max(relay_gate_status{gate="memory_headroom",status="FAIL"}) == 1', "15m",
+             "warning", "Projected memory after the copy exceeds the headroom threshold",
+             "000: If Redis memory spike >50%, consider increasing capacity"),
+        Rule("RelayReplicasOutOfSync",
+             'max(relay_gate_status{gate="replicas_in_sync",status="FAIL"}) == 1', "5m",
+             "warning", "A replica is not online or lags beyond its threshold",
+             "issue 12: replica lag"),
+        Rule("RelayBackfillThrottled", "max(relay_backfill_throttled) == 1", "30m", "info",
+             "A backfill guard has held the run for 30 minutes", "issue 12: throttled"),
         # fallback reads are expected until the backfill is done: only from phase 5 on
         Rule("RelayFallbackReadsHigh",
              f"({_share('old', '1h')} > {t['old_read_share_2']}) and on() "

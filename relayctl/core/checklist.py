@@ -31,6 +31,7 @@ class ChecklistState:
     applied: dict[int, float] = field(default_factory=dict)
     baselines: dict[int, Snapshot] = field(default_factory=dict)
     memory: dict[int, int] = field(default_factory=dict)
+    evicted: dict[int, int] = field(default_factory=dict)  # evicted_keys when applied
 
     @property
     def complete(self) -> bool:
@@ -66,6 +67,8 @@ def parse_checklist(raw: dict[str, str]) -> ChecklistState:
                 state.baselines[int(rest)] = Snapshot.from_json(value)
             elif kind == "memory":
                 state.memory[int(rest)] = int(value)
+            elif kind == "evicted":
+                state.evicted[int(rest)] = int(value)
         except (ValueError, TypeError):
             continue
     return state
@@ -114,6 +117,7 @@ def apply(client: redis.Redis, *, actor: str, reason: str, metrics_urls: list[st
     fields = {f"applied:{current.number}": f"{ts:.3f}"}
     if memory is not None:
         fields[f"memory:{current.number}"] = str(memory["used"])
+        fields[f"evicted:{current.number}"] = str(memory["evicted"])
     if baseline is not None:
         fields[f"baseline:{current.number}"] = baseline.to_json()
     _write(client, fields, audit.audit_fields(

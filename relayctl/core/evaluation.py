@@ -104,6 +104,7 @@ def gate_context(gates: GateConfig, client: redis.Redis | None, state: Checklist
     if state is not None:
         ctx.baseline = state.baselines.get(number)
         ctx.baseline_memory = state.memory.get(number)
+        ctx.baseline_evicted = state.evicted.get(number)
     ctx.target_flags = phase(number).target_flags if number <= LAST_PHASE else None
     return ctx
 

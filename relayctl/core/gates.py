@@ -65,6 +65,8 @@ THRESHOLDS: dict[str, float] = {
     "dual_write_failure_5": 0.05,   # rollback trigger >5%
     "dual_write_success": 0.99,     # succeeded ~100% (99% taken as "~100%": our choice)
     "redis_memory": 0.50,           # memory spike >50%
+    "memory_headroom": 0.85,        # projected use after the copy, share of maxmemory
+    "replica_lag_s": 2.0,           # a replica's last ack older than this is out of sync
     "error_rate": 0.01,             # error rate flat (1%: our choice, seeds give no number)
     "deserialize_errors": 100.0,    # >100/hour
     "new_keys_1000": 1000.0,        # keys "ai:job:*:*" | wc -l > 1000
@@ -105,6 +107,7 @@ class GateContext:
     metric_names: dict[str, str] = field(default_factory=dict)
     baseline: Snapshot | None = None
     baseline_memory: int | None = None
+    baseline_evicted: int | None = None
     target_flags: dict[str, bool] | None = None
     schema: KeySchema = field(default_factory=KeySchema)
     thresholds: dict[str, float] = field(default_factory=lambda: dict(THRESHOLDS))
@@ -656,3 +659,6 @@ def overall(results: list[GateResult]) -> ExitCode:
         return ExitCode.STOPPED
     return ExitCode.OK
 
+
+# the capacity and replication gates register themselves with @gate
+from relayctl.core import gates_capacity as _gates_capacity  # noqa: E402, F401

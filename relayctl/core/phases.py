@@ -240,6 +240,11 @@ PHASES: tuple[Phase, ...] = (
             Item("p3-slot-layout", "On Redis Cluster: new record and workspace index share a "
                                    "hash tag ({<ws>}), so each new-schema write is atomic",
                  gate="slot_layout"),
+            # not in the seeds: dual-write and the backfill double the job data
+            Item("p3-headroom", "Redis has the memory for a second copy of every job",
+                 gate="memory_headroom"),
+            Item("p3-policy", "maxmemory-policy cannot evict a job during the migration",
+                 gate="eviction_policy_safe"),
         ),
         target_flags={DUAL_WRITE: True, PREFERS_NEW: True, FALLBACK_OLD: True},
         validation=(
@@ -254,6 +259,10 @@ PHASES: tuple[Phase, ...] = (
                             "verify --sample N counts legacy jobs still missing a copy)"),
             Item("p3-growing", "Spot-check: new schema growing (> 1000 keys)",
                  gate="new_keys_1000"),
+            Item("p3-no-evictions", "No key evicted since dual-write began",
+                 gate="no_evictions_since_phase"),
+            Item("p3-replicas", "Replicas keep up with the doubled writes",
+                 gate="replicas_in_sync"),
         ),
         triggers=(
             Trigger("If dual-write failure rate >5%, disable AI_JOBS_NEW_SCHEMA",
@@ -275,6 +284,11 @@ PHASES: tuple[Phase, ...] = (
         prerequisites=(
             Item("p4-dual-on", "Dual-write on (the backfill refuses to run without it)",
                  gate="dual_write_on"),
+            Item("p4-headroom", "Redis has the memory for the rest of the copy (the backfill "
+                                "preflight refuses otherwise)", gate="memory_headroom"),
+            Item("p4-policy", "maxmemory-policy cannot evict a job", gate="eviction_policy_safe"),
+            Item("p4-replicas", "Replicas in sync before the copy starts",
+                 gate="replicas_in_sync"),
         ),
         validation=(
             Item("p4-implement", "Backfill job implemented (relayctl backfill)"),
@@ -287,6 +301,8 @@ PHASES: tuple[Phase, ...] = (
                               "equal", gate="census_equal"),
             Item("p4-98", "98%+ of queries should hit new schema", gate="new_read_share_98"),
             Item("p4-errors", "No backfill errors in logs", gate="backfill_errors"),
+            Item("p4-no-evictions", "No key evicted during the backfill",
+                 gate="no_evictions_since_phase"),
         ),
         triggers=(
             Trigger("Backfill errors > 0 for > 5 min (release notes alert: investigate)",

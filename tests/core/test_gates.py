@@ -697,3 +697,90 @@ def test_an_unknown_metrics_names_entry_is_a_one_line_usage_error(tmp_path):
     with pytest.raises(UsageError, match=r"unknown metric\(s\) in \[metrics.names\]: "
                                          "dual_writes"):
         gate_config(load_config(config))
+
+
+def _server_ctx(server, number: int = 3, **kwargs) -> tuple[redis.Redis, GateContext]:
+    client = redis.Redis(port=server.port, decode_responses=True)
+    return client, GateContext(client=client, **kwargs)
+
+
+@covers("memory_headroom")
+def test_memory_headroom_projects_the_copy_against_maxmemory(redis_factory):
+    server = redis_factory("--maxmemory-policy", "noeviction")
+    client, ctx = _server_ctx(server)
+    seed_pre_migration(client, KeySchema(), ["ws-a", "ws-b"], jobs=3000, recent_share=0.0)
+    assert one(ctx, "memory_headroom").status == PASS  # maxmemory 0: no limit to run into
+    used = int(client.info("memory")["used_memory"])
+    client.config_set("maxmemory", int(used * 1.3))
+    tight = one(GateContext(client=client), "memory_headroom")
+    assert tight.status == FAIL and "projected" in tight.detail, tight
+    assert float(tight.value.rstrip("%")) > 100  # the copy cannot fit in 1.3x of what is used
+    client.config_set("maxmemory", used * 10)
+    assert one(GateContext(client=client), "memory_headroom").status == PASS
+
+
+@covers("eviction_policy_safe")
+def test_eviction_policy_safe_fails_for_policies_that_can_delete_a_job(redis_factory):
+    server = redis_factory("--maxmemory", "512mb", "--maxmemory-policy", "allkeys-lfu")
+    client, ctx = _server_ctx(server)
+    seed_pre_migration(client, KeySchema(), ["ws-a", "ws-b"], jobs=500, ttl_share=0.0)
+    result = one(ctx, "eviction_policy_safe")
+    assert (result.status, result.value) == (FAIL, "allkeys-lfu")
+    client.config_set("maxmemory-policy", "volatile-ttl")
+    for key in list(client.scan_iter(match="ai:jobs:*", count=1000))[:300]:
+        client.expire(key, 86400)
+    assert one(GateContext(client=client), "eviction_policy_safe").status == FAIL
+    client.config_set("maxmemory-policy", "noeviction")
+    assert one(GateContext(client=client), "eviction_policy_safe").status == PASS
+
+
+@covers("no_evictions_since_phase")
+def test_no_evictions_since_phase_compares_with_evicted_keys_at_apply(redis_factory):
+    from relayctl.core.checklist import apply, read_checklist
+    from relayctl.core.config import load_config
+    from relayctl.core.evaluation import gate_config, gate_context
+
+    server = redis_factory("--maxmemory-policy", "volatile-lru")
+    client, ctx = _server_ctx(server)
+    assert one(ctx, "no_evictions_since_phase").status == WAIT
+    apply(client, actor="pytest", reason="phase 0", metrics_urls=[])
+    state = read_checklist(client)
+    check = gate_context(gate_config(load_config(None)), client, state, 0)
+    assert one(check, "no_evictions_since_phase").status == PASS
+    client.config_set("maxmemory", int(client.info("memory")["used_memory"]) + 1_000_000)
+    pipe = client.pipeline(transaction=False)
+    for i in range(6000):
+        pipe.set(f"cache:{i}", "x" * 500, ex=600)
+    pipe.execute()
+    assert int(client.info("stats")["evicted_keys"]) > 0
+    check = gate_context(gate_config(load_config(None)), client, state, 0)
+    result = one(check, "no_evictions_since_phase")
+    assert result.status == FAIL and "jobs may be lost" in result.detail, result
+
+
+@covers("replicas_in_sync")
+def test_replicas_in_sync_fails_while_a_replica_is_stopped(redis_factory):
+    import os
+    import signal
+
+    primary = redis_factory()
+    client, ctx = _server_ctx(primary)
+    assert one(ctx, "replicas_in_sync").value == "no replicas"
+    replica = redis_factory("--replicaof", "127.0.0.1", str(primary.port))
+    wait = time.monotonic() + 10
+    while client.info("replication").get("slave0", {}).get("state") != "online":
+        assert time.monotonic() < wait, "the replica never came online"
+        time.sleep(0.05)
+    assert one(GateContext(client=client), "replicas_in_sync").status == PASS
+    os.kill(replica.proc.pid, signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            client.set("tick", time.time())
+            result = one(GateContext(client=client), "replicas_in_sync")
+            if result.status == FAIL or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert result.status == FAIL and "last acked" in result.detail, result
+    finally:
+        os.kill(replica.proc.pid, signal.SIGCONT)
