@@ -764,7 +764,9 @@ def fresh_verify(client: redis.Redis, *, max_age_s: float = VERIFY_MAX_AGE_S,
         return False, f"the last clean verify is {age / 60:.0f} min old (max " \
                       f"{max_age_s / 60:.0f} min)"
     changed = last_flag_change(client, audit_scan)
-    if changed is not None and changed >= v.get("started", v["ts"]):
+    # audit times carry milliseconds: a change within the verify's first one is ambiguous
+    # only to rounding, since the verify reads after set_flag has returned
+    if changed is not None and changed > v.get("started", v["ts"]) + 0.001:
         return False, "a flag changed after the last clean verify started"
     return True, f"clean full verify {age / 60:.0f} min ago over {v['checked']} records"
 
