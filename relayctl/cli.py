@@ -476,6 +476,10 @@ def census(c: Context, by_workspace: bool, as_json: bool) -> None:
     click.echo(f"new keys      {result.new:>12,}")
     click.echo(f"index entries {result.index_entries:>12,}  ({result.index_keys} index keys)")
     click.echo(f"other keys    {result.other:>12,}")
+    if any(result.invalid.values()):
+        click.echo(f"invalid keys  {sum(result.invalid.values()):>12,}  (not UTF-8)")
+        for key in result.invalid_examples:
+            click.echo(f"      {key}")
     click.echo(f"scanned {result.scanned:,} keys in {result.duration_s:.2f}s "
                f"({result.keys_per_s:,.0f} keys/s)")
     for ws, counts in result.by_workspace.items():
@@ -487,7 +491,12 @@ def census(c: Context, by_workspace: bool, as_json: bool) -> None:
 @click.option("--workspace", "workspaces", multiple=True, help="Only this workspace.")
 @click.option("--sample", type=click.IntRange(min=1), default=None,
               help="Check a uniform sample of N legacy records instead of all.")
-@click.option("--repair", is_flag=True, help="Re-copy differing records from the legacy schema.")
+@click.option("--repair", is_flag=True,
+              help="Fill missing copies, fields, TTLs and index entries; remove index orphans; "
+                   "overwrite a differing copy only when the legacy record is provably newer.")
+@click.option("--prefer", type=click.Choice(["legacy"]), default=None,
+              help="With --repair: overwrite differing copies with the legacy record anyway.")
+@click.option("--reason", default="", help="Why (required with --repair; audited).")
 @click.option("--force", is_flag=True, help="Repair even after fallback was turned off.")
 @click.option("--ttl-tolerance", type=click.FloatRange(min=0), default=2.0, show_default=True,
               help="Seconds of TTL drift tolerated.")
@@ -495,31 +504,44 @@ def census(c: Context, by_workspace: bool, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def verify(c: Context, workspaces: tuple[str, ...], sample: int | None, repair: bool,
-           force: bool, ttl_tolerance: float, yes: bool, as_json: bool) -> None:
+           prefer: str | None, reason: str, force: bool, ttl_tolerance: float, yes: bool,
+           as_json: bool) -> None:
     """Compare legacy records with their new copies; exit 1 when anything differs."""
     from relayctl.core.verify import run_verify
 
+    if repair and not reason.strip():
+        raise UsageError("verify --repair needs --reason TEXT (it is audited)")
     client = c.client()
     if repair:
         confirm_dangerous(f"repair differing new records on {c.redis_display}", yes)
     report = run_verify(client, c.config.schema, workspaces=workspaces, sample=sample,
-                        repair=repair, force=force, ttl_tolerance_s=ttl_tolerance, now=c.now)
-    if repair and report.repaired:
-        audit.record(client, c.actor, "verify.repair", "new schema", "",
-                     f"{report.repaired} records", "verify --repair")
+                        repair=repair, force=force, prefer_legacy=prefer == "legacy",
+                        actor=c.actor, reason=reason or "verify --repair",
+                        ttl_tolerance_s=ttl_tolerance, now=c.now)
     if as_json:
         emit_json(report.as_dict())
     else:
+        invalid = ", ".join(f"{k} {n:,}" for k, n in report.invalid.items() if n)
         click.echo(f"verify ({report.mode}): checked {report.checked:,} legacy records, "
-                   f"{report.invalid_legacy} invalid, in {report.duration_s:.2f}s")
+                   f"{report.invalid_legacy} invalid{f' ({invalid})' if invalid else ''}, "
+                   f"in {report.duration_s:.2f}s"
+                   + (f", restarted {report.restarts}x (server changed)"
+                      if report.restarts else ""))
+        for key in report.invalid_examples:
+            click.echo(f"      invalid: {key}")
         for kind, n in report.counts.items():
             click.echo(f"  {kind:<20} {n:>8,}")
             for key in report.examples.get(kind, []):
                 click.echo(f"      {key}")
         if repair:
-            click.echo(f"repaired {report.repaired}")
+            click.echo("repaired " + str(report.repaired) + " (" + ", ".join(
+                f"{k} {n:,}" for k, n in report.repairs.items() if n) + ")")
+            click.echo(f"conflicts {report.conflicts:,} (the copy is not provably older; "
+                       "unchanged — --prefer legacy overwrites)")
+            for key in report.conflict_examples:
+                click.echo(f"      {key}")
         click.echo("CLEAN" if report.clean else "DIFFERENCES FOUND")
-    sys.exit(EXIT_OK if report.clean else EXIT_PROBLEM)
+    sys.exit(EXIT_OK if report.clean and not report.conflicts else EXIT_PROBLEM)
 
 
 @cli.group()
@@ -543,7 +565,14 @@ def archive_export(c: Context, file: str, as_json: bool) -> None:
         emit_json(summary.as_dict())
     else:
         click.echo(f"exported {summary.count:,} legacy keys to {file} "
-                   f"(manifest sha256 {summary.sha256[:16]}…) in {summary.duration_s:.2f}s")
+                   f"(manifest sha256 {summary.sha256[:16]}…) in {summary.duration_s:.2f}s"
+                   + (f", restarted {summary.restarts}x (server changed)"
+                      if summary.restarts else ""))
+        excluded = ", ".join(f"{k} {n:,}" for k, n in summary.excluded.items() if n)
+        if excluded:
+            click.echo(f"left out (not legacy job keys): {excluded}")
+            for key in summary.excluded_examples:
+                click.echo(f"      {key}")
 
 
 @archive.command("delete")
@@ -554,11 +583,13 @@ def archive_export(c: Context, file: str, as_json: bool) -> None:
               help="Keys per second (0 = unlimited).")
 @click.option("--reason", required=True, help="Why; recorded in the audit stream.")
 @click.option("--force", is_flag=True, help="Delete even while READ_FALLBACK_OLD is on.")
+@click.option("--override", "overrides", multiple=True, type=click.Choice(["verify_fresh"]),
+              help="Delete without a fresh clean verify (audited with --reason).")
 @click.option("--yes", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def archive_delete(c: Context, file: str, batch: int, rps: float, reason: str, force: bool,
-                   yes: bool, as_json: bool) -> None:
+                   overrides: tuple[str, ...], yes: bool, as_json: bool) -> None:
     """Delete legacy keys that are in FILE, unchanged since, and equal in the new schema."""
     from relayctl.core.archive import check_archive, delete_verified
 
@@ -566,7 +597,8 @@ def archive_delete(c: Context, file: str, batch: int, rps: float, reason: str, f
     count = check_archive(file, c.config.schema)
     confirm_dangerous(f"delete up to {count:,} legacy keys on {c.redis_display}", yes)
     summary = delete_verified(client, c.config.schema, file, actor=c.actor, reason=reason,
-                              batch=batch, rps=rps, force=force)
+                              batch=batch, rps=rps, force=force, overrides=overrides,
+                              now=c.now)
     if as_json:
         emit_json(summary.as_dict())
     else:
@@ -581,7 +613,8 @@ def archive_delete(c: Context, file: str, batch: int, rps: float, reason: str, f
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def archive_restore(c: Context, file: str, reason: str, yes: bool, as_json: bool) -> None:
-    """Put archived legacy keys back byte-identical; never overwrites an existing key."""
+    """Put archived legacy keys back (RESTORE, or HSET + PEXPIREAT when the payload is from
+    another engine); never overwrites an existing key."""
     from relayctl.core.archive import check_archive, restore
 
     client = c.client()

@@ -556,8 +556,8 @@ def delete_verified(client: redis.Redis, schema: KeySchema, path: str | Path, *,
             raise UsageError(f"refusing archive delete: gate verify_fresh not met: {why} "
                              "(run a full `relayctl verify`, or --override verify_fresh "
                              "--reason TEXT)")
-        audit.record(client, actor, "gate.override", "verify_fresh", why, "archive delete",
-                     reason)
+        audit.record(client, actor, "archive.delete.override", "verify_fresh", why,
+                     "overridden", reason)
     bclient = binary_client(client)
     on_cluster = is_cluster(client)
     brouter = Router(bclient) if on_cluster else None

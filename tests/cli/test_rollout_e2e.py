@@ -197,6 +197,7 @@ def test_whole_rollout_gates_fail_before_and_pass_after_with_every_action_audite
     relay.offset_s += 31 * DAY
     relay("checklist", "apply", "--reason", "step 6: baseline before archive", "--yes")
     relay("census")
+    relay("verify")  # archive delete needs a clean full verify after the last flag change
     archive = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"relay-{os.getpid()}.jsonl.gz")
     try:
         relay("archive", "export", archive)
