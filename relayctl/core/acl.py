@@ -67,6 +67,9 @@ _OPERATOR_COMMANDS = (
     "dump", "restore", "multi", "exec", "discard",
     # a cluster backfill copies with the source's absolute expiry
     "pexpiretime",
+    # verify --repair and archive delete: compare-and-set under WATCH, orphan walks (ZSCAN),
+    # partial copies filled (HSETNX), foreign-payload restores (PEXPIREAT)
+    "watch", "unwatch", "zscan", "hsetnx", "pexpireat", "zcard",
 )
 
 

@@ -523,6 +523,9 @@ def _repair_standalone(pinned: Pinned, s: KeySchema, jobs: list[Job], report: Ve
             if rec is None or rec.get(b"workspace_id") != j.wsb \
                     or rec.get(b"job_id") != j.job_id.encode():
                 continue  # the legacy record expired or changed hands
+            if isinstance(new_rec, Exception) or isinstance(score, Exception):
+                outcome.append((j, [], True))  # not a hash / not a zset: a human decides
+                continue
             w, kinds, conflict = _plan(s, j, Record(rec, _pttl(ttl)),
                                        Record(_fields(new_rec), _pttl(new_ttl)),
                                        _score(score), prefer_legacy, tolerance_s)
@@ -557,6 +560,9 @@ def _repair_cluster(router: Router, read: Reader, s: KeySchema, jobs: list[Job],
     kinds_of: dict[str, str] = {}
     direct: list[Command] = []
     for n, j in enumerate(jobs):
+        if isinstance(replies[3 * n], Exception) or isinstance(replies[3 * n + 2], Exception):
+            report.add_conflict(s.new_key(j.ws, j.job_id))  # not a hash / not a zset
+            continue
         copy = Record(_fields(replies[3 * n]), _pttl(replies[3 * n + 1]))
         writes, kinds, conflict = _plan(s, j, j.legacy, copy, _score(replies[3 * n + 2]),
                                         prefer_legacy, tolerance_s)

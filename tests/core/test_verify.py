@@ -124,7 +124,7 @@ def test_verify_counts_a_copy_whose_job_id_field_was_altered_once(r, migrated):
     assert sum(report.counts.values()) == 1, report.as_dict()
 
 
-def test_verify_reports_a_non_hash_new_copy_as_missing_without_crashing(r, migrated):
+def test_verify_reports_a_non_hash_new_copy_as_missing_and_repair_leaves_it(r, migrated):
     ws, job = migrated.jobs[0]
     r.delete(SCHEMA.new_key(ws, job))
     r.set(SCHEMA.new_key(ws, job), "not a hash")
@@ -132,6 +132,9 @@ def test_verify_reports_a_non_hash_new_copy_as_missing_without_crashing(r, migra
     assert report.counts["missing"] == 1
     assert report.examples["missing"] == [SCHEMA.new_key(ws, job)]
     assert sum(report.counts.values()) == 1
+    repaired = run_verify(r, SCHEMA, repair=True)
+    assert repaired.repaired == 0 and repaired.conflicts == 1
+    assert r.get(SCHEMA.new_key(ws, job)) == "not a hash"
 
 
 def test_verify_sample_checks_exactly_n_legacy_keys_and_skips_the_extra_pass(r, migrated):
