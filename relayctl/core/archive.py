@@ -317,7 +317,7 @@ def archive_version(path: str | Path) -> int:
         raise ArchiveError(f"archive {p} has a malformed header") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise ArchiveError(f"{p} is not a relayctl archive")
-    if header.get("version") not in READABLE:
+    if type(header.get("version")) is not int or header["version"] not in READABLE:
         raise ArchiveError(f"archive {p} has unsupported version {header.get('version')!r}")
     return int(header["version"])
 

@@ -11,7 +11,7 @@ from redis.cluster import ClusterNode, RedisCluster
 from relayctl.core.cluster import is_cluster
 
 
-def binary_client(client: redis.Redis) -> redis.Redis:
+def binary_client(client: Any) -> Any:
     """A client on the same server (or cluster) that returns bytes: DUMP payloads are binary."""
     if is_cluster(client):
         return _binary_cluster(client)

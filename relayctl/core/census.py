@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
@@ -159,7 +160,8 @@ def _census_shard(shard: redis.Redis, kc: KeyClassifier, census: Census,
 
 
 def last_census(client: redis.Redis) -> Census | None:
-    return parse_census(client.hgetall(CENSUS_KEY))
+    raw: Any = client.hgetall(CENSUS_KEY)
+    return parse_census(raw)
 
 
 def parse_census(raw: dict[str, str]) -> Census | None:

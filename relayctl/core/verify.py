@@ -348,11 +348,11 @@ class _Run:
                       ("ZSCORE", s.index_key(j.ws), j.job_id)]
         if self.pinned is not None:
             return self.pinned.snapshot(reads)
-        old = self.read([r for n in range(len(jobs)) for r in reads[5 * n:5 * n + 2]])
-        new = self.read([r for n in range(len(jobs)) for r in reads[5 * n + 2:5 * n + 5]])
+        olds = self.read([c for n in range(len(jobs)) for c in reads[5 * n:5 * n + 2]])
+        news = self.read([c for n in range(len(jobs)) for c in reads[5 * n + 2:5 * n + 5]])
         out: list[Any] = []
         for n in range(len(jobs)):
-            out += [*old[2 * n:2 * n + 2], *new[3 * n:3 * n + 3]]
+            out += [*olds[2 * n:2 * n + 2], *news[3 * n:3 * n + 3]]
         return out
 
     # extra pass ---------------------------------------------------------------------------
@@ -782,7 +782,8 @@ def fresh_verify(client: redis.Redis, *, max_age_s: float = VERIFY_MAX_AGE_S,
 
 def last_flag_change(client: redis.Redis, scan: int = 5000) -> float | None:
     """When any flag last changed (the audit stream, newest first, bounded)."""
-    for _id, fields in client.xrevrange(AUDIT_KEY, count=scan):
+    entries: Any = client.xrevrange(AUDIT_KEY, count=scan)
+    for _id, fields in entries or []:
         action = fields.get("action") if isinstance(fields, dict) else None
         if isinstance(action, bytes):
             action = action.decode()
@@ -793,7 +794,8 @@ def last_flag_change(client: redis.Redis, scan: int = 5000) -> float | None:
 
 
 def last_verify(client: redis.Redis) -> dict | None:
-    return parse_verify(client.hgetall(VERIFY_KEY))
+    raw: Any = client.hgetall(VERIFY_KEY)
+    return parse_verify(raw)
 
 
 def parse_verify(raw: dict[str, str]) -> dict | None:
