@@ -2,7 +2,7 @@
 
 File format (gzip, one JSON object per line): a header, one line per key
 `{"k": key, "x": absolute expiry ms or -1, "t": type, "d": base64 DUMP,
-  "f": [[base64 field, base64 value], ...] (hashes), "h": sha256}`, and a manifest
+  "f": base64 of the hash's fields (hashes only; see pack_fields), "h": sha256}`, and a manifest
 `{"manifest": {"count": n, "sha256": digest of all record hashes, "complete": bool,
   "servers": [...], "excluded": {...}}}`. Every consumer checks the whole file before it
 changes anything, and refuses an incomplete one.
@@ -21,6 +21,7 @@ import gzip
 import hashlib
 import json
 import os
+import struct
 import time
 import zlib
 from collections import Counter
@@ -52,7 +53,6 @@ from relayctl.core.verified import (
     REASONS,
     Fields,
     Record,
-    content_digest,
     escape,
     text,
     verified,
@@ -157,20 +157,48 @@ def _b64(b: bytes) -> str:
     return base64.b64encode(b).decode()
 
 
-def _record_hash(key: str, expire_at_ms: int, dump: bytes, content: str | None = None) -> str:
+def _unb64(s: object) -> bytes:
+    if not isinstance(s, str):
+        raise TypeError
+    return binascii.a2b_base64(s, strict_mode=True)
+
+
+def pack_fields(fields: Fields) -> bytes:
+    """A hash's fields as one blob: 4-byte big-endian length, name, length, value, ..."""
+    out = bytearray()
+    for name, value in fields.items():
+        out += struct.pack(">I", len(name)) + name + struct.pack(">I", len(value)) + value
+    return bytes(out)
+
+
+def unpack_fields(blob: bytes) -> Fields:
+    fields: Fields = {}
+    i, end = 0, len(blob)
+    while i < end:
+        if i + 4 > end:
+            raise ValueError("truncated field blob")
+        (n,), i = struct.unpack_from(">I", blob, i), i + 4
+        name, i = blob[i:i + n], i + n
+        if i + 4 > end:
+            raise ValueError("truncated field blob")
+        (m,), i = struct.unpack_from(">I", blob, i), i + 4
+        if i + m > end or len(name) != n:
+            raise ValueError("truncated field blob")
+        fields[name], i = blob[i:i + m], i + m
+    return fields
+
+
+def _record_hash(key: str, expire_at_ms: int, dump: bytes,
+                 content: tuple[str, bytes] | None = None) -> str:
     h = hashlib.sha256()
     h.update(key.encode())
     h.update(b"\0")
     h.update(str(expire_at_ms).encode())
     h.update(b"\0")
     h.update(dump)
-    if content is not None:  # version 2: the type and logical content are signed too
-        h.update(b"\0" + content.encode())
+    if content is not None:  # version 2: the type and the field blob are signed too
+        h.update(b"\0" + content[0].encode() + b"\0" + content[1])
     return h.hexdigest()
-
-
-def _content(kind: str, fields: Fields | None) -> str:
-    return f"{kind}:{content_digest(fields)}"
 
 
 def _text_id(reply: object) -> str:
@@ -285,12 +313,13 @@ def _export_batch(shard: redis.Redis, sha: str, schema: KeySchema, keys: list[by
         fields: Fields | None = dict(zip(flat[0::2], flat[1::2], strict=True)) \
             if kind == "hash" else None
         expire_at = stamp + pttl if pttl > 0 else -1
-        digest = _record_hash(name, expire_at, dump, _content(kind, fields))
+        blob = pack_fields(fields) if fields is not None else b""
+        digest = _record_hash(name, expire_at, dump, (kind, blob))
         manifest.update(digest.encode())
         line: dict[str, Any] = {"k": name, "x": expire_at, "t": kind, "d": _b64(dump),
                                 "h": digest}
         if fields is not None:
-            line["f"] = [[_b64(f), _b64(v)] for f, v in fields.items()]
+            line["f"] = _b64(blob)
         out.write(json.dumps(line) + "\n")
         summary.count += 1
 
@@ -356,10 +385,10 @@ def read_archive(path: str | Path, schema: KeySchema) -> Iterator[ArchivedKey]:
             except StopIteration:
                 return
             raise ArchiveError(f"archive {p} has data after its manifest")
-        item = _parse_record(p, n, obj, version)
+        item, blob = _parse_record(p, n, obj, version)
         if not schema.is_old_key(item.key):
             raise ArchiveError(f"archive {p} line {n} holds a key outside the legacy schema")
-        content = _content(item.type, item.fields) if version >= 2 else None
+        content = (item.type, blob) if version >= 2 else None
         if _record_hash(item.key, item.expire_at_ms, item.dump, content) != obj["h"]:
             raise ArchiveError(f"archive {p} line {n}: checksum mismatch (tampered)")
         manifest.update(obj["h"].encode())
@@ -367,23 +396,24 @@ def read_archive(path: str | Path, schema: KeySchema) -> Iterator[ArchivedKey]:
     raise ArchiveError(f"archive {p} has no manifest (truncated)")
 
 
-def _parse_record(p: Path, n: int, obj: dict, version: int) -> ArchivedKey:
+def _parse_record(p: Path, n: int, obj: dict, version: int) -> tuple[ArchivedKey, bytes]:
     try:
         key, expire_at = obj["k"], int(obj["x"])
-        dump = base64.b64decode(obj["d"], validate=True)
+        dump = _unb64(obj["d"])
         if not isinstance(key, str) or not isinstance(obj["h"], str):
             raise TypeError
-        kind, fields = "", None
+        kind, fields, blob = "", None, b""
         if version >= 2:
             kind = obj["t"]
             if not isinstance(kind, str):
                 raise TypeError
             if kind == "hash":
-                fields = {base64.b64decode(f, validate=True): base64.b64decode(v, validate=True)
-                          for f, v in obj["f"]}
+                blob = _unb64(obj["f"])
+                fields = unpack_fields(blob)
     except (KeyError, TypeError, ValueError, binascii.Error):
         raise ArchiveError(f"archive {p} line {n} is malformed") from None
-    return ArchivedKey(key=key, expire_at_ms=expire_at, dump=dump, type=kind, fields=fields)
+    return ArchivedKey(key=key, expire_at_ms=expire_at, dump=dump, type=kind,
+                       fields=fields), blob
 
 
 def check_archive(path: str | Path, schema: KeySchema) -> int:

@@ -20,7 +20,6 @@ from relayctl.core.demo import seed_pre_migration
 from relayctl.core.errors import UsageError
 from relayctl.core.flags import FALLBACK_OLD, set_flag
 from relayctl.core.keys import AUDIT_KEY, KeySchema
-from relayctl.core.verified import content_digest
 from relayctl.core.verify import run_verify
 
 SCHEMA = KeySchema()
@@ -68,12 +67,11 @@ def write_lines(path: Path, objs: list[dict], *, extra: str = "") -> None:
 
 
 def record_hash(obj: dict) -> str:
-    """Version 2: key, expiry, DUMP, then the type and the order-free digest of the fields."""
-    fields = ({base64.b64decode(f): base64.b64decode(v) for f, v in obj["f"]}
-              if obj["t"] == "hash" else None)
-    content = f"{obj['t']}:{content_digest(fields)}"
+    """Version 2: key, expiry, DUMP, then the type and the hash's field blob."""
+    blob = base64.b64decode(obj["f"]) if obj["t"] == "hash" else b""
     return hashlib.sha256(obj["k"].encode() + b"\0" + str(obj["x"]).encode() + b"\0"
-                          + base64.b64decode(obj["d"]) + b"\0" + content.encode()).hexdigest()
+                          + base64.b64decode(obj["d"]) + b"\0" + obj["t"].encode() + b"\0"
+                          + blob).hexdigest()
 
 
 def reseal(objs: list[dict]) -> list[dict]:
@@ -245,7 +243,15 @@ def _foreign_key(path: Path, out: Path) -> None:
     write_lines(out, reseal(objs))
 
 
+def _truncated_field_blob(path: Path, out: Path) -> None:
+    objs = read_lines(path)
+    rec = next(o for o in objs if o.get("t") == "hash")
+    rec["f"] = base64.b64encode(base64.b64decode(rec["f"])[:-3]).decode()
+    write_lines(out, reseal(objs))  # re-signed: only the blob's own framing stops it
+
+
 CORRUPTIONS: dict[str, tuple[Callable[[Path, Path], None], str]] = {
+    "truncated-field-blob": (_truncated_field_blob, "malformed"),
     "truncated-bytes": (_truncate_bytes, "truncated or corrupt"),
     "truncated-at-line": (_drop_manifest, "no manifest"),
     "tampered-checksum": (_tamper_checksum, "checksum mismatch"),
