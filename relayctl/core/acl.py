@@ -68,8 +68,9 @@ _OPERATOR_COMMANDS = (
     # a cluster backfill copies with the source's absolute expiry
     "pexpiretime",
     # verify --repair and archive delete: compare-and-set under WATCH, orphan walks (ZSCAN),
-    # partial copies filled (HSETNX), foreign-payload restores (PEXPIREAT)
-    "watch", "unwatch", "zscan", "hsetnx", "pexpireat", "zcard",
+    # partial copies filled (HSETNX), foreign-payload restores (PEXPIREAT), expiries on the
+    # server clock (TIME)
+    "watch", "unwatch", "zscan", "hsetnx", "pexpireat", "zcard", "time",
 )
 
 

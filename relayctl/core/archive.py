@@ -219,7 +219,7 @@ def _export_replies(client: redis.Redis, sha: str, names: list[str]) -> list[Any
 
 def export(client: redis.Redis, schema: KeySchema, path: str | Path, *,
            progress: Callable[[int], None] | None = None,
-           now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+           now_ms: Callable[[], int] | None = None,
            restarts: int = RESTARTS) -> ArchiveSummary:
     """Stream every legacy key into a new archive; written to a temp file, then renamed.
 
@@ -249,7 +249,7 @@ def export(client: redis.Redis, schema: KeySchema, path: str | Path, *,
             with gzip.open(tmp, "wt", encoding="utf-8") as out:
                 out.write(json.dumps({"format": FORMAT, "version": VERSION,
                                       "pattern": schema.old_pattern,
-                                      "created_ms": now_ms()}) + "\n")
+                                      "created_ms": int(time.time() * 1000)}) + "\n")
                 for shard in found:
                     walk = Walk(shard.client, match=schema.old_pattern, count=SCAN_COUNT)
                     for keys in walk:
@@ -289,9 +289,16 @@ def _manifest(summary: ArchiveSummary, *, complete: bool) -> dict:
             "excluded": summary.excluded, "excluded_examples": summary.excluded_examples}
 
 
+def server_ms(client: Any) -> int:
+    """The server's clock in ms: expiries are absolute on the server's clock, whatever the
+    operator's machine (or RELAYCTL_CLOCK_OFFSET_S) says."""
+    sec, usec = client.time()
+    return int(sec) * 1000 + int(usec) // 1000
+
+
 def _export_batch(shard: redis.Redis, sha: str, schema: KeySchema, keys: list[bytes],
                   out: Any, manifest: Any, summary: ArchiveSummary,
-                  now_ms: Callable[[], int]) -> None:
+                  now_ms: Callable[[], int] | None) -> None:
     names: list[str] = []
     for raw in keys:
         name = text(raw)
@@ -304,7 +311,7 @@ def _export_batch(shard: redis.Redis, sha: str, schema: KeySchema, keys: list[by
         assert name is not None
         names.append(name)
     replies = _export_replies(shard, sha, names)
-    stamp = now_ms()
+    stamp = now_ms() if now_ms is not None else server_ms(shard)
     for name, reply in zip(names, replies, strict=True):
         if not isinstance(reply, list):
             continue  # expired or deleted since the SCAN
@@ -596,7 +603,7 @@ def delete_verified(client: redis.Redis, schema: KeySchema, path: str | Path, *,
     counts: Counter = Counter()
     audit.record(client, actor, "archive.delete.start", str(path), "", f"{total} keys", reason)
     t0 = time.perf_counter()
-    now_ms = lambda: int(now() * 1000)  # noqa: E731
+    now_ms = lambda: server_ms(bclient)  # noqa: E731
     try:
         for group in _batches(read_archive(path, schema), batch):
             if brouter is not None:
@@ -633,7 +640,7 @@ def _foreign_payload(reply: object) -> bool:
 
 
 def restore(client: redis.Redis, schema: KeySchema, path: str | Path, *, actor: str,
-            reason: str, now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+            reason: str, now_ms: Callable[[], int] | None = None,
             progress: Callable[[ArchiveSummary], None] | None = None) -> ArchiveSummary:
     """Put archived keys back with their absolute expiry; never overwrites a key.
 
@@ -652,12 +659,14 @@ def restore(client: redis.Redis, schema: KeySchema, path: str | Path, *, actor: 
                                      "unrestorable": 0})
     audit.record(client, actor, "archive.restore.start", str(path), "", f"{total} keys", reason)
     t0 = time.perf_counter()
+    clock = now_ms or (lambda: server_ms(bclient))
     try:
         for group in _batches(read_archive(path, schema), SCAN_COUNT):
             items: list[ArchivedKey] = []
             commands: list[Command] = []
+            stamp = clock()
             for item in group:
-                if 0 <= item.expire_at_ms <= now_ms():
+                if 0 <= item.expire_at_ms <= stamp:
                     summary.counts["expired"] += 1
                     continue
                 ttl = max(item.expire_at_ms, 0)
