@@ -25,7 +25,14 @@ def archive_export(c: Context, file: str, as_json: bool) -> None:
         emit_json(summary.as_dict())
     else:
         click.echo(f"exported {summary.count:,} legacy keys to {file} "
-                   f"(manifest sha256 {summary.sha256[:16]}…) in {summary.duration_s:.2f}s")
+                   f"(manifest sha256 {summary.sha256[:16]}…) in {summary.duration_s:.2f}s"
+                   + (f", restarted {summary.restarts}x (server changed)"
+                      if summary.restarts else ""))
+        excluded = ", ".join(f"{k} {n:,}" for k, n in summary.excluded.items() if n)
+        if excluded:
+            click.echo(f"left out (not legacy job keys): {excluded}")
+            for key in summary.excluded_examples:
+                click.echo(f"      {key}")
 
 
 @archive.command("delete")
@@ -36,11 +43,13 @@ def archive_export(c: Context, file: str, as_json: bool) -> None:
               help="Keys per second (0 = unlimited).")
 @click.option("--reason", required=True, help="Why; recorded in the audit stream.")
 @click.option("--force", is_flag=True, help="Delete even while READ_FALLBACK_OLD is on.")
+@click.option("--override", "overrides", multiple=True, type=click.Choice(["verify_fresh"]),
+              help="Delete without a fresh clean verify (audited with --reason).")
 @click.option("--yes", is_flag=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def archive_delete(c: Context, file: str, batch: int, rps: float, reason: str, force: bool,
-                   yes: bool, as_json: bool) -> None:
+                   overrides: tuple[str, ...], yes: bool, as_json: bool) -> None:
     """Delete legacy keys that are in FILE, unchanged since, and equal in the new schema."""
     from relayctl.core.archive import check_archive, delete_verified
 
@@ -48,7 +57,8 @@ def archive_delete(c: Context, file: str, batch: int, rps: float, reason: str, f
     count = check_archive(file, c.config.schema)
     confirm_dangerous(f"delete up to {count:,} legacy keys on {c.redis_display}", yes)
     summary = delete_verified(client, c.config.schema, file, actor=c.actor, reason=reason,
-                              batch=batch, rps=rps, force=force)
+                              batch=batch, rps=rps, force=force, overrides=overrides,
+                              now=c.now)
     if as_json:
         emit_json(summary.as_dict())
     else:
@@ -63,7 +73,8 @@ def archive_delete(c: Context, file: str, batch: int, rps: float, reason: str, f
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def archive_restore(c: Context, file: str, reason: str, yes: bool, as_json: bool) -> None:
-    """Put archived legacy keys back byte-identical; never overwrites an existing key."""
+    """Put archived legacy keys back (RESTORE, or HSET + PEXPIREAT when the payload is from
+    another engine); never overwrites an existing key."""
     from relayctl.core.archive import check_archive, restore
 
     client = c.client()

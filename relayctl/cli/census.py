@@ -38,6 +38,10 @@ def census(c: Context, by_workspace: bool, as_json: bool) -> None:
     click.echo(f"new keys      {result.new:>12,}")
     click.echo(f"index entries {result.index_entries:>12,}  ({result.index_keys} index keys)")
     click.echo(f"other keys    {result.other:>12,}")
+    if any(result.invalid.values()):
+        click.echo(f"invalid keys  {sum(result.invalid.values()):>12,}  (not UTF-8)")
+        for key in result.invalid_examples:
+            click.echo(f"      {key}")
     click.echo(f"scanned {result.scanned:,} keys in {result.duration_s:.2f}s "
                f"({result.keys_per_s:,.0f} keys/s)")
     for ws, counts in result.by_workspace.items():

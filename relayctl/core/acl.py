@@ -67,6 +67,10 @@ _OPERATOR_COMMANDS = (
     "dump", "restore", "multi", "exec", "discard",
     # a cluster backfill copies with the source's absolute expiry
     "pexpiretime",
+    # verify --repair and archive delete: compare-and-set under WATCH, orphan walks (ZSCAN),
+    # partial copies filled (HSETNX), foreign-payload restores (PEXPIREAT), expiries on the
+    # server clock (TIME)
+    "watch", "unwatch", "zscan", "hsetnx", "pexpireat", "zcard", "time",
 )
 
 

@@ -104,7 +104,10 @@ def gate_context(gates: GateConfig, client: redis.Redis | None, state: Checklist
     if state is not None:
         ctx.baseline = state.baselines.get(number)
         ctx.baseline_memory = state.memory.get(number)
-        ctx.baseline_evicted = state.evicted.get(number)
+        # a phase with no flags to apply records nothing: the last baseline before it counts
+        # (no eviction since then covers this phase too)
+        earlier = [n for n in state.evicted if n <= number]
+        ctx.baseline_evicted = state.evicted[max(earlier)] if earlier else None
     ctx.target_flags = phase(number).target_flags if number <= LAST_PHASE else None
     return ctx
 

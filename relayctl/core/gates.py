@@ -67,6 +67,7 @@ THRESHOLDS: dict[str, float] = {
     "redis_memory": 0.50,           # memory spike >50%
     "memory_headroom": 0.85,        # projected use after the copy, share of maxmemory
     "replica_lag_s": 2.0,           # a replica's last ack older than this is out of sync
+    "verify_max_age": 3600.0,       # verify_fresh: archive delete needs a verify this recent
     "error_rate": 0.01,             # error rate flat (1%: our choice, seeds give no number)
     "deserialize_errors": 100.0,    # >100/hour
     "new_keys_1000": 1000.0,        # keys "ai:job:*:*" | wc -l > 1000
@@ -660,5 +661,6 @@ def overall(results: list[GateResult]) -> ExitCode:
     return ExitCode.OK
 
 
-# the capacity and replication gates register themselves with @gate
+# the capacity, replication and stored-verify gates register themselves with @gate
 from relayctl.core import gates_capacity as _gates_capacity  # noqa: E402, F401
+from relayctl.core import verify_gates as _verify_gates  # noqa: E402, F401

@@ -297,6 +297,8 @@ PHASES: tuple[Phase, ...] = (
             Item("p4-low-traffic", "Run during low-traffic windows"),
             Item("p4-ws", "Verify workspace_id consistency during backfill",
                  gate="verify_clean"),
+            Item("p4-orphans", "No index entries of expired jobs (verify --repair removes "
+                               "them)", gate="index_orphans"),
             Item("p4-counts", "Count old and new schema keys: counts should be approximately "
                               "equal", gate="census_equal"),
             Item("p4-98", "98%+ of queries should hit new schema", gate="new_read_share_98"),
@@ -345,6 +347,9 @@ PHASES: tuple[Phase, ...] = (
             Item("p6-month", "1+ month since fallback disabled", gate="fallback_off_days_30"),
             Item("p6-zero-old", "Zero queries hitting old schema", gate="old_read_share_0"),
             Item("p6-retention", "Data retention policies met"),
+            # not in the seeds: delete removes only what a fresh clean verify vouches for
+            Item("p6-verify-fresh", "Fresh clean full verify after the last flag change",
+                 gate="verify_fresh"),
         ),
         validation=(
             Item("p6-export", "Generate export of old schema (backup): relayctl archive export"),

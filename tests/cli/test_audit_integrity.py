@@ -255,12 +255,13 @@ def test_every_write_of_a_rollout_is_audited(run_cli, redis_url, r, cli_env, tmp
         migrated = sorted(k for k in r.scan_iter("ai:job:*", count=1000))
         assert len(migrated) >= 2, "the engine copied nothing before it was stopped"
         r.hset(migrated[0], "status", "tampered")
-        step("verify-repair", "verify", "--repair", "--yes", expect=(1,))
+        step("verify-repair", "verify", "--repair", "--prefer", "legacy", "--reason",
+             "tampered copy", "--yes", expect=(1,))
 
         export = str(tmp_path / "legacy.jsonl.gz")
         step("archive-export", "archive", "export", export)
         step("archive-delete", "archive", "delete", "--from", export, "--reason",
-             "phase 6 cleanup", "--force", "--yes")
+             "phase 6 cleanup", "--force", "--override", "verify_fresh", "--yes")
         step("archive-restore", "archive", "restore", export, "--reason", "undo cleanup",
              "--yes")
         step("rollback", "rollback", "read-routing", "--reason", "error rate up", "--yes")
@@ -322,11 +323,13 @@ def test_every_write_of_a_rollout_is_audited(run_cli, redis_url, r, cli_env, tmp
     restored = sum(1 for k, _ in writes["archive-restore"] if k == "archive.restore")
     end = [e for e in audits["archive-restore"] if e["action"] == "archive.restore.end"]
     assert restored > 0 and json.loads(end[0]["after"])["restored"] == restored
-    repaired = [e for e in audits["verify-repair"] if e["action"] == "verify.repair"]
+    repaired = [e for e in audits["verify-repair"] if e["action"] == "verify.repair.end"]
     copies = {ln.args[2] if ln.args[0].upper() == "COPY" else ln.args[1]
               for k, ln in writes["verify-repair"] if k == "verify.repair"}
     copies = {key for key in copies if key.startswith("ai:job:")}
-    assert repaired and repaired[0]["after"] == f"{len(copies)} records", (repaired, len(copies))
+    after = json.loads(repaired[0]["after"])
+    assert copies and after["copied"] + after["overwritten"] == len(copies), (after, copies)
+    assert after["completed"] == after["ttl"] == 0, after
     flag_fields = [ln.args[2] for step_name in writes for k, ln in writes[step_name]
                    if k == "flag"]
     flag_entries = [e["target"] for es in audits.values() for e in es

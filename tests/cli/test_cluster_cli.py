@@ -66,6 +66,7 @@ def test_the_rollout_commands_run_unchanged_on_a_cluster(run_cli, cluster_url, l
     archive = tmp_path / "jobs.jsonl.gz"
     ok("archive", "export", str(archive))
     ok("flags", "set", "READ_FALLBACK_OLD", "off", "--reason", "phase 5", "--yes")
+    assert json.loads(ok("verify", "--json"))["clean"]  # fresh, after the flag change
     ok("archive", "delete", "--from", str(archive), "--reason", "phase 6", "--yes")
     assert sum(len(b) for b in clusterlib.scan_all(rc, match="ai:jobs:*")) == 0
     ok("archive", "restore", str(archive), "--reason", "undo", "--yes")

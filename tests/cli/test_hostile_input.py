@@ -213,7 +213,7 @@ def test_config_files(run_cli, seeded, tmp_path_factory, body):
 
 # -------------------------------------------------------------------------- archives ----
 
-HEADER = {"format": "relayctl-archive", "version": 1, "pattern": "ai:jobs:*"}
+HEADER = {"format": "relayctl-archive", "version": 2, "pattern": "ai:jobs:*"}
 
 
 @st.composite
@@ -227,8 +227,8 @@ def hostile_archive(draw) -> bytes:
                               max_size=5))
         return gzip.compress("\n".join(lines).encode("utf-8", "surrogatepass"))
     if kind == "wrong-version":
-        version = draw(st.one_of(st.integers().filter(lambda v: v != 1), st.text(max_size=5),
-                                 st.none()))
+        version = draw(st.one_of(st.integers().filter(lambda v: v not in (1, 2)),
+                                 st.text(max_size=5), st.none(), st.just(True)))
         return gzip.compress((json.dumps({**HEADER, "version": version}) + "\n").encode())
     head = json.dumps(HEADER) + "\n"
     if kind == "truncated":

@@ -440,18 +440,23 @@ def test_verify_repair_needs_yes_is_audited_and_is_refused_after_fallback_off(
         run_cli, redis_url, r, backfilled):
     ws, job = backfilled[0]
     r.delete(SCHEMA.new_key(ws, job))
-    no_yes = run_cli("--redis-url", redis_url, "verify", "--repair")
+    no_reason = run_cli("--redis-url", redis_url, "verify", "--repair", "--yes")
+    assert no_reason.code == 2 and "--reason" in no_reason.err
+    no_yes = run_cli("--redis-url", redis_url, "verify", "--repair", "--reason", "fix")
     assert no_yes.code == 2 and "--yes" in no_yes.err
     set_flags(r, **{FALLBACK_OLD: False})
-    refused = run_cli("--redis-url", redis_url, "verify", "--repair", "--yes")
+    refused = run_cli("--redis-url", redis_url, "verify", "--repair", "--reason", "fix", "--yes")
     assert refused.code == 2 and "READ_FALLBACK_OLD" in refused.err
     assert r.exists(SCHEMA.new_key(ws, job)) == 0
-    fixed = run_cli("--redis-url", redis_url, *ACTOR, "verify", "--repair", "--force", "--yes")
+    fixed = run_cli("--redis-url", redis_url, *ACTOR, "verify", "--repair", "--reason",
+                    "copy lost", "--force", "--yes")
     assert fixed.code == 1  # this run found the difference (and repaired it)
     assert "repaired 1" in fixed.out
     assert run_cli("--redis-url", redis_url, "verify").code == 0
-    (entry,) = [e for e in audit(r) if e["action"] == "verify.repair"]
-    assert entry["actor"] == "oncall" and entry["after"] == "1 records"
+    start, end = [e for e in audit(r) if e["action"].startswith("verify.repair")]
+    assert (start["action"], end["action"]) == ("verify.repair.start", "verify.repair.end")
+    assert end["actor"] == "oncall" and end["reason"] == "copy lost"
+    assert json.loads(end["after"])["copied"] == 1
 
 
 def test_archive_commands_export_delete_restore_and_refuse_what_they_must(
@@ -477,12 +482,16 @@ def test_archive_commands_export_delete_restore_and_refuse_what_they_must(
     assert len(list(r.scan_iter(match="ai:jobs:*"))) == 100
 
     bad = tmp_path / "bad.gz"
-    bad.write_bytes(gzip.compress(b'{"format": "relayctl-archive", "version": 2}\n'))
+    bad.write_bytes(gzip.compress(b'{"format": "relayctl-archive", "version": 3}\n'))
     corrupt = run_cli("--redis-url", redis_url, "archive", "restore", str(bad), "--reason",
                       "x", "--yes")
     assert corrupt.code == 2 and "unsupported version" in corrupt.err
 
     set_flags(r, **{FALLBACK_OLD: False})
+    stale = run_cli("--redis-url", redis_url, "archive", "delete", "--from", path,
+                    "--reason", "x", "--yes")
+    assert stale.code == 2 and "verify_fresh" in stale.err
+    assert run_cli("--redis-url", redis_url, "verify").code == 0
     res = run_cli("--redis-url", redis_url, *ACTOR, "archive", "delete", "--from", path,
                   "--reason", "phase 6", "--yes", "--json")
     assert res.code == 0, res.err
@@ -491,7 +500,8 @@ def test_archive_commands_export_delete_restore_and_refuse_what_they_must(
     res = run_cli("--redis-url", redis_url, *ACTOR, "archive", "restore", path, "--reason",
                   "undo", "--yes", "--json")
     assert res.code == 0, res.err
-    assert json.loads(res.out)["counts"] == {"restored": 100, "exists": 0, "expired": 0}
+    assert json.loads(res.out)["counts"] == {"restored": 100, "rewritten": 0, "exists": 0,
+                                             "expired": 0, "unrestorable": 0}
     assert {k: raw.dump(k) for k in raw.scan_iter(match=b"ai:jobs:*")} == dumps
     raw.close()
     actions = [(e["action"], e["actor"]) for e in audit(r)]

@@ -197,18 +197,23 @@ def test_whole_rollout_gates_fail_before_and_pass_after_with_every_action_audite
     relay.offset_s += 31 * DAY
     relay("checklist", "apply", "--reason", "step 6: baseline before archive", "--yes")
     relay("census")
+    relay("verify")  # archive delete needs a clean full verify after the last flag change
     archive = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"relay-{os.getpid()}.jsonl.gz")
     try:
         relay("archive", "export", archive)
         # what was exported (traffic keeps running, so read it from the file, not Redis)
         before = {a.key.encode(): a.dump for a in read_archive(archive, KeySchema())}
         assert len(before) > 1000
-        relay("archive", "delete", "--from", archive, "--reason", "step 6", "--yes")
+        counts = json.loads(relay("archive", "delete", "--from", archive, "--reason", "step 6",
+                                  "--yes", "--json").stdout)["counts"]
         left = _digest(relay.redis_url, "ai:jobs:*")
         # live traffic keeps updating some jobs: a legacy key survives only if it changed
-        # after the export (or was born after it); everything unchanged is gone
+        # after the export (or was born after it), or its copy was not verified at that
+        # moment (counted by reason); everything else is gone
         survivors = set(left) & set(before)
-        assert all(left[k] != before[k] for k in survivors)
+        unchanged = sum(1 for k in survivors if left[k] == before[k])
+        kept = sum(n for k, n in counts.items() if k not in ("deleted", "changed", "gone"))
+        assert unchanged <= kept, (unchanged, counts)
         deleted = set(before) - set(left)
         assert len(deleted) > 0.9 * len(before)
         relay("census")

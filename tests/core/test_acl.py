@@ -242,6 +242,10 @@ def test_operator_user_runs_the_cli_flows(acl_users, r, capsys, tmp_path):
     ok("archive", "export", path, "--json")
     set_flag(r, FALLBACK_OLD, False, actor="pytest", reason="setup")
     set_flag(r, PREFERS_NEW, True, actor="pytest", reason="setup")
+    ok("verify", "--json")  # archive delete needs a fresh verify after the flag changes
+    r.delete("ai:job:ws-a:job-0")
+    ok("verify", "--repair", "--force", "--reason", "acl", "--yes", "--json", codes=(1,))
+    ok("verify", "--json")  # clean again: the repair's own report still shows what it found
     ok("archive", "delete", "--from", path, "--reason", "acl", "--yes", "--json")
     assert not list(r.scan_iter(match="ai:jobs:*"))
     ok("archive", "restore", path, "--reason", "acl", "--yes", "--json")

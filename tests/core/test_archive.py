@@ -20,6 +20,7 @@ from relayctl.core.demo import seed_pre_migration
 from relayctl.core.errors import UsageError
 from relayctl.core.flags import FALLBACK_OLD, set_flag
 from relayctl.core.keys import AUDIT_KEY, KeySchema
+from relayctl.core.verify import run_verify
 
 SCHEMA = KeySchema()
 WORKSPACES = ["ws-a", "ws-b"]
@@ -34,6 +35,7 @@ def world(r: redis.Redis) -> list[tuple[str, str]]:
                                 ttl_share=0.5, invalid=INVALID, seed=9)
     assert Backfill(r, BackfillOptions(execute=True, force=True)).run() == 0
     set_flag(r, FALLBACK_OLD, False, actor="test", reason="phase 5 done")
+    assert run_verify(r, SCHEMA).clean  # the fresh verify archive delete requires
     return list(seeded.jobs)
 
 
@@ -64,9 +66,12 @@ def write_lines(path: Path, objs: list[dict], *, extra: str = "") -> None:
         f.write(extra)
 
 
-def record_hash(key: str, expire_at: int, dump: bytes) -> str:
-    return hashlib.sha256(key.encode() + b"\0" + str(expire_at).encode() + b"\0"
-                          + dump).hexdigest()
+def record_hash(obj: dict) -> str:
+    """Version 2: key, expiry, DUMP, then the type and the hash's field blob."""
+    blob = base64.b64decode(obj["f"]) if obj["t"] == "hash" else b""
+    return hashlib.sha256(obj["k"].encode() + b"\0" + str(obj["x"]).encode() + b"\0"
+                          + base64.b64decode(obj["d"]) + b"\0" + obj["t"].encode() + b"\0"
+                          + blob).hexdigest()
 
 
 def reseal(objs: list[dict]) -> list[dict]:
@@ -74,10 +79,11 @@ def reseal(objs: list[dict]) -> list[dict]:
     records = [o for o in objs if "k" in o]
     manifest = hashlib.sha256()
     for o in records:
-        o["h"] = record_hash(o["k"], o["x"], base64.b64decode(o["d"]))
+        o["h"] = record_hash(o)
         manifest.update(o["h"].encode())
     return [objs[0], *records,
-            {"manifest": {"count": len(records), "sha256": manifest.hexdigest()}}]
+            {"manifest": {**objs[-1]["manifest"], "count": len(records),
+                          "sha256": manifest.hexdigest()}}]
 
 
 def test_export_delete_restore_gives_byte_identical_keys_and_ttls(r, raw, world, tmp_path):
@@ -90,12 +96,13 @@ def test_export_delete_restore_gives_byte_identical_keys_and_ttls(r, raw, world,
     assert check_archive(path, SCHEMA) == LEGACY + INVALID
 
     deleted = delete_verified(r, SCHEMA, path, actor="oncall", reason="phase 6", batch=17)
-    assert deleted.counts == {"deleted": LEGACY, "changed": 0, "new_differs": 0, "gone": 0,
-                              "invalid": INVALID}
+    assert {k: v for k, v in deleted.counts.items() if v} == {"deleted": LEGACY,
+                                                              "invalid": INVALID}
     assert len(legacy_state(raw)) == INVALID  # the invalid records were never deleted
 
     restored = restore(r, SCHEMA, path, actor="oncall", reason="undo phase 6")
-    assert restored.counts == {"restored": LEGACY, "exists": INVALID, "expired": 0}
+    assert restored.counts == {"restored": LEGACY, "rewritten": 0, "exists": INVALID,
+                               "expired": 0, "unrestorable": 0}
     after = legacy_state(raw)
     assert set(after) == set(before)
     for key, (dump, ttl) in before.items():
@@ -128,6 +135,7 @@ def test_delete_refuses_while_fallback_reads_old_keys_unless_forced(r, raw, worl
     with pytest.raises(UsageError, match="READ_FALLBACK_OLD"):
         delete_verified(r, SCHEMA, path, actor="a", reason="x")
     assert digest(raw) == before
+    run_verify(r, SCHEMA)  # the flag change made the earlier verify stale
     forced = delete_verified(r, SCHEMA, path, actor="a", reason="x", force=True)
     assert forced.counts["deleted"] == LEGACY
 
@@ -142,7 +150,7 @@ def test_delete_keeps_legacy_keys_changed_since_export_or_whose_copy_differs(r, 
     r.delete(SCHEMA.new_key(ws3, j3))  # new copy missing
     summary = delete_verified(r, SCHEMA, path, actor="a", reason="x")
     assert summary.counts["changed"] == 1
-    assert summary.counts["new_differs"] == 2
+    assert summary.counts["field_mismatch"] == 1 and summary.counts["missing"] == 1
     assert summary.counts["deleted"] == LEGACY - 3
     assert r.exists(SCHEMA.old_key(j1), SCHEMA.old_key(j2), SCHEMA.old_key(j3)) == 3
     assert r.hget(SCHEMA.old_key(j1), "status") == "failed"
@@ -235,7 +243,15 @@ def _foreign_key(path: Path, out: Path) -> None:
     write_lines(out, reseal(objs))
 
 
+def _truncated_field_blob(path: Path, out: Path) -> None:
+    objs = read_lines(path)
+    rec = next(o for o in objs if o.get("t") == "hash")
+    rec["f"] = base64.b64encode(base64.b64decode(rec["f"])[:-3]).decode()
+    write_lines(out, reseal(objs))  # re-signed: only the blob's own framing stops it
+
+
 CORRUPTIONS: dict[str, tuple[Callable[[Path, Path], None], str]] = {
+    "truncated-field-blob": (_truncated_field_blob, "malformed"),
     "truncated-bytes": (_truncate_bytes, "truncated or corrupt"),
     "truncated-at-line": (_drop_manifest, "no manifest"),
     "tampered-checksum": (_tamper_checksum, "checksum mismatch"),

@@ -12,7 +12,7 @@ from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 from relayctl.core.archive import (
-    DELETE_LEGACY,
+    DELETE_IF_SAME,
     binary_client,
     check_archive,
     delete_verified,
@@ -22,10 +22,15 @@ from relayctl.core.archive import (
 from relayctl.core.cluster import Router, run_script
 from relayctl.core.demo import seed_pre_migration
 from relayctl.core.keys import AUDIT_KEY, KeySchema
+from relayctl.core.verify import run_verify
 
 WORKSPACES = ["ws-a", "ws-b", "ws-c"]
 LEGACY = 90
 INVALID = 3
+
+
+def nonzero(counts: dict[str, int]) -> dict[str, int]:
+    return {k: v for k, v in counts.items() if v}
 
 
 @pytest.fixture(params=list(SCHEMAS))
@@ -45,6 +50,7 @@ def world(rc: RedisCluster, schema: KeySchema) -> list[tuple[str, str]]:
     """Every legacy job copied (some with TTLs), a few invalid legacy records."""
     seeded = seed_pre_migration(rc, schema, WORKSPACES, jobs=LEGACY, recent_share=1.0,
                                 ttl_share=0.5, invalid=INVALID, seed=9)
+    assert run_verify(rc, schema).clean  # the fresh verify archive delete requires
     return list(seeded.jobs)
 
 
@@ -60,13 +66,12 @@ def test_cluster_export_delete_restore_is_byte_identical(rc, schema, world, tmp_
 
     deleted = delete_verified(rc, schema, path, actor="oncall", reason="phase 6", batch=17,
                               force=True)
-    assert deleted.counts == {"deleted": LEGACY, "changed": 0, "new_differs": 0, "gone": 0,
-                              "invalid": INVALID}
+    assert nonzero(deleted.counts) == {"deleted": LEGACY, "invalid": INVALID}
     assert len(legacy_state(rc, schema)) == INVALID
     assert all(rc.exists(schema.new_key(ws, j)) for ws, j in world)  # copies untouched
 
     restored = restore(rc, schema, path, actor="oncall", reason="undo phase 6")
-    assert restored.counts == {"restored": LEGACY, "exists": INVALID, "expired": 0}
+    assert nonzero(restored.counts) == {"restored": LEGACY, "exists": INVALID}
     after = legacy_state(rc, schema)
     assert set(after) == set(before)
     for key, (dump, ttl) in before.items():
@@ -91,47 +96,45 @@ def test_cluster_delete_keeps_legacy_keys_changed_since_export_or_whose_copy_dif
     rc.delete(schema.new_key(ws3, j3))  # the copy is missing
     rc.hset(schema.new_key(ws4, j4), "extra_field", "x")  # the copy has one more field
     summary = delete_verified(rc, schema, path, actor="a", reason="x", force=True)
-    assert summary.counts == {"deleted": LEGACY - 4, "changed": 1, "new_differs": 3,
-                              "gone": 0, "invalid": INVALID}
+    assert nonzero(summary.counts) == {"deleted": LEGACY - 4, "changed": 1, "field_mismatch": 2,
+                                       "missing": 1, "invalid": INVALID}
     assert rc.exists(*(schema.old_key(j) for j in (j1, j2, j3, j4))) == 4
     assert rc.hget(schema.old_key(j1), "status") == "failed"
 
 
-def test_cluster_delete_script_codes_on_the_legacy_key_alone(rc, schema, world):
-    """DELETE_LEGACY: g gone, c changed since the export, n copy differs, d deleted."""
+def test_cluster_delete_script_deletes_only_a_legacy_key_holding_the_judged_fields(
+        rc, schema, world):
+    """DELETE_IF_SAME: 1 deleted; 0 when gone, or any field differs, is missing or extra."""
     (_ws1, j1), (_ws2, j2), (ws3, j3) = world[:3]
     bclient = binary_client(rc)
     router = Router(bclient)
     try:
-        dumps = {j: bclient.dump(schema.old_key(j)) for j in (j1, j2, j3)}
         fields = {j: [x for kv in bclient.hgetall(schema.old_key(j)).items() for x in kv]
                   for j in (j1, j2, j3)}
         calls = [
-            ([schema.old_key("never-existed")], [b"dump", b"1"]),
-            ([schema.old_key(j1)], [dumps[j2], b"1", *fields[j1]]),
-            ([schema.old_key(j2)], [dumps[j2], b"0"]),
-            ([schema.old_key(j2)], [dumps[j2], b"1", *fields[j2][:-2]]),
-            ([schema.old_key(j2)], [dumps[j2], b"1", *fields[j2][:-1], b"other"]),
-            ([schema.old_key(j3)], [dumps[j3], b"1", *fields[j3]]),
+            ([schema.old_key("never-existed")], [b"job_id", b"x"]),
+            ([schema.old_key(j1)], fields[j2]),
+            ([schema.old_key(j2)], fields[j2][:-2]),
+            ([schema.old_key(j2)], [*fields[j2][:-1], b"other"]),
+            ([schema.old_key(j2)], [*fields[j2], b"more", b"x"]),
+            ([schema.old_key(j3)], fields[j3]),
         ]
-        codes = run_script(router, DELETE_LEGACY, calls)
+        codes = run_script(router, DELETE_IF_SAME, calls)
     finally:
         router.close()
         bclient.close()
-    assert codes == [b"g", b"c", b"n", b"n", b"n", b"d"]
+    assert codes == [0, 0, 0, 0, 0, 1]
     assert rc.exists(schema.old_key(j1), schema.old_key(j2)) == 2
     assert rc.exists(schema.old_key(j3)) == 0
     assert rc.exists(schema.new_key(ws3, j3)) == 1
 
 
-def test_cluster_delete_counts_a_legacy_key_gone_since_export_as_invalid(rc, schema, world,
-                                                                         tmp_path):
+def test_cluster_delete_counts_a_legacy_key_gone_since_export(rc, schema, world, tmp_path):
     path = tmp_path / "a.gz"
     export(rc, schema, path)
     rc.delete(schema.old_key(world[0][1]))
     summary = delete_verified(rc, schema, path, actor="a", reason="x", force=True)
-    assert summary.counts == {"deleted": LEGACY - 1, "changed": 0, "new_differs": 0,
-                              "gone": 0, "invalid": INVALID + 1}
+    assert nonzero(summary.counts) == {"deleted": LEGACY - 1, "gone": 1, "invalid": INVALID}
 
 
 def test_cluster_restore_never_overwrites_an_existing_key(rc, schema, world, tmp_path):
@@ -142,7 +145,7 @@ def test_cluster_restore_never_overwrites_an_existing_key(rc, schema, world, tmp
     occupant = {"job_id": job, "workspace_id": "ws-a", "status": "newer"}
     rc.hset(schema.old_key(job), mapping=occupant)
     summary = restore(rc, schema, path, actor="a", reason="x")
-    assert summary.counts == {"restored": LEGACY - 1, "exists": INVALID + 1, "expired": 0}
+    assert nonzero(summary.counts) == {"restored": LEGACY - 1, "exists": INVALID + 1}
     assert rc.hgetall(schema.old_key(job)) == occupant
 
 

@@ -12,7 +12,7 @@ from relayctl.core.backfill import Backfill, BackfillOptions
 from relayctl.core.demo import seed_pre_migration
 from relayctl.core.errors import UsageError
 from relayctl.core.flags import FALLBACK_OLD, set_flag
-from relayctl.core.keys import VERIFY_KEY, KeySchema
+from relayctl.core.keys import AUDIT_KEY, VERIFY_KEY, KeySchema
 from relayctl.core.verify import KINDS, MAX_EXAMPLES, last_verify, run_verify
 
 SCHEMA = KeySchema()
@@ -45,6 +45,8 @@ class Planted:
     ttl_drift: str
     workspace_mismatch: str
     index_missing: str
+    partial: str
+    index_orphan: str
     within_tolerance: str
 
     def by_kind(self) -> dict[str, str]:
@@ -55,7 +57,7 @@ def plant_differences(r: redis.Redis, m: Migrated) -> Planted:
     """One difference of each kind, on distinct jobs, plus a TTL drift inside the tolerance."""
     no_ttl = m.with_ttl(r, False)
     ttl = m.with_ttl(r, True)
-    (ws1, j1), (ws2, j2), (ws3, j3), (ws4, j4), (ws5, j5) = no_ttl[:5]
+    (ws1, j1), (ws2, j2), (ws3, j3), (ws4, j4), (ws5, j5), (ws7, j7) = no_ttl[:6]
     ws6, j6 = ttl[0]
     # missing: the new copy is gone (its index entry stays)
     r.delete(SCHEMA.new_key(ws1, j1))
@@ -73,10 +75,15 @@ def plant_differences(r: redis.Redis, m: Migrated) -> Planted:
     r.zrem(SCHEMA.index_key(ws5), j5)
     # within tolerance: 500 ms less than the legacy TTL is not drift (tolerance 2 s)
     r.pexpire(SCHEMA.new_key(ws6, j6), r.pttl(SCHEMA.old_key(j6)) - 500)
+    # partial: the copy lost fields (what the seed's update_status on a missing copy wrote)
+    r.hdel(SCHEMA.new_key(ws7, j7), "params", "action_name")
+    # index orphan: an entry whose job exists in neither schema (it expired)
+    r.zadd(SCHEMA.index_key("ws-a"), {"expired-job": 5})
     return Planted(
         missing=SCHEMA.new_key(ws1, j1), extra=extra,
         field_mismatch=SCHEMA.new_key(ws2, j2), ttl_drift=SCHEMA.new_key(ws3, j3),
         workspace_mismatch=SCHEMA.new_key(ws4, j4), index_missing=SCHEMA.new_key(ws5, j5),
+        partial=SCHEMA.new_key(ws7, j7), index_orphan=f"{SCHEMA.index_key('ws-a')} expired-job",
         within_tolerance=SCHEMA.new_key(ws6, j6),
     )
 
@@ -117,7 +124,7 @@ def test_verify_counts_a_copy_whose_job_id_field_was_altered_once(r, migrated):
     assert sum(report.counts.values()) == 1, report.as_dict()
 
 
-def test_verify_reports_a_non_hash_new_copy_as_missing_without_crashing(r, migrated):
+def test_verify_reports_a_non_hash_new_copy_as_missing_and_repair_leaves_it(r, migrated):
     ws, job = migrated.jobs[0]
     r.delete(SCHEMA.new_key(ws, job))
     r.set(SCHEMA.new_key(ws, job), "not a hash")
@@ -125,6 +132,9 @@ def test_verify_reports_a_non_hash_new_copy_as_missing_without_crashing(r, migra
     assert report.counts["missing"] == 1
     assert report.examples["missing"] == [SCHEMA.new_key(ws, job)]
     assert sum(report.counts.values()) == 1
+    repaired = run_verify(r, SCHEMA, repair=True)
+    assert repaired.repaired == 0 and repaired.conflicts == 1
+    assert r.get(SCHEMA.new_key(ws, job)) == "not a hash"
 
 
 def test_verify_sample_checks_exactly_n_legacy_keys_and_skips_the_extra_pass(r, migrated):
@@ -160,21 +170,36 @@ def test_verify_examples_are_capped_at_twenty_per_kind_but_counts_are_exact(r, m
     assert len(report.examples["missing"]) == MAX_EXAMPLES
 
 
-def test_verify_repair_fixes_every_kind_but_extra_and_a_second_run_is_clean(r, migrated):
+def test_verify_repair_fills_what_is_missing_and_reports_differing_fields_as_conflicts(
+        r, migrated):
     planted = plant_differences(r, migrated)
+    tampered = r.hgetall(planted.field_mismatch)
     report = run_verify(r, SCHEMA, repair=True)
-    assert report.repaired == 5
+    # missing, ttl_drift, index_missing and partial are filled; the orphan entry is removed
+    assert report.repaired == 4
+    assert report.repairs["orphans_removed"] == 1
+    # "tampered" and another workspace's record are not provably older: left alone
+    assert report.conflicts == 2
+    assert set(report.conflict_examples) == {planted.field_mismatch, planted.workspace_mismatch}
+    assert r.hgetall(planted.field_mismatch) == tampered
     again = run_verify(r, SCHEMA)
-    assert again.counts == {**dict.fromkeys(KINDS, 0), "extra": 1}, again.as_dict()
-    assert again.examples["extra"] == [planted.extra]
-    # repaired copies equal their legacy record, TTL included, and are indexed again
-    for kind in ("missing", "field_mismatch", "ttl_drift", "workspace_mismatch",
-                 "index_missing"):
+    assert again.counts == {**dict.fromkeys(KINDS, 0), "extra": 1, "field_mismatch": 1,
+                            "workspace_mismatch": 1}, again.as_dict()
+    for kind in ("missing", "ttl_drift", "index_missing", "partial"):
         new_key = getattr(planted, kind)
         ws, job = new_key.split(":")[2], new_key.split(":")[3]
         assert r.hgetall(new_key) == r.hgetall(SCHEMA.old_key(job)), kind
         assert r.pttl(new_key) == r.pttl(SCHEMA.old_key(job)) == -1, kind
         assert r.zscore(SCHEMA.index_key(ws), job) is not None, kind
+    assert r.zscore(SCHEMA.index_key("ws-a"), "expired-job") is None
+
+    preferred = run_verify(r, SCHEMA, repair=True, prefer_legacy=True, reason="legacy wins")
+    assert preferred.repairs["overwritten"] == 2 and preferred.conflicts == 0
+    final = run_verify(r, SCHEMA)
+    assert final.counts == {**dict.fromkeys(KINDS, 0), "extra": 1}, final.as_dict()
+    actions = [(f["action"], f["reason"]) for _, f in r.xrange(AUDIT_KEY)]
+    assert ("verify.repair.start", "legacy wins") in actions
+    assert ("verify.repair.end", "legacy wins") in actions
 
 
 def test_verify_repair_is_refused_once_fallback_is_off_unless_forced(r, migrated):
@@ -185,7 +210,7 @@ def test_verify_repair_is_refused_once_fallback_is_off_unless_forced(r, migrated
     assert r.hget(planted.field_mismatch, "status") == "tampered"  # nothing was repaired
     assert r.exists(planted.missing) == 0
     forced = run_verify(r, SCHEMA, repair=True, force=True)
-    assert forced.repaired == 5
+    assert forced.repaired == 4
     assert r.exists(planted.missing) == 1
 
 
@@ -200,8 +225,10 @@ def test_verify_summary_lands_in_relay_verify_last_for_the_gates(r, migrated):
     assert json.loads(raw["examples"])["missing"] == [planted.missing]
     last = last_verify(r)
     assert last == {"ts": 1_700_000_000.0, "mode": "full", "clean": False, "checked": LEGACY,
-                    "counts": dict.fromkeys(KINDS, 1), "repaired": 0}
-    run_verify(r, SCHEMA, repair=True, now=lambda: 1_700_000_100.0)
+                    "counts": dict.fromkeys(KINDS, 1), "repaired": 0,
+                    "started": 1_700_000_000.0, "complete": True, "workspaces": "",
+                    "conflicts": 0}
+    run_verify(r, SCHEMA, repair=True, prefer_legacy=True, now=lambda: 1_700_000_100.0)
     run_verify(r, SCHEMA, now=lambda: 1_700_000_200.0)
     last = last_verify(r)
     assert last["ts"] == 1_700_000_200.0

@@ -53,8 +53,11 @@ class Planted:
     jobs: dict[str, Job]  # kind -> (ws, job_id), every kind but extra
     extra: str
     within_tolerance: str
+    orphan: str
 
     def example(self, schema: KeySchema, kind: str) -> str:
+        if kind == "index_orphan":
+            return self.orphan
         return self.extra if kind == "extra" else schema.new_key(*self.jobs[kind])
 
 
@@ -76,7 +79,11 @@ def plant_differences(rc: RedisCluster, schema: KeySchema, jobs: list[Job]) -> P
     rc.zrem(schema.index_key(ws), job)
     ws6, j6 = ttl[2]
     rc.pexpire(schema.new_key(ws6, j6), rc.pttl(schema.old_key(j6)) - 500)
-    return Planted(jobs=picked, extra=extra, within_tolerance=schema.new_key(ws6, j6))
+    picked["partial"] = no_ttl[3]
+    rc.hdel(schema.new_key(*no_ttl[3]), "params", "action_name")
+    rc.zadd(schema.index_key("ws-a"), {"expired-job": 5})
+    return Planted(jobs=picked, extra=extra, within_tolerance=schema.new_key(ws6, j6),
+                   orphan=f"{schema.index_key('ws-a')} expired-job")
 
 
 def test_the_templates_put_copies_and_indexes_where_the_test_expects(rc, schema, migrated):
@@ -112,12 +119,21 @@ def test_cluster_verify_repair_fixes_the_copies_and_a_second_run_is_clean(rc, sc
                                                                          migrated):
     planted = plant_differences(rc, schema, migrated)
     report = run_verify(rc, schema, repair=True)
-    assert report.repaired == 5
+    # filled: missing, ttl_drift, index_missing, partial; the orphan removed; "tampered" and
+    # another workspace's record are not provably older: conflicts, left alone
+    assert report.repaired == 4 and report.repairs["orphans_removed"] == 1
+    assert report.conflicts == 2
+    assert rc.hget(schema.new_key(*planted.jobs["field_mismatch"]), "status") == "tampered"
+    again = run_verify(rc, schema)
+    assert again.counts == {**dict.fromkeys(KINDS, 0), "extra": 1, "field_mismatch": 1,
+                            "workspace_mismatch": 1}, again.as_dict()
+    run_verify(rc, schema, repair=True, prefer_legacy=True, reason="legacy wins")
     again = run_verify(rc, schema)
     assert again.counts == {**dict.fromkeys(KINDS, 0), "extra": 1}, again.as_dict()
     for kind, (ws, job) in planted.jobs.items():
         new, old = schema.new_key(ws, job), schema.old_key(job)
-        assert dump_of(rc, new) == dump_of(rc, old), kind  # byte-identical copy
+        if kind in ("missing", "field_mismatch", "workspace_mismatch"):
+            assert dump_of(rc, new) == dump_of(rc, old), kind  # restored byte-identical
         assert rc.hgetall(new) == rc.hgetall(old), kind
         old_ttl, new_ttl = rc.pttl(old), rc.pttl(new)
         assert (old_ttl < 0) == (new_ttl < 0), kind
@@ -171,7 +187,8 @@ def test_cluster_verify_sample_checks_exactly_n_keys_from_every_shard(rc, schema
     everything = run_verify(rc, schema, sample=10_000, seed=1)
     assert everything.checked == LEGACY
     assert everything.invalid_legacy == INVALID
-    assert sum(everything.counts.values()) == len(KINDS) - 1  # all but extra
+    # all but extra and index_orphan (the sample pass checks legacy records only)
+    assert sum(everything.counts.values()) == len(KINDS) - 2
 
 
 def test_cluster_verify_workspace_option_checks_only_that_workspace(rc, schema, migrated):
