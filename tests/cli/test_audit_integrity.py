@@ -157,7 +157,7 @@ def classify(line: Line, schema: KeySchema) -> str | None:
         kinds = {f.split(":", 1)[0] for f in fields}
         if kinds <= {"item"}:
             return "checklist.item"
-        if kinds <= {"applied", "memory", "baseline"}:
+        if kinds <= {"applied", "memory", "evicted", "baseline"}:
             return "checklist.applied"
         if kinds == {"phase"}:
             return "checklist.phase"
