@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -33,6 +33,7 @@ from relayctl.core.lua import (
 )
 from relayctl.core.metrics import Metrics
 from relayctl.core.roundtrip import read_many
+from relayctl.core.timestamps import iso_to_ms as iso_to_ms  # re-exported: callers import it here
 from relayctl.core.validate import (
     is_valid_job_id,
     validate_job_id,
@@ -50,7 +51,6 @@ JOB_FIELDS = (
 IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
 MAX_LIMIT = 1000
 MAX_TTL_SECONDS = 100 * 365 * 24 * 3600  # PEXPIRE must never fail after the first write
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _LIST_ROUNDS = 32
 _SCAN_COUNT = 1000
 
@@ -59,20 +59,6 @@ def iso_now(now: float | None = None) -> str:
     """UTC ISO-8601 with milliseconds and a Z, the record's timestamp format."""
     moment = datetime.fromtimestamp(time.time() if now is None else now, tz=UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def iso_to_ms(value: str | None) -> int:
-    """Epoch milliseconds of an ISO-8601 timestamp (naive means UTC); 0 if unparsable."""
-    if not value:
-        return 0
-    try:
-        moment = datetime.fromisoformat(value.replace("z", "Z"))
-    except ValueError:
-        return 0
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    # exact integer arithmetic, truncating sub-millisecond digits like the Lua iso_ms does
-    return (moment - _EPOCH) // timedelta(milliseconds=1)
 
 
 @dataclass(frozen=True)

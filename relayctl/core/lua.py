@@ -6,40 +6,8 @@ keys or none (Redis does not roll back a script that fails half-way).
 
 from __future__ import annotations
 
-# ISO-8601 (UTC, 'Z' or +hh:mm offset) to epoch milliseconds, 0 when unparsable.
-ISO_MS = """
-local function days_from_civil(y, m, d)
-  if m <= 2 then y = y - 1 end
-  local era = math.floor(y / 400)
-  local yoe = y - era * 400
-  local mp = (m + 9) % 12
-  local doy = math.floor((153 * mp + 2) / 5) + d - 1
-  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
-  return era * 146097 + doe - 719468
-end
-local function iso_ms(s)
-  if not s then return 0 end
-  local y, mo, d, h, mi, sec, rest =
-    string.match(s, '^(%d%d%d%d)-(%d%d)-(%d%d)[T ](%d%d):(%d%d):(%d%d)(.*)$')
-  if not y then return 0 end
-  local ms = 0
-  local frac, tz = string.match(rest, '^%.(%d+)(.*)$')
-  if frac then
-    ms = math.floor(tonumber(string.sub(frac .. '000', 1, 3)))
-    rest = tz
-  end
-  local offset = 0
-  if rest ~= '' and rest ~= 'Z' and rest ~= 'z' then
-    local sign, oh, om = string.match(rest, '^([+-])(%d%d):?(%d%d)$')
-    if not sign then return 0 end
-    offset = (tonumber(oh) * 60 + tonumber(om)) * 60000
-    if sign == '-' then offset = -offset end
-  end
-  local days = days_from_civil(tonumber(y), tonumber(mo), tonumber(d))
-  return days * 86400000 + tonumber(h) * 3600000 + tonumber(mi) * 60000
-    + tonumber(sec) * 1000 + ms - offset
-end
-"""
+# ISO_MS, the Lua `iso_ms(s)` of the timestamp contract, lives beside its Python twin.
+from relayctl.core.timestamps import ISO_MS as ISO_MS
 
 TYPE_OK = """
 local function type_is(key, wanted)
