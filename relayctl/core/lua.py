@@ -203,3 +203,27 @@ local score = tonumber(ARGV[5])
 if KEYS[2] then redis.call('ZADD', KEYS[2], score, ARGV[3]) end
 return {'created', score}
 """
+
+# KEYS: index [, new_1, old_1, new_2, old_2, ...]  (record keys only when they may share the
+#       script: standalone; on a cluster the caller has checked the records)
+# ARGV: member_1, score_1, member_2, score_2, ...
+# Returns the number of index entries removed: those still at the score the caller read and
+# whose job has neither record (list_jobs' orphan pruning).
+PRUNE_ORPHANS = """
+local removed = 0
+local paired = #KEYS > 1
+for i = 1, #ARGV / 2 do
+  local member, score = ARGV[2 * i - 1], tonumber(ARGV[2 * i])
+  local gone = true
+  if paired then
+    gone = redis.call('EXISTS', KEYS[2 * i]) == 0 and redis.call('EXISTS', KEYS[2 * i + 1]) == 0
+  end
+  if gone then
+    local now = redis.call('ZMSCORE', KEYS[1], member)[1]
+    if now and tonumber(now) == score then
+      removed = removed + redis.call('ZREM', KEYS[1], member)
+    end
+  end
+end
+return removed
+"""
