@@ -236,7 +236,7 @@ def simulate(c: Context, rate: float, workspaces: int, duration: float | None,
     """Application traffic through JobStore against a real Redis."""
     from relayctl.core.jobs import JobStore
     from relayctl.core.metrics import Metrics
-    from relayctl.core.simulate import Simulator, workspace_names
+    from relayctl.core.simulate import Simulator, SimulatorDied, workspace_names
 
     client = c.client()
     names = workspace_names(workspaces)
@@ -252,7 +252,9 @@ def simulate(c: Context, rate: float, workspaces: int, duration: float | None,
                 click.echo(f"metrics: {server.url}")
         sim.start()
         try:
-            _wait_for_signal(duration)
+            _wait_for_signal(duration, tick=sim.raise_if_dead)
+        except SimulatorDied:
+            pass  # reported below, after the stats
         finally:
             sim.stop()
             if server:
@@ -262,6 +264,10 @@ def simulate(c: Context, rate: float, workspaces: int, duration: float | None,
     else:
         click.echo("stats: " + ", ".join(f"{k}={v}" for k, v in sim.stats.as_dict().items()
                                          if not isinstance(v, dict)))
+        if sim.stats.by_error:
+            click.echo("errors by type: " + ", ".join(
+                f"{k}={v}" for k, v in sorted(sim.stats.by_error.items())))
+    sim.raise_if_dead()
 
 
 @cli.command()

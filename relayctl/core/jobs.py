@@ -164,6 +164,7 @@ class JobStore:
         self._update = client.register_script(UPDATE)
         self._prune = client.register_script(PRUNE_ORPHANS)
         self._prune_allowed = True
+        self._logged_corrupt: set[str] = set()
         # on a cluster enqueue and update are ordered one-slot steps (see _enqueue_cluster)
         self._cluster = is_cluster(client)
         self._shard_cache: list[tuple[str, str]] = []
@@ -564,9 +565,7 @@ class JobStore:
             try:
                 record[name] = value.decode() if isinstance(value, bytes) else str(value)
             except UnicodeDecodeError:
-                log.warning("Failed to deserialize job record (job_id=%s, field=%s)",
-                            job_id, name)
-                self.metrics.inc(self.metrics.deserialize_errors)
+                self._corrupt(job_id, name)
                 raise CorruptRecordError(ws, job_id, name, source) from None
         job = Job.from_record(record, source)
         if job is None:
@@ -578,6 +577,16 @@ class JobStore:
             log.warning("Failed to deserialize job params (job_id=%s)", job_id)
             self.metrics.inc(self.metrics.deserialize_errors)
         return job
+
+    def _corrupt(self, job_id: str, name: str) -> None:
+        """Count every encounter; log each corrupt job once (list pages meet them often)."""
+        self.metrics.inc(self.metrics.deserialize_errors)
+        if job_id in self._logged_corrupt:
+            return
+        if len(self._logged_corrupt) >= 10_000:
+            self._logged_corrupt.clear()
+        self._logged_corrupt.add(job_id)
+        log.warning("Failed to deserialize job record (job_id=%s, field=%s)", job_id, name)
 
     def _accept_listed(self, raw: object, ws: str, job_id: str, source: str) -> Job | None:
         """As `_accept` for a list page: a corrupt record is skipped (already counted)."""
