@@ -172,7 +172,8 @@ class JobStore:
             self._enqueue_legacy = client.register_script(ENQUEUE_LEGACY)
             self._enqueue_new = client.register_script(ENQUEUE_NEW)
             self._release_idempotency = client.register_script(RELEASE_IDEMPOTENCY)
-            self._update_legacy = client.register_script(UPDATE_LEGACY)
+            # its reply is the whole legacy record: bytes, copied as they are
+            self._update_legacy = self._raw.register_script(UPDATE_LEGACY)
             self._update_new = client.register_script(UPDATE_NEW)
         self._flags = effective(stored_flags(client), self.pins)
         if self._owns_raw and not self._cluster:
@@ -490,10 +491,11 @@ class JobStore:
         """
         s = self.schema
         old, new, index = s.old_key(job_id), s.new_key(ws, job_id), s.index_key(ws)
-        replies = _raise_transport(read_many(self.client, [
+        replies = _raise_transport(read_many(self._raw, [
             ("TYPE", old), ("TYPE", new), ("TYPE", index),
             ("HGET", old, "workspace_id"), ("HMGET", new, "workspace_id", "enqueued_at"),
         ]))
+        wsb = ws.encode()
         old_t, new_t, index_t = (_text(v) for v in replies[:3])
         if old_t == "none" and new_t == "none":
             return 0, "missing"
@@ -501,22 +503,22 @@ class JobStore:
             return 0, "invalid"
         if index_t not in ("none", "zset"):
             raise redis.ResponseError("WRONGTYPE workspace index is not a sorted set")
-        if old_t == "hash" and _text(replies[3]) != ws:
+        if old_t == "hash" and replies[3] != wsb:
             return 0, "mismatch-old"
         new_head = replies[4] if new_t == "hash" else [None, None]
-        if new_t == "hash" and _text(new_head[0]) != ws:
+        if new_t == "hash" and new_head[0] != wsb:
             return 0, "mismatch-new"
-        record: list[str] = []
+        record: list[Any] = []
         pttl = -1
         old_written = False
         if old_t == "hash":
             reply = self._update_legacy_step(old, ws, pairs)
             if reply[0]:
                 old_written = True
-                record, pttl = [_text(v) for v in reply[1]], int(reply[2])
+                record, pttl = list(reply[1]), int(reply[2])
             elif _text(reply[1]) != "missing":
                 return 0, _text(reply[1])
-        new_score = str(iso_to_ms(_text(new_head[1]))) if new_t == "hash" else ""
+        new_score = str(iso_to_ms(new_head[1])) if new_t == "hash" else ""
         what = self._update_new_step(new, index, ws, job_id, dual, pairs, new_score,
                                      record if old_written else [], pttl)
         if what.startswith(("mismatch", "invalid")):
@@ -531,12 +533,12 @@ class JobStore:
 
     def _update_new_step(
         self, new: str, index: str, ws: str, job_id: str, dual: bool, pairs: list[str],
-        new_score: str, record: list[str], pttl: int,
+        new_score: str, record: list[Any], pttl: int,
     ) -> str:
         """Update or create the new record; index it under dual-write. Returns what it did."""
         together = key_slot(new) == key_slot(index)
         it = iter(record)
-        created_score = iso_to_ms(dict(zip(it, it, strict=True)).get("enqueued_at"))
+        created_score = iso_to_ms(dict(zip(it, it, strict=True)).get(b"enqueued_at"))
         args: list[Any] = ["1" if dual else "0", ws, job_id, new_score, created_score, pttl,
                            len(pairs) // 2, *pairs, *record]
         what, score = self._update_new(keys=[new, index] if together else [new], args=args)

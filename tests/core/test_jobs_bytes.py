@@ -201,3 +201,18 @@ def test_jobstore_reads_of_byte_level_data_never_traceback(r, raw, make_store, s
 def test_report_how_many_byte_level_inputs_the_jobstore_fuzz_tried():
     print(f"\njobstore byte fuzz: {TRIED['datasets']} datasets, {TRIED['records']} records, "
           f"{TRIED['reads']} reads")
+
+
+def test_update_status_of_a_corrupt_record_copies_its_bytes_exactly(r, raw, store, schema):
+    apply_flags(r, Combo(dual=False, prefers_new=False, fallback=True), store)
+    (job_id,) = _enqueue(store, 1)
+    raw.hset(schema.old_key(job_id), "params", PAYLOAD)
+    apply_flags(r, ALL_ON, store)
+    assert store.update_status("ws-a", job_id, "running") == "old+created"
+    copy = raw.hgetall(schema.new_key("ws-a", job_id))
+    assert copy == raw.hgetall(schema.old_key(job_id))
+    assert copy[b"params"] == PAYLOAD and copy[b"status"] == b"running"
+    assert r.zscore(schema.index_key("ws-a"), job_id) == 1_700_000_000_000
+    assert store.update_status("ws-a", job_id, "completed") == "both"
+    with pytest.raises(CorruptRecordError):
+        store.get_job("ws-a", job_id)
