@@ -58,7 +58,6 @@ _SCAN_COUNT = 1000
 # index entries of vanished jobs removed by one list_jobs call at most (bounded work)
 PRUNE_PER_CALL = 256
 _FIELD_NAMES = tuple((name, name.encode()) for name in JOB_FIELDS)
-RawRecord = Mapping[bytes, bytes]
 
 
 class CorruptRecordError(RelayError):
@@ -234,6 +233,8 @@ class JobStore:
         if self._owns_raw:
             with contextlib.suppress(redis.RedisError, OSError):
                 self._raw.close()
+                if not self._cluster:
+                    self._raw.connection_pool.disconnect()  # its own pool, made in __init__
 
     def __enter__(self) -> JobStore:
         return self
