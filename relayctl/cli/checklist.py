@@ -137,7 +137,7 @@ def checklist_apply(c: Context, reason: str, yes: bool, as_json: bool) -> None:
                           for k, v in (p.target_flags or {}).items()) or "no flag changes"
     confirm_dangerous(f"apply phase {p.number} ({flags_txt}) on {c.redis_display}", yes)
     applied, changes = apply(client, actor=c.actor, reason=reason, metrics_urls=c.metrics_urls,
-                             now=c.now())
+                             now=c.now(), seen_phase=state.phase)
     if as_json:
         emit_json({"phase": applied.number, "changes": [
             {"flag": ch.name, "before": ch.before, "after": ch.after} for ch in changes]})
@@ -169,7 +169,7 @@ def checklist_advance(c: Context, overrides: tuple[str, ...], reason: str,
         confirm_dangerous(f"override {', '.join(overrides)} and advance phase {state.phase}",
                           yes)
     result = advance(client, ctx, actor=c.actor, overrides=dict.fromkeys(overrides, reason),
-                     now=c.now)
+                     now=c.now, seen_phase=state.phase)
     if as_json:
         emit_json({"advanced": result.advanced, "from": result.phase_from,
                    "to": result.phase_to, "blocking": result.blocking,

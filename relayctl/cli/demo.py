@@ -18,8 +18,9 @@ def demo_clock(speed: float) -> Callable[[], float]:
     return lambda: start + (time.time() - start) * speed
 
 
-def wait_for_signal(duration: float | None) -> None:
-    """Block until SIGINT/SIGTERM or `duration` seconds."""
+def wait_for_signal(duration: float | None, tick: Callable[[], None] | None = None) -> None:
+    """Block until SIGINT/SIGTERM or `duration` seconds; `tick` runs every second (it may
+    raise to end the wait, as a dead simulator thread does)."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -28,6 +29,8 @@ def wait_for_signal(duration: float | None) -> None:
         if deadline is not None and time.monotonic() >= deadline:
             break
         stop.wait(1.0)
+        if tick is not None:
+            tick()
 
 
 @click.command()
@@ -49,7 +52,7 @@ def simulate(c: Context, rate: float, workspaces: int, duration: float | None,
     """Application traffic through JobStore against a real Redis."""
     from relayctl.core.jobs import JobStore
     from relayctl.core.metrics import Metrics
-    from relayctl.core.simulate import Simulator, workspace_names
+    from relayctl.core.simulate import Simulator, SimulatorDied, workspace_names
 
     client = c.client()
     names = workspace_names(workspaces)
@@ -65,7 +68,9 @@ def simulate(c: Context, rate: float, workspaces: int, duration: float | None,
                 click.echo(f"metrics: {server.url}")
         sim.start()
         try:
-            wait_for_signal(duration)
+            wait_for_signal(duration, tick=sim.raise_if_dead)
+        except SimulatorDied:
+            pass  # reported below, after the stats
         finally:
             sim.stop()
             if server:
@@ -75,6 +80,10 @@ def simulate(c: Context, rate: float, workspaces: int, duration: float | None,
     else:
         click.echo("stats: " + ", ".join(f"{k}={v}" for k, v in sim.stats.as_dict().items()
                                          if not isinstance(v, dict)))
+        if sim.stats.by_error:
+            click.echo("errors by type: " + ", ".join(
+                f"{k}={v}" for k, v in sorted(sim.stats.by_error.items())))
+    sim.raise_if_dead()
 
 
 @click.command()

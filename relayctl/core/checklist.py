@@ -1,7 +1,9 @@
 """The shared walkthrough: current phase, checked-off items, baselines, overrides, rollbacks.
 
-State lives in relay:checklist; every write goes with its audit entry through
-`audit.write_audited` (one MULTI/EXEC standalone; entries first, then the write, on a cluster).
+State lives in relay:checklist. Every write is compare-and-set on the phase the operator saw
+and goes with its audit entries: one script standalone (phase check, write and entries
+together or not at all); on a cluster, where relay:audit lives in another slot, the entries
+first, then the script on relay:checklist (a refusal appends a `<action>.refused` entry).
 """
 
 from __future__ import annotations
@@ -15,13 +17,45 @@ import redis
 
 from relayctl.core import audit
 from relayctl.core.backfill import send_control
+from relayctl.core.cluster import is_cluster
 from relayctl.core.errors import UsageError
 from relayctl.core.flags import FlagChange, set_flag
 from relayctl.core.gates import PASS, GateContext, GateResult, evaluate_phase
-from relayctl.core.keys import CHECKLIST_KEY
+from relayctl.core.keys import AUDIT_KEY, CHECKLIST_KEY
 from relayctl.core.phases import LAST_PHASE, PROCEDURES, Phase, find_item, phase
 from relayctl.core.scrape import Snapshot, SourceError, scrape
 from relayctl.core.serverinfo import memory_info
+
+# KEYS: checklist [, audit]  (the audit stream only where it may share the script: standalone)
+# ARGV: seen_phase, audit_maxlen, n_fields, field, value, ... (n_fields pairs), then for each
+#       audit entry: n_pairs, key, value, ...
+# Returns {1} after writing everything, or {0, phase, by, at} without writing anything when
+# the stored phase is not seen_phase (a phase that is not a plain number reads as 0).
+CHECKLIST_CAS = """
+local raw = redis.call('HGET', KEYS[1], 'phase')
+local now = '0'
+if raw and string.match(raw, '^[0-9]+$') then now = tostring(tonumber(raw)) end
+if now ~= ARGV[1] then
+  local who = redis.call('HMGET', KEYS[1], 'phase:by', 'phase:at')
+  return {0, now, who[1] or '', who[2] or ''}
+end
+local n = tonumber(ARGV[3])
+local i = 4
+if n > 0 then
+  local fields = {}
+  for j = i, i + 2 * n - 1 do fields[#fields + 1] = ARGV[j] end
+  redis.call('HSET', KEYS[1], unpack(fields))
+end
+i = i + 2 * n
+while i <= #ARGV do
+  local pairs_n = tonumber(ARGV[i])
+  local entry = {}
+  for j = i + 1, i + 2 * pairs_n do entry[#entry + 1] = ARGV[j] end
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(entry))
+  i = i + 1 + 2 * pairs_n
+end
+return {1}
+"""
 
 
 @dataclass
@@ -74,13 +108,53 @@ def parse_checklist(raw: dict[str, str]) -> ChecklistState:
     return state
 
 
-def _write(client: redis.Redis, fields: dict[str, str], entry: dict[str, str]) -> None:
-    audit.write_audited(client, [entry], lambda pipe: pipe.hset(CHECKLIST_KEY, mapping=fields))
+def _text(value: object) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _stamp(at: str) -> str:
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(at)))
+    except (ValueError, OverflowError):
+        return "an unknown time"
+
+
+def _write(client: redis.Redis, seen_phase: int, fields: dict[str, str],
+           entries: list[dict[str, str]]) -> None:
+    """Write `fields` and `entries` only if the phase is still `seen_phase`; otherwise
+    nothing is written and the loser gets UsageError `phase is now M (advanced by X at T)`."""
+    cluster = is_cluster(client)
+    args: list[str] = [str(seen_phase), str(audit.AUDIT_MAXLEN), str(len(fields))]
+    for key, value in fields.items():
+        args += [key, value]
+    if cluster:
+        audit.write_audited(client, entries, lambda pipe: None)  # entries first (see module)
+        keys = [CHECKLIST_KEY]
+    else:
+        keys = [CHECKLIST_KEY, AUDIT_KEY]
+        for entry in entries:
+            args.append(str(len(entry)))
+            for key, value in entry.items():
+                args += [key, value]
+    reply = client.eval(CHECKLIST_CAS, len(keys), *keys, *args)
+    if int(reply[0]) == 1:
+        return
+    now, by, at = (_text(v) for v in reply[1:4])
+    if cluster:
+        for entry in entries:
+            audit.record(client, entry["actor"], entry["action"] + ".refused", entry["target"],
+                         entry["before"], entry["after"], f"phase is now {now}")
+    raise UsageError(f"phase is now {now} (advanced by {by or 'an unknown actor'} at "
+                     f"{_stamp(at) if at else 'an unknown time'}); you saw phase {seen_phase}"
+                     ": nothing was written, check the checklist and run it again")
 
 
 def mark(client: redis.Redis, item_ids: list[str], *, actor: str, reason: str = "",
-         undo: bool = False, now: float | None = None) -> list[str]:
-    """Check off (or re-open) manual items; gate-backed items are not marked by hand."""
+         undo: bool = False, now: float | None = None,
+         seen_phase: int | None = None) -> list[str]:
+    """Check off (or re-open) manual items; gate-backed items are not marked by hand.
+    Written only while the phase is still `seen_phase` (default: as read now)."""
+    seen = read_checklist(client).phase if seen_phase is None else seen_phase
     ts = time.time() if now is None else now
     fields: dict[str, str] = {}
     for item_id in item_ids:
@@ -92,17 +166,21 @@ def mark(client: redis.Redis, item_ids: list[str], *, actor: str, reason: str = 
         fields[f"item:{item_id}"] = json.dumps(
             {"state": "open" if undo else "done", "actor": actor, "ts": ts})
     state = "open" if undo else "done"
-    _write(client, fields, audit.audit_fields(actor, "checklist.mark", ",".join(item_ids),
-                                              "", state, reason, ts))
+    _write(client, seen, fields, [audit.audit_fields(
+        actor, "checklist.mark", ",".join(item_ids), "", state, reason, ts)])
     return item_ids
 
 
 def apply(client: redis.Redis, *, actor: str, reason: str, metrics_urls: list[str],
-          now: float | None = None) -> tuple[Phase, list[FlagChange]]:
-    """Set the current phase's target flags (each audited) and record the gate baselines."""
+          now: float | None = None, seen_phase: int | None = None,
+          ) -> tuple[Phase, list[FlagChange]]:
+    """Set the current phase's target flags (each audited) and record the gate baselines;
+    refused, with nothing written, once the phase is no longer `seen_phase`."""
     if not reason.strip():
         raise UsageError("a reason is required to apply a phase")
     state = read_checklist(client)
+    if seen_phase is not None and seen_phase != state.phase:
+        _write(client, seen_phase, {}, [])  # raises with who moved it
     if state.complete:
         raise UsageError("the rollout is complete; nothing to apply")
     current = phase(state.phase)
@@ -120,9 +198,9 @@ def apply(client: redis.Redis, *, actor: str, reason: str, metrics_urls: list[st
         fields[f"evicted:{current.number}"] = str(memory["evicted"])
     if baseline is not None:
         fields[f"baseline:{current.number}"] = baseline.to_json()
-    _write(client, fields, audit.audit_fields(
+    _write(client, state.phase, fields, [audit.audit_fields(
         actor, "checklist.apply", f"phase {current.number}", "",
-        json.dumps({k: v for k, v in (current.target_flags or {}).items()}), reason, ts))
+        json.dumps({k: v for k, v in (current.target_flags or {}).items()}), reason, ts)])
     changes = [set_flag(client, name, value, actor=actor, now=ts,
                         reason=f"phase {current.number}: {reason}")
                for name, value in (current.target_flags or {}).items()]
@@ -141,10 +219,15 @@ class AdvanceResult:
 
 
 def advance(client: redis.Redis, ctx: GateContext, *, actor: str,
-            overrides: dict[str, str], now: Callable[[], float] = time.time) -> AdvanceResult:
+            overrides: dict[str, str], now: Callable[[], float] = time.time,
+            seen_phase: int | None = None) -> AdvanceResult:
     """Move to the next phase only when every gate passes (or is overridden with a reason)
-    and every manual item is checked off."""
+    and every manual item is checked off, and only from the phase the operator saw
+    (`seen_phase`, default: as read here): of two concurrent advances one wins, a stale one
+    never moves the phase back."""
     state = read_checklist(client)
+    if seen_phase is not None and seen_phase != state.phase:
+        _write(client, seen_phase, {}, [])  # raises with who moved it
     if state.complete:
         raise UsageError("the rollout is already complete")
     current = phase(state.phase)
@@ -169,8 +252,8 @@ def advance(client: redis.Redis, ctx: GateContext, *, actor: str,
     entries.append(audit.audit_fields(
         actor, "checklist.advance", "phase", str(current.number), str(nxt),
         "; ".join(f"{g}: {why}" for g, why in overrides.items()) or "all gates pass", ts))
-    audit.write_audited(client, entries,
-                        lambda pipe: pipe.hset(CHECKLIST_KEY, "phase", str(nxt)))
+    _write(client, current.number,
+           {"phase": str(nxt), "phase:by": actor, "phase:at": f"{ts:.3f}"}, entries)
     result.advanced = True
     result.phase_to = nxt
     return result
@@ -185,14 +268,19 @@ class RollbackResult:
 
 
 def rollback(client: redis.Redis, procedure_id: str, *, actor: str,
-             reason: str, now: float | None = None) -> RollbackResult:
-    """Apply a documented rollback procedure's flag changes (each audited)."""
+             reason: str, now: float | None = None,
+             seen_phase: int | None = None) -> RollbackResult:
+    """Apply a documented rollback procedure's flag changes (each audited). With
+    `seen_phase`, refused before any change once the phase is no longer the one the operator
+    saw (the flags are written by flags.set_flag, so the check precedes them)."""
     proc = PROCEDURES.get(procedure_id)
     if proc is None:
         raise UsageError(f"unknown rollback procedure {procedure_id!r}: expected one of "
                          f"{', '.join(PROCEDURES)}")
     if not reason.strip():
         raise UsageError("a reason is required for a rollback")
+    if seen_phase is not None and read_checklist(client).phase != seen_phase:
+        _write(client, seen_phase, {}, [])  # raises with who moved it
     stopped = False
     if proc.stop_backfill:
         try:

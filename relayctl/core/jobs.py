@@ -10,22 +10,24 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
 from redis.exceptions import AskError
 
 from relayctl.core import fleet
+from relayctl.core.binary import binary_client
 from relayctl.core.cluster import close_shards, is_cluster, key_slot, shards
 from relayctl.core.cursor import CursorCodec, CursorState, shared_secret
-from relayctl.core.errors import CursorError, JobNotFoundError, ValidationError
+from relayctl.core.errors import CursorError, JobNotFoundError, RelayError, ValidationError
 from relayctl.core.flags import FLAG_NAMES, FlagState, effective, env_pins, stored_flags
 from relayctl.core.keys import KeySchema
 from relayctl.core.lua import (
     ENQUEUE,
     ENQUEUE_LEGACY,
     ENQUEUE_NEW,
+    PRUNE_ORPHANS,
     RELEASE_IDEMPOTENCY,
     UPDATE,
     UPDATE_LEGACY,
@@ -33,6 +35,7 @@ from relayctl.core.lua import (
 )
 from relayctl.core.metrics import Metrics
 from relayctl.core.roundtrip import read_many
+from relayctl.core.timestamps import iso_to_ms as iso_to_ms  # re-exported: callers import it here
 from relayctl.core.validate import (
     is_valid_job_id,
     validate_job_id,
@@ -50,29 +53,30 @@ JOB_FIELDS = (
 IDEMPOTENCY_TTL_MS = 24 * 3600 * 1000
 MAX_LIMIT = 1000
 MAX_TTL_SECONDS = 100 * 365 * 24 * 3600  # PEXPIRE must never fail after the first write
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _LIST_ROUNDS = 32
 _SCAN_COUNT = 1000
+# index entries of vanished jobs removed by one list_jobs call at most (bounded work)
+PRUNE_PER_CALL = 256
+_FIELD_NAMES = tuple((name, name.encode()) for name in JOB_FIELDS)
+
+
+class CorruptRecordError(RelayError):
+    """A job's stored record cannot be decoded (not UTF-8); the message names the job and
+    the field, never the payload."""
+
+    def __init__(self, workspace_id: str, job_id: str, field_name: str, source: str) -> None:
+        super().__init__(f"job {job_id} in workspace {workspace_id}: the {source} record's "
+                         f"{field_name!r} field is not valid UTF-8")
+        self.workspace_id = workspace_id
+        self.job_id = job_id
+        self.field_name = field_name
+        self.source = source
 
 
 def iso_now(now: float | None = None) -> str:
     """UTC ISO-8601 with milliseconds and a Z, the record's timestamp format."""
     moment = datetime.fromtimestamp(time.time() if now is None else now, tz=UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def iso_to_ms(value: str | None) -> int:
-    """Epoch milliseconds of an ISO-8601 timestamp (naive means UTC); 0 if unparsable."""
-    if not value:
-        return 0
-    try:
-        moment = datetime.fromisoformat(value.replace("z", "Z"))
-    except ValueError:
-        return 0
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    # exact integer arithmetic, truncating sub-millisecond digits like the Lua iso_ms does
-    return (moment - _EPOCH) // timedelta(milliseconds=1)
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,9 @@ class JobStore:
         instance: str | None = None,
     ) -> None:
         self.client = client
+        # reads go through a bytes client: a record is decoded here, field by field, so one
+        # undecodable value is one corrupt record, not a failed page
+        self._raw, self._owns_raw = _bytes_client(client)
         self.schema = schema or KeySchema()
         self.metrics = metrics or Metrics()
         self.pins = dict(env_pins() if pins is None else pins)
@@ -154,6 +161,9 @@ class JobStore:
         self._codec = CursorCodec(cursor_secret or shared_secret(client))
         self._enqueue = client.register_script(ENQUEUE)
         self._update = client.register_script(UPDATE)
+        self._prune = client.register_script(PRUNE_ORPHANS)
+        self._prune_allowed = True
+        self._logged_corrupt: set[str] = set()
         # on a cluster enqueue and update are ordered one-slot steps (see _enqueue_cluster)
         self._cluster = is_cluster(client)
         self._shard_cache: list[tuple[str, str]] = []
@@ -161,9 +171,12 @@ class JobStore:
             self._enqueue_legacy = client.register_script(ENQUEUE_LEGACY)
             self._enqueue_new = client.register_script(ENQUEUE_NEW)
             self._release_idempotency = client.register_script(RELEASE_IDEMPOTENCY)
-            self._update_legacy = client.register_script(UPDATE_LEGACY)
+            # its reply is the whole legacy record: bytes, copied as they are
+            self._update_legacy = self._raw.register_script(UPDATE_LEGACY)
             self._update_new = client.register_script(UPDATE_NEW)
         self._flags = effective(stored_flags(client), self.pins)
+        if self._owns_raw and not self._cluster:
+            self._raw.ping()  # its pooled connection is ready before the first request
         self._publish_flag_gauges()
         self._stop = threading.Event()
         self._published = False
@@ -217,6 +230,11 @@ class JobStore:
         if self._published:
             with contextlib.suppress(redis.RedisError, OSError):
                 fleet.withdraw(self.client, self.instance)
+        if self._owns_raw:
+            with contextlib.suppress(redis.RedisError, OSError):
+                self._raw.close()
+                if not self._cluster:
+                    self._raw.connection_pool.disconnect()  # its own pool, made in __init__
 
     def __enter__(self) -> JobStore:
         return self
@@ -474,10 +492,11 @@ class JobStore:
         """
         s = self.schema
         old, new, index = s.old_key(job_id), s.new_key(ws, job_id), s.index_key(ws)
-        replies = _raise_transport(read_many(self.client, [
+        replies = _raise_transport(read_many(self._raw, [
             ("TYPE", old), ("TYPE", new), ("TYPE", index),
             ("HGET", old, "workspace_id"), ("HMGET", new, "workspace_id", "enqueued_at"),
         ]))
+        wsb = ws.encode()
         old_t, new_t, index_t = (_text(v) for v in replies[:3])
         if old_t == "none" and new_t == "none":
             return 0, "missing"
@@ -485,22 +504,22 @@ class JobStore:
             return 0, "invalid"
         if index_t not in ("none", "zset"):
             raise redis.ResponseError("WRONGTYPE workspace index is not a sorted set")
-        if old_t == "hash" and _text(replies[3]) != ws:
+        if old_t == "hash" and replies[3] != wsb:
             return 0, "mismatch-old"
         new_head = replies[4] if new_t == "hash" else [None, None]
-        if new_t == "hash" and _text(new_head[0]) != ws:
+        if new_t == "hash" and new_head[0] != wsb:
             return 0, "mismatch-new"
-        record: list[str] = []
+        record: list[Any] = []
         pttl = -1
         old_written = False
         if old_t == "hash":
             reply = self._update_legacy_step(old, ws, pairs)
             if reply[0]:
                 old_written = True
-                record, pttl = [_text(v) for v in reply[1]], int(reply[2])
+                record, pttl = list(reply[1]), int(reply[2])
             elif _text(reply[1]) != "missing":
                 return 0, _text(reply[1])
-        new_score = str(iso_to_ms(_text(new_head[1]))) if new_t == "hash" else ""
+        new_score = str(iso_to_ms(new_head[1])) if new_t == "hash" else ""
         what = self._update_new_step(new, index, ws, job_id, dual, pairs, new_score,
                                      record if old_written else [], pttl)
         if what.startswith(("mismatch", "invalid")):
@@ -515,12 +534,12 @@ class JobStore:
 
     def _update_new_step(
         self, new: str, index: str, ws: str, job_id: str, dual: bool, pairs: list[str],
-        new_score: str, record: list[str], pttl: int,
+        new_score: str, record: list[Any], pttl: int,
     ) -> str:
         """Update or create the new record; index it under dual-write. Returns what it did."""
         together = key_slot(new) == key_slot(index)
         it = iter(record)
-        created_score = iso_to_ms(dict(zip(it, it, strict=True)).get("enqueued_at"))
+        created_score = iso_to_ms(dict(zip(it, it, strict=True)).get(b"enqueued_at"))
         args: list[Any] = ["1" if dual else "0", ws, job_id, new_score, created_score, pttl,
                            len(pairs) // 2, *pairs, *record]
         what, score = self._update_new(keys=[new, index] if together else [new], args=args)
@@ -529,16 +548,30 @@ class JobStore:
             self.client.zadd(index, {job_id: int(score)}, nx=what == "updated")
         return what
 
-    def _accept(self, record: Mapping[str, str], ws: str, job_id: str, source: str,
+    def _accept(self, raw: object, ws: str, job_id: str, source: str,
                 operation: str) -> Job | None:
-        """A record is returned only if it is whole and belongs to the caller's workspace."""
-        if not record:
+        """A record is returned only if it is whole and belongs to the caller's workspace.
+
+        `raw` is a HGETALL reply of the bytes client. A record of the caller's job whose
+        fields are not UTF-8 raises CorruptRecordError (counted and logged, payload never).
+        """
+        if not isinstance(raw, dict) or not raw:
             return None
-        if record.get("workspace_id") != ws:
+        if raw.get(b"workspace_id") != ws.encode():
             self._mismatch(operation, ws, job_id)
             return None
+        if raw.get(b"job_id") != job_id.encode() or not is_valid_job_id(job_id):
+            return None
+        record: dict[str, str] = {}
+        for name, key in _FIELD_NAMES:
+            value = raw.get(key, b"")
+            try:
+                record[name] = value.decode() if isinstance(value, bytes) else str(value)
+            except UnicodeDecodeError:
+                self._corrupt(job_id, name)
+                raise CorruptRecordError(ws, job_id, name, source) from None
         job = Job.from_record(record, source)
-        if job is None or job.job_id != job_id:
+        if job is None:
             return None
         try:
             json.loads(job.params or "{}")
@@ -548,8 +581,29 @@ class JobStore:
             self.metrics.inc(self.metrics.deserialize_errors)
         return job
 
+    def _corrupt(self, job_id: str, name: str) -> None:
+        """Count every encounter; log each corrupt job once (list pages meet them often)."""
+        self.metrics.inc(self.metrics.deserialize_errors)
+        if job_id in self._logged_corrupt:
+            return
+        if len(self._logged_corrupt) >= 10_000:
+            self._logged_corrupt.clear()
+        self._logged_corrupt.add(job_id)
+        log.warning("Failed to deserialize job record (job_id=%s, field=%s)", job_id, name)
+
+    def _accept_listed(self, raw: object, ws: str, job_id: str, source: str) -> Job | None:
+        """As `_accept` for a list page: a corrupt record is skipped (already counted)."""
+        try:
+            return self._accept(raw, ws, job_id, source, "list")
+        except CorruptRecordError:
+            return None
+
     def get_job(self, workspace_id: str, job_id: str) -> Job | None:
-        """One round trip whatever the flags; another workspace's record is a miss."""
+        """One round trip whatever the flags; another workspace's record is a miss.
+
+        Raises CorruptRecordError when the record read cannot be decoded (a corrupt new copy
+        is not a missing one, so it is not masked by the legacy record).
+        """
         ws = validate_workspace_id(workspace_id)
         job_id = validate_job_id(job_id)
         flags = self._flags
@@ -558,15 +612,15 @@ class JobStore:
             commands = [("HGETALL", s.new_key(ws, job_id))]
             if flags.read_fallback_old:
                 commands.append(("HGETALL", s.old_key(job_id)))
-            replies = read_many(self.client, commands)
+            replies = read_many(self._raw, commands)
             _raise_transport(replies)
-            job = self._accept(_hash(replies[0]), ws, job_id, "new", "get")
+            job = self._accept(replies[0], ws, job_id, "new", "get")
             if job is None and len(replies) == 2:
-                job = self._accept(_hash(replies[1]), ws, job_id, "old", "get")
+                job = self._accept(replies[1], ws, job_id, "old", "get")
         else:
-            replies = read_many(self.client, [("HGETALL", s.old_key(job_id))])
+            replies = read_many(self._raw, [("HGETALL", s.old_key(job_id))])
             _raise_transport(replies)
-            job = self._accept(_hash(replies[0]), ws, job_id, "old", "get")
+            job = self._accept(replies[0], ws, job_id, "old", "get")
         path = job.source if job else "miss"
         if path == "new":
             log.debug("get_job: Found job in new schema (job_id=%s, workspace=%s)", job_id, ws)
@@ -589,6 +643,9 @@ class JobStore:
 
         A page may be shorter than `limit` (even empty) while `cursor` is not None: keep
         paging until it is None. Every job appears exactly once across a full pagination.
+        A corrupt record is skipped and counted (relay_job_deserialize_errors_total); an
+        index entry whose job exists in neither schema is removed when met (at most
+        PRUNE_PER_CALL per call).
         """
         ws = validate_workspace_id(workspace_id)
         if status is not None and status not in STATUSES:
@@ -606,13 +663,19 @@ class JobStore:
         else:
             state = self._codec.decode(cursor, ws=ws, status=status_key, plan=plan)
         jobs: list[Job] = []
-        rounds = 0
+        orphans: list[tuple[bytes, float]] = []
+        rounds = idle = 0
         while state is not None and len(jobs) < limit and rounds < _LIST_ROUNDS:
             rounds += 1
+            before = len(jobs)
             if state.phase == "index":
-                state = self._index_round(state, jobs, limit, status, flags.read_fallback_old)
+                state = self._index_round(state, jobs, limit, status, flags.read_fallback_old,
+                                          orphans, idle)
             else:
                 state = self._legacy_round(state, jobs, limit, status, plan)
+            idle = idle + 1 if len(jobs) == before else 0
+        if orphans:
+            self._prune_orphans(ws, orphans)
         sources = {j.source for j in jobs}
         if len(sources) == 2:
             path = "mixed"
@@ -626,22 +689,25 @@ class JobStore:
 
     def _index_round(
         self, state: CursorState, jobs: list[Job], limit: int, status: str | None,
-        fallback: bool,
+        fallback: bool, orphans: list[tuple[bytes, float]], idle: int = 0,
     ) -> CursorState | None:
-        """Consume index entries after (score, job_id) in newest-first order."""
+        """Consume index entries after (score, job_id) in newest-first order; entries whose
+        job has neither record go to `orphans`. After `idle` rounds that listed nothing
+        (a run of expired or filtered jobs) the batch grows, up to 32 times, so the page
+        still fills within the round limit."""
         s = self.schema
         ws = state.ws
         want = limit - len(jobs)
         top = "+inf" if state.score is None else repr(state.score)
         offset = 0
-        batch = max(want, 16)
+        batch = max(want, 16) << min(idle, 5)
         while True:
-            entries = self.client.zrange(
+            entries = [(_member(m), m, sc) for m, sc in self._raw.zrange(
                 s.index_key(ws), top, "-inf", desc=True, byscore=True,
                 offset=offset, num=batch, withscores=True,
-            )
+            )]
             fresh = [
-                (m, sc) for m, sc in entries
+                (m, raw, sc) for m, raw, sc in entries
                 if state.score is None or sc < state.score
                 or (sc == state.score and state.job_id is not None and m < state.job_id)
             ]
@@ -651,30 +717,58 @@ class JobStore:
         exhausted = len(entries) < batch
         if not fresh:
             return self._after_index(state, fallback) if exhausted else state
-        valid = [m for m, _ in fresh if is_valid_job_id(m)]
-        new_recs = dict(zip(valid, map(_hash, _raise_transport(read_many(
-            self.client, [("HGETALL", s.new_key(ws, m)) for m in valid]))), strict=True))
-        old_recs: dict[str, dict[str, str]] = {}
-        if fallback:
-            # an expired or lost new copy is still listed once, from its legacy record
-            lost = [m for m in valid if not new_recs[m]]
-            old_recs = dict(zip(lost, map(_hash, _raise_transport(read_many(
-                self.client, [("HGETALL", s.old_key(m)) for m in lost]))), strict=True))
+        valid = [m for m, _raw, _sc in fresh if is_valid_job_id(m)]
+        new_recs = dict(zip(valid, _raise_transport(read_many(
+            self._raw, [("HGETALL", s.new_key(ws, m)) for m in valid])), strict=True))
+        # an expired or lost new copy is still listed once from its legacy record (fallback);
+        # without either record the entry is an orphan
+        lost = [m for m in valid if new_recs[m] == {}]
+        old_recs = dict(zip(lost, _raise_transport(read_many(
+            self._raw, [("HGETALL" if fallback else "EXISTS", s.old_key(m)) for m in lost])),
+            strict=True))
         last = state
-        for member, score in fresh:
+        for member, raw_member, score in fresh:
             if len(jobs) >= limit:
                 return last
             last = replace(state, score=score, job_id=member)
             if member not in new_recs:
                 continue
-            job = self._accept(new_recs[member], ws, member, "new", "list")
-            if job is None and old_recs.get(member):
-                job = self._accept(old_recs[member], ws, member, "old", "list")
+            if old_recs.get(member) in ({}, 0):
+                if len(orphans) < PRUNE_PER_CALL:
+                    orphans.append((raw_member, score))
+                continue
+            job = self._accept_listed(new_recs[member], ws, member, "new")
+            if job is None and fallback and member in old_recs:
+                job = self._accept_listed(old_recs[member], ws, member, "old")
             if job is not None and (status is None or job.status == status):
                 jobs.append(job)
         if exhausted:
             return self._after_index(state, fallback)
         return last
+
+    def _prune_orphans(self, ws: str, orphans: list[tuple[bytes, float]]) -> None:
+        """Remove index entries whose job has neither record, re-checked in one script
+        (on a cluster only the entry's score is re-checked: the records live elsewhere).
+        Best effort: a refusal (e.g. an ACL without ZREM) only stops pruning here."""
+        if not self._prune_allowed:
+            return
+        s = self.schema
+        index = s.index_key(ws)
+        keys = [index]
+        args: list[Any] = []
+        for member, score in orphans:
+            job_id = member.decode()
+            if not self._cluster:
+                keys += [s.new_key(ws, job_id), s.old_key(job_id)]
+            args += [member, repr(score)]
+        try:
+            removed = int(self._prune(keys=keys, args=args))
+        except redis.ResponseError as exc:
+            self._prune_allowed = False
+            log.warning("index orphan pruning disabled: %s", str(exc).split(" ", 1)[0])
+            return
+        if removed:
+            self.metrics.inc(self.metrics.index_orphans_removed, amount=removed)
 
     @staticmethod
     def _after_index(state: CursorState, fallback: bool) -> CursorState | None:
@@ -686,43 +780,45 @@ class JobStore:
         """One SCAN step over legacy keys; in 'new+old' only jobs absent from the index.
 
         On a cluster the step SCANs the cursor's shard and moves on to the next shard (in
-        slot order) when that one is done.
+        slot order) when that one is done. Key names are bytes; the cursor keeps the last
+        one consumed as text (surrogate escapes for non-UTF-8 bytes).
         """
         s = self.schema
         ws = state.ws
+        wsb = ws.encode()
+        want_status = status.encode() if status is not None else None
         position = state.scan
         scanner, next_shard = self._scan_target(state.shard)
         next_pos, keys = scanner.scan(
             position, match=s.old_pattern, count=_SCAN_COUNT, _type="hash")
         keys = sorted(set(keys))
         if state.last_key is not None:
-            keys = [k for k in keys if k > state.last_key]
+            after = state.last_key.encode("utf-8", "surrogateescape")
+            keys = [k for k in keys if k > after]
         if keys:
             heads = self._read_on(
                 scanner, [("HMGET", k, "workspace_id", "job_id", "status") for k in keys])
             candidates = [
-                key for key, head in zip(keys, heads, strict=True)
-                if isinstance(head, list) and head[0] == ws and is_valid_job_id(head[1])
-                and (status is None or head[2] == status)
+                (key, _member(head[1])) for key, head in zip(keys, heads, strict=True)
+                if isinstance(head, list) and head[0] == wsb and head[1] is not None
+                and is_valid_job_id(_member(head[1]))
+                and (want_status is None or head[2] == want_status)
             ]
             if candidates:
-                records = self._read_on(scanner, [("HGETALL", k) for k in candidates])
-                by_key = dict(zip(candidates, map(_hash, records), strict=True))
+                records = self._read_on(scanner, [("HGETALL", k) for k, _ in candidates])
                 indexed: set[str] = set()
                 if plan == "new+old":
-                    ids = [by_key[k].get("job_id", "") for k in candidates]
-                    scores = self.client.zmscore(s.index_key(ws), ids)
+                    ids = [job_id for _, job_id in candidates]
+                    scores = self._raw.zmscore(s.index_key(ws), ids)
                     indexed = {i for i, sc in zip(ids, scores, strict=True) if sc is not None}
                 consumed = state.last_key
-                for key in candidates:
+                for (key, job_id), record in zip(candidates, records, strict=True):
                     if len(jobs) >= limit:
                         return replace(state, scan=position, last_key=consumed)
-                    consumed = key
-                    record = by_key[key]
-                    job_id = record.get("job_id", "")
+                    consumed = key.decode("utf-8", "surrogateescape")
                     if job_id in indexed:
                         continue
-                    job = self._accept(record, ws, job_id, "old", "list")
+                    job = self._accept_listed(record, ws, job_id, "old")
                     if job is not None and (status is None or job.status == status):
                         jobs.append(job)
         next_pos = int(next_pos)
@@ -738,7 +834,7 @@ class JobStore:
         if not self._cluster:
             if shard != "0":
                 raise CursorError("invalid cursor: malformed payload")
-            return self.client, None
+            return self._raw, None
         found = self._shards()
         names = [name for name, _ in found]
         if shard not in names:
@@ -746,17 +842,17 @@ class JobStore:
                 "the cluster's shards changed since this cursor was issued; "
                 "start again from the first page")
         at = names.index(shard)
-        node = self.client.get_node(node_name=found[at][1])
+        node = self._raw.get_node(node_name=found[at][1])
         following = names[at + 1] if at + 1 < len(names) else None
-        return self.client.get_redis_connection(node), following
+        return self._raw.get_redis_connection(node), following
 
     def _read_on(self, node: Any, commands: list[tuple[str, ...]]) -> list[Any]:
         """Reads of keys a SCAN found on `node`, packed on its own connection (a cluster
         pipeline costs ~0.1 ms of routing per command); through the cluster client if a
         slot moved away meanwhile."""
         replies = read_many(node, commands)
-        if node is not self.client and any(isinstance(v, AskError) for v in replies):
-            replies = read_many(self.client, commands)
+        if node is not self._raw and any(isinstance(v, AskError) for v in replies):
+            replies = read_many(self._raw, commands)
         return _raise_transport(replies)
 
     def _shards(self) -> list[tuple[str, str]]:
@@ -780,9 +876,18 @@ def _text(value: Any) -> Any:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _hash(reply: object) -> dict[str, str]:
-    """A HGETALL reply, or {} for an error reply such as WRONGTYPE (a non-hash key)."""
-    return reply if isinstance(reply, dict) else {}
+def _member(value: bytes | str) -> str:
+    """An index member or job id from the bytes client as text; non-UTF-8 bytes become
+    surrogate escapes, which no valid job id contains."""
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
+
+
+def _bytes_client(client: Any) -> tuple[Any, bool]:
+    """A client on the same server returning bytes, and whether this store owns it."""
+    kwargs = getattr(getattr(client, "connection_pool", None), "connection_kwargs", None)
+    if not is_cluster(client) and (kwargs is None or not kwargs.get("decode_responses")):
+        return client, False
+    return binary_client(client), True
 
 
 def _raise_transport(replies: list[Any]) -> list[Any]:

@@ -6,40 +6,8 @@ keys or none (Redis does not roll back a script that fails half-way).
 
 from __future__ import annotations
 
-# ISO-8601 (UTC, 'Z' or +hh:mm offset) to epoch milliseconds, 0 when unparsable.
-ISO_MS = """
-local function days_from_civil(y, m, d)
-  if m <= 2 then y = y - 1 end
-  local era = math.floor(y / 400)
-  local yoe = y - era * 400
-  local mp = (m + 9) % 12
-  local doy = math.floor((153 * mp + 2) / 5) + d - 1
-  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
-  return era * 146097 + doe - 719468
-end
-local function iso_ms(s)
-  if not s then return 0 end
-  local y, mo, d, h, mi, sec, rest =
-    string.match(s, '^(%d%d%d%d)-(%d%d)-(%d%d)[T ](%d%d):(%d%d):(%d%d)(.*)$')
-  if not y then return 0 end
-  local ms = 0
-  local frac, tz = string.match(rest, '^%.(%d+)(.*)$')
-  if frac then
-    ms = math.floor(tonumber(string.sub(frac .. '000', 1, 3)))
-    rest = tz
-  end
-  local offset = 0
-  if rest ~= '' and rest ~= 'Z' and rest ~= 'z' then
-    local sign, oh, om = string.match(rest, '^([+-])(%d%d):?(%d%d)$')
-    if not sign then return 0 end
-    offset = (tonumber(oh) * 60 + tonumber(om)) * 60000
-    if sign == '-' then offset = -offset end
-  end
-  local days = days_from_civil(tonumber(y), tonumber(mo), tonumber(d))
-  return days * 86400000 + tonumber(h) * 3600000 + tonumber(mi) * 60000
-    + tonumber(sec) * 1000 + ms - offset
-end
-"""
+# ISO_MS, the Lua `iso_ms(s)` of the timestamp contract, lives beside its Python twin.
+from relayctl.core.timestamps import ISO_MS as ISO_MS
 
 TYPE_OK = """
 local function type_is(key, wanted)
@@ -234,4 +202,28 @@ if tonumber(ARGV[6]) > 0 then redis.call('PEXPIRE', KEYS[1], ARGV[6]) end
 local score = tonumber(ARGV[5])
 if KEYS[2] then redis.call('ZADD', KEYS[2], score, ARGV[3]) end
 return {'created', score}
+"""
+
+# KEYS: index [, new_1, old_1, new_2, old_2, ...]  (record keys only when they may share the
+#       script: standalone; on a cluster the caller has checked the records)
+# ARGV: member_1, score_1, member_2, score_2, ...
+# Returns the number of index entries removed: those still at the score the caller read and
+# whose job has neither record (list_jobs' orphan pruning).
+PRUNE_ORPHANS = """
+local removed = 0
+local paired = #KEYS > 1
+for i = 1, #ARGV / 2 do
+  local member, score = ARGV[2 * i - 1], tonumber(ARGV[2 * i])
+  local gone = true
+  if paired then
+    gone = redis.call('EXISTS', KEYS[2 * i]) == 0 and redis.call('EXISTS', KEYS[2 * i + 1]) == 0
+  end
+  if gone then
+    local now = redis.call('ZMSCORE', KEYS[1], member)[1]
+    if now and tonumber(now) == score then
+      removed = removed + redis.call('ZREM', KEYS[1], member)
+    end
+  end
+end
+return removed
 """

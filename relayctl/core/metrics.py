@@ -83,8 +83,13 @@ class Metrics:
             ["operation", "workspace_id"], registry=r,
         )
         self.deserialize_errors = Counter(
-            "relay_job_deserialize_errors_total", "job records whose JSON fields failed to parse",
-            registry=r,
+            "relay_job_deserialize_errors_total",
+            "job records that could not be decoded (not UTF-8) or whose JSON fields failed "
+            "to parse", registry=r,
+        )
+        self.index_orphans_removed = Counter(
+            "relay_index_orphans_removed_total",
+            "workspace-index entries of vanished jobs removed by list_jobs", registry=r,
         )
         self.requests = Counter(
             "relay_job_requests_total", "job store calls by operation and outcome",

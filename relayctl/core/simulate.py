@@ -48,11 +48,16 @@ class SimStats:
         return {k: v for k, v in self.__dict__.items()}
 
 
+class SimulatorDied(RelayError):
+    """The traffic thread stopped on an exception of its own (not a counted request error)."""
+
+
 class Simulator:
     """Drives enqueue → running → completed/failed, reads, lists and idempotent retries.
 
-    Runs on its own thread at `rate` operations per second (scaled by `speed`); Redis
-    outages are counted and retried with backoff, never fatal.
+    Runs on its own thread at `rate` operations per second (scaled by `speed`). Every
+    exception of an operation is counted as an error by type (Redis outages also back off),
+    never fatal; if the thread itself dies, `failure` says why and `raise_if_dead` raises.
     """
 
     def __init__(
@@ -82,6 +87,7 @@ class Simulator:
         self._owner: dict[str, str] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.failure: str | None = None
 
     def _error(self, exc: BaseException) -> None:
         self.stats.errors += 1
@@ -203,8 +209,10 @@ class Simulator:
                 self._error(exc)
                 backoff = min(2.0, max(0.1, backoff * 2))
                 self._stop.wait(backoff)
-            except RelayError as exc:
+            except Exception as exc:  # a bad record or a bug: counted, the traffic goes on
                 self._error(exc)
+                if not isinstance(exc, RelayError):
+                    log.warning("simulated operation failed: %s", type(exc).__name__)
             if on_tick is not None and now - last_tick >= 1.0:
                 last_tick = now
                 on_tick(self.stats)
@@ -216,8 +224,25 @@ class Simulator:
         return self.stats
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self.run, name="relayctl-simulator", daemon=True)
+        self._thread = threading.Thread(target=self._run_thread, name="relayctl-simulator",
+                                        daemon=True)
         self._thread.start()
+
+    def _run_thread(self) -> None:
+        try:
+            self.run()
+        except BaseException as exc:
+            self.failure = f"traffic thread died: {type(exc).__name__}: {exc}"
+            log.error("simulator %s", self.failure)  # one line; raise_if_dead reports it
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def raise_if_dead(self) -> None:
+        """Raise SimulatorDied once the traffic thread has stopped on its own exception."""
+        if self.failure is not None:
+            raise SimulatorDied(self.failure)
 
     def stop(self) -> None:
         self._stop.set()

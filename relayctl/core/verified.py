@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from relayctl.core.jobs import iso_to_ms
+from relayctl.core.timestamps import iso_to_ms
 
 Fields = dict[bytes, bytes]
 

@@ -62,10 +62,10 @@ from relayctl.core.backfill.throttle import INTERRUPTED, Throttle
 from relayctl.core.errors import RedisUnavailableError, UsageError
 from relayctl.core.exitcodes import ExitCode
 from relayctl.core.flags import stored_flags
-from relayctl.core.jobs import iso_to_ms
 from relayctl.core.keys import KeySchema
 from relayctl.core.metrics import Metrics
 from relayctl.core.replies import as_str, as_str_dict, fields
+from relayctl.core.timestamps import iso_to_ms
 from relayctl.core.validate import is_valid_job_id, is_valid_workspace_id, validate_workspace_id
 
 T = TypeVar("T")
