@@ -33,12 +33,11 @@ class BackfillView:
         if not self.tty:
             self._line(event, p)
             return
-        if event == "preflight":
+        if event == "start":
             for line in p.preflight:
                 click.echo(f"preflight: {line}", err=True)
             for line in p.refusals:
                 click.echo(f"preflight: would refuse --execute: {line}", err=True)
-            return
         if self._bar is None:
             self._bar = Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(),

@@ -129,6 +129,7 @@ class Backfill:
                                  write=self._write_if_executing,
                                  emit=lambda e: self.on_event(e, self.progress), sleep=sleep)
         self.projection: Projection | None = None
+        self.preflight_s = 0.0
         self._tune_seq: str | None = None
         self._tune_checked = 0.0
         if self.cluster and options.wait_replicas:
@@ -165,6 +166,13 @@ class Backfill:
                 raise
 
     def _preflight(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._check_preflight()
+        finally:
+            self.preflight_s = time.perf_counter() - t0
+
+    def _check_preflight(self) -> None:
         if self.opt.execute and not self.opt.force:
             flags = stored_flags(self.client)
             if not flags.get("AI_JOBS_NEW_SCHEMA", False):
@@ -182,7 +190,6 @@ class Backfill:
         self.progress.refusals = self.projection.problems
         if self.opt.max_replica_lag_bytes is None:
             self.guards.lag_limit_default = self._replica_buffer_limit()
-        self.on_event("preflight", self.progress)
         if self.opt.execute and self.progress.refusals:
             raise UsageError("refusing --execute: " + "; ".join(self.progress.refusals))
 
@@ -384,8 +391,9 @@ class Backfill:
             while not lane.done:
                 if self._halt.is_set():
                     return None
-                if self._signalled():
-                    return EXIT_STOPPED
+                code = self._signalled()
+                if code is not None:
+                    return code
                 batch_t0 = time.perf_counter()
                 batch = prefetch.next()
                 if control == "pause":
@@ -435,7 +443,7 @@ class Backfill:
             return code
         for other in self.lanes:
             if other is not lane and other.done and other.watch.clock.due():
-                probed = self._retrying(other.probe, "guard")
+                probed = self._probe_same_server(other)
                 if probed is not None:
                     code = self._hold(other, self.guards.judge(other.name, probed))
                     if code is not None:
@@ -456,13 +464,21 @@ class Backfill:
                 verdict = held if held.action == INTERRUPTED else self._replicas_acked()
             else:
                 verdict = self.throttle.hold(lane.name, verdict,
-                                             partial(self._retrying, lane.probe, "guard"),
+                                             partial(self._probe_same_server, lane),
                                              self._interrupt)
         if verdict.action == INTERRUPTED:
             return verdict.exit_code
         if verdict.action == STOP:
             return self._stopped_by_guard(verdict)
         return None
+
+    def _probe_same_server(self, lane: Lane) -> ServerSample | None:
+        """A sample while held; a new server behind the lane (failover) means a rescan."""
+        sample = self._retrying(lane.probe, "guard")
+        if sample is not None and lane.server and sample.run_id != lane.server:
+            self.throttle.release(lane.name)
+            raise Rescan(f"lane {lane.name}: the server changed while throttled")
+        return sample
 
     def _replicas_acked(self) -> Verdict:
         """--wait-replicas: did N replicas acknowledge every write so far?"""
@@ -476,8 +492,9 @@ class Backfill:
 
     def _interrupt(self) -> int | None:
         """While held by a guard: signals, a lost lease and stop/pause still act."""
-        if self._signalled():
-            return EXIT_STOPPED
+        code = self._signalled()
+        if code is not None:
+            return code
         control = self._retrying(lambda: self.client.get(self.keys.control), "control")
         if control == "pause":
             with self._lock:
@@ -652,15 +669,35 @@ class Backfill:
         self.progress.throttle_s = throttle
         return throttle
 
-    def _signalled(self) -> bool:
-        """Between batches: a lost lease raises; SIGINT/SIGTERM saves a stopped status."""
+    def _signalled(self) -> int | None:
+        """Between batches: SIGINT/SIGTERM saves a stopped status (exit 3); a lost lease
+        raises, unless Redis evicted it (a volatile-* policy evicts keys with a TTL, the
+        lease included): then the evictions are the news, and the run fails with them."""
         if self.lease.lost.is_set():
+            verdict = self._evictions_now()
+            if verdict is not None:
+                return self._stopped_by_guard(verdict)
             raise self._lease_lost()
         if self._stop_signal.is_set():
             self._set_status("stopped", "stopped by signal; resumable")
             self.on_event("stopped", self.progress)
-            return True
-        return False
+            return EXIT_STOPPED
+        return None
+
+    def _evictions_now(self) -> Verdict | None:
+        """An evictions STOP verdict when a lane's server evicted keys since the run began
+        and no other engine owns the run (its state still carries this engine's token)."""
+        try:
+            if as_str(self.client.hget(self.keys.state, "token")) != self.token:
+                return None
+            for lane in self.lanes:
+                sample = lane.probe()
+                verdict = self.guards.judge(lane.name, sample) if sample else GO_VERDICT
+                if verdict.action == STOP and verdict.reason == "evictions":
+                    return verdict
+        except (redis.RedisError, OSError):
+            return None
+        return None
 
     def _lease_lost(self) -> LeaseLostError:
         try:

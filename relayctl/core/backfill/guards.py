@@ -110,6 +110,7 @@ class LaneBaseline:
 
     evicted_keys: int | None
     replicas: int
+    run_id: str = ""
     offsets: list[tuple[float, int]] = field(default_factory=list)  # (time, master offset)
 
 
@@ -130,9 +131,12 @@ class Guards:
         if not sample.full:
             return GO_VERDICT
         base = self.baselines.get(lane)
-        if base is None:
+        if base is None or base.run_id != sample.run_id:
+            # first sample, or another server now (failover, restart): its counters and its
+            # replicas are its own, so the baseline starts again
             base = self.baselines[lane] = LaneBaseline(
-                sample.evicted_keys, sum(r.state == "online" for r in sample.replicas))
+                sample.evicted_keys, sum(r.state == "online" for r in sample.replicas),
+                sample.run_id)
         base.offsets = [(t, o) for t, o in base.offsets
                         if sample.at - t <= 1.0 + SAMPLE_EVERY_S]
         base.offsets.append((sample.at, sample.master_offset))

@@ -19,14 +19,14 @@ from relayctl.core.validate import validate_workspace_id
 def engine_args(options: BackfillOptions) -> list[str]:
     """The `relayctl backfill` options that reproduce `options`, every one of them."""
     args = ["--execute" if options.execute else "--dry-run",
-            "--batch", str(options.batch), "--rps", f"{options.rps:g}",
-            "--workers", str(options.workers), "--retry-for", f"{options.retry_for_s:g}"]
+            "--batch", str(options.batch), "--rps", str(options.rps),
+            "--workers", str(options.workers), "--retry-for", str(options.retry_for_s)]
     for ws in options.workspaces:
         args += ["--workspace", validate_workspace_id(ws)]
     if options.max_keys:
         args += ["--max-keys", str(options.max_keys)]
     if options.max_latency_ms is not None:
-        args += ["--max-latency-ms", f"{options.max_latency_ms:g}"]
+        args += ["--max-latency-ms", str(options.max_latency_ms)]
     if options.resume:
         args.append("--resume")
     if options.fresh:

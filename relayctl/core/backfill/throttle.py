@@ -58,6 +58,10 @@ class Throttle:
         self._off(lane, quiet=verdict.action == STOP)
         return verdict
 
+    def release(self, lane: str) -> None:
+        """The lane's walk is abandoned (a rescan follows): it holds nothing any more."""
+        self._off(lane, quiet=True)
+
     def held_elsewhere(self, lane: str) -> bool:
         with self._lock:
             return any(name != lane for name in self._held)
