@@ -107,12 +107,17 @@ def _split_env_list(value: str | None) -> list[str]:
               help="Client certificate for rediss:// [env RELAYCTL_TLS_CERT].")
 @click.option("--tls-key", envvar="RELAYCTL_TLS_KEY", default=None, metavar="FILE",
               help="Client certificate's private key [env RELAYCTL_TLS_KEY].")
+@click.option("--sentinel-password", envvar="RELAYCTL_SENTINEL_PASSWORD", default=None,
+              metavar="PASSWORD", help="Password of the sentinels of a redis+sentinel:// URL "
+              "[env RELAYCTL_SENTINEL_PASSWORD, preferred: not visible in ps].")
 @click.pass_context
 def cli(ctx: click.Context, redis_url: str | None, metrics_url: tuple[str, ...],
         prometheus_url: str | None, actor: str | None, allow_plaintext: bool,
         config_path: str | None, tls_ca: str | None, tls_cert: str | None,
-        tls_key: str | None) -> None:
+        tls_key: str | None, sentinel_password: str | None) -> None:
     """Run the Relay job store's zero-downtime Redis key-schema migration."""
+    if sentinel_password:  # connect() and spawned engines read it from the environment
+        os.environ["RELAYCTL_SENTINEL_PASSWORD"] = sentinel_password
     urls = list(metrics_url) or _split_env_list(os.environ.get("RELAYCTL_METRICS_URL"))
     ctx.obj = Context(
         redis_url=redis_url, metrics_urls=urls, prometheus_url=prometheus_url,
@@ -927,6 +932,7 @@ def status(c: Context, as_json: bool) -> None:
     from relayctl.core.census import last_census
     from relayctl.core.checklist import read_checklist
     from relayctl.core.cluster import is_cluster
+    from relayctl.core.engine_version import server_identity
     from relayctl.core.gates import evaluate_phase, overall
     from relayctl.core.layout import slot_layout
     from relayctl.core.phases import LAST_PHASE, phase
@@ -944,8 +950,10 @@ def status(c: Context, as_json: bool) -> None:
     number = min(state.phase, LAST_PHASE)
     ctx, _ = _gate_context(c, number, None)
     results = evaluate_phase(ctx, phase(number))
+    server = server_identity(client)
     data = {
         "redis": c.redis_display,
+        "server": server.as_dict() if server else None,
         "deployment": deployment,
         "layout": layout.as_dict(),
         "flags": flags_state.as_dict(),
@@ -963,7 +971,8 @@ def status(c: Context, as_json: bool) -> None:
         emit_json(data)
     else:
         used = f"{mem['used'] / 2**20:,.1f} MiB" if mem else "n/a"
-        click.echo(f"redis    {c.redis_display}  used {used}")
+        click.echo(f"redis    {c.redis_display}  {server.label if server else 'server ?'}"
+                   f"  used {used}")
         _echo_deployment(deployment)
         _echo_layout(layout)
         click.echo("flags    " + "  ".join(f"{k}={v}" for k, v in flags_state.as_dict().items()))
@@ -1016,17 +1025,31 @@ def export_grafana(c: Context) -> None:
 @click.option("--user", default=None, help="ACL user name (default relay-<role>).")
 @click.option("--role", type=click.Choice(["console", "app", "operator"]), default=None,
               help="Only this role's rule (default: all three; the console's with --user).")
+@click.option("--server-version", default=None, metavar="VERSION",
+              help="Build the rules for this server (6.2, 7.0, valkey-9.1) [default: the "
+                   "--redis-url server's, else Redis 7].")
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
-def acl(c: Context, user: str | None, role: str | None, as_json: bool) -> None:
+def acl(c: Context, user: str | None, role: str | None, server_version: str | None,
+        as_json: bool) -> None:
     """The least-privilege Redis ACL SETUSER rules (add a password when applying them)."""
     from relayctl.core.acl import rules_for
+    from relayctl.core.engine_version import NEWEST, parse_version, server_identity
 
-    found = rules_for(role, user, c.config.schema)
+    target = parse_target(c.redis_url, c.allow_plaintext)
+    if server_version is not None:
+        server = parse_version(server_version)
+    elif c.redis_url or os.environ.get("REDIS_URL"):
+        server = server_identity(c.client()) or NEWEST
+    else:
+        server = NEWEST
+    found = rules_for(role, user, c.config.schema, server=server, db=target.db)
     if as_json:
-        emit_json({"users": [r.as_dict() for r in found]})
+        emit_json({"server": server.as_dict(), "db": target.db,
+                   "users": [r.as_dict() for r in found]})
         return
     click.echo("# relayctl least-privilege Redis ACL; append >PASSWORD (or #SHA256) to each")
+    click.echo(f"# for {server.label} (or newer), database {target.db}")
     for r in found:
         click.echo(f"# {r.role}")
         click.echo(r.command)
