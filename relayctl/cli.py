@@ -1033,7 +1033,7 @@ def export_grafana(c: Context) -> None:
 def acl(c: Context, user: str | None, role: str | None, server_version: str | None,
         as_json: bool) -> None:
     """The least-privilege Redis ACL SETUSER rules (add a password when applying them)."""
-    from relayctl.core.acl import rules_for
+    from relayctl.core.acl import caveats, rules_for
     from relayctl.core.engine_version import NEWEST, parse_version, server_identity
 
     target = parse_target(c.redis_url, c.allow_plaintext)
@@ -1045,11 +1045,13 @@ def acl(c: Context, user: str | None, role: str | None, server_version: str | No
         server = NEWEST
     found = rules_for(role, user, c.config.schema, server=server, db=target.db)
     if as_json:
-        emit_json({"server": server.as_dict(), "db": target.db,
+        emit_json({"server": server.as_dict(), "db": target.db, "caveats": caveats(server),
                    "users": [r.as_dict() for r in found]})
         return
     click.echo("# relayctl least-privilege Redis ACL; append >PASSWORD (or #SHA256) to each")
     click.echo(f"# for {server.label} (or newer), database {target.db}")
+    for line in caveats(server):
+        click.echo(f"# caveat: {line}")
     for r in found:
         click.echo(f"# {r.role}")
         click.echo(r.command)

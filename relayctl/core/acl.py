@@ -129,6 +129,14 @@ def commands(role: str, server: ServerIdentity = NEWEST, db: int = 0) -> list[st
     if role not in table:
         raise UsageError(f"unknown role {role!r}: expected one of {', '.join(ROLES)}")
     chosen = [c for c in table[role] if server.at_least((7, 0)) or c not in _SINCE_7]
+    # redis-py's handshake: CLIENT SETINFO (Redis >= 7.2) and, over RESP3, CLIENT
+    # MAINT_NOTIFICATIONS; it tolerates both failing, but 6.2 checks the ACL before the
+    # subcommand and logs every connection in ACL LOG. 6.2 takes rules for subcommands it does
+    # not have; 7.0 and 7.1 reject the rule for SETINFO.
+    if not server.at_least((7, 0)):
+        chosen += ["client|setinfo", "client|maint_notifications"]
+    elif server.at_least((7, 2)):
+        chosen.append("client|setinfo")
     if db:
         chosen.append("select")
     return _dedupe(chosen)
@@ -144,6 +152,14 @@ def rule(role: str, schema: KeySchema | None = None, user: str | None = None,
     rules = ("reset", "on", "resetchannels", "-@all",
              *(f"+{c}" for c in commands(role, server, db)), *patterns)
     return AclRule(role=role, user=name, rules=rules)
+
+
+def caveats(server: ServerIdentity) -> list[str]:
+    """What the rules cannot enforce on this server (printed with them)."""
+    if server.has_selectors:
+        return []
+    return [f"{server.label} has no read-only key patterns (%R~, Redis >= 7.0): the app user "
+            f"can write {FLAGS_KEY} with the HSET its job records need"]
 
 
 def rules_for(role: str | None = None, user: str | None = None,
