@@ -9,7 +9,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -258,6 +258,26 @@ def engine_server(request: pytest.FixtureRequest, engine: str,
         engine_servers[engine] = start_engine(ENGINES[engine],
                                               tmp_path_factory.mktemp(f"engine-{engine}"))
     return engine_servers[engine]
+
+
+@pytest.fixture
+def make_engine_server(tmp_path_factory: pytest.TempPathFactory
+                       ) -> Iterator[Callable[..., RedisServer]]:
+    """`make_engine_server("redis7", "--rename-command", "COPY", "")`: a server of this test
+    alone with extra options (production-like: renamed commands, no HELLO), stopped after."""
+    made: list[RedisServer] = []
+
+    def factory(engine: str = DEFAULT_ENGINE, *extra: str) -> RedisServer:
+        base = ENGINES[engine]
+        server = start_engine(Engine(base.name, base.package, base.relpath, base.server_name,
+                                     base.version_prefix, (*base.extra, *extra)),
+                              tmp_path_factory.mktemp(f"engine-{engine}"))
+        made.append(server)
+        return server
+
+    yield factory
+    for server in made:
+        server.stop()
 
 
 @pytest.fixture

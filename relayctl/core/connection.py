@@ -6,6 +6,7 @@ import ipaddress
 import os
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import SplitResult, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
@@ -350,8 +351,11 @@ def connect(
     if target.sentinel:
         if sentinel_password is None:
             sentinel_password = os.environ.get(SENTINEL_PASSWORD_ENV) or None
-        client = _connect_sentinel(target, kwargs, sentinel_password)
-        _negotiate(client, target, strict=check)
+        def build_sentinel(kw: dict) -> redis.Redis:
+            return _connect_sentinel(target, kw, sentinel_password)
+
+        client = _negotiate(build_sentinel(kwargs), target, kwargs, build_sentinel,
+                            strict=check)
         if check:
             ping(client, target.display)
             require_commands(client, target.display, cluster=False)
@@ -362,15 +366,13 @@ def connect(
         raise UsageError(
             f"invalid Redis URL {target.display}: {redact_text(str(exc))}"
         ) from None
-    _negotiate(client, target, strict=check)
+    client = _negotiate(client, target, kwargs, lambda kw: _plain_client(target, kw),
+                        strict=check)
     cluster = target.cluster
     if cluster is None and target.scheme != "unix":
         cluster = _cluster_enabled(client, target.display, strict=check)
     if cluster:
-        protocol = client.connection_pool.connection_kwargs.get("protocol")
         client.close()
-        if protocol is not None:
-            kwargs["protocol"] = protocol
         cclient = _connect_cluster(target, kwargs)
         if check:
             require_commands(cclient, target.display, cluster=True)
@@ -415,25 +417,26 @@ def _connect_sentinel(target: RedisTarget, kwargs: dict,
     return sentinel.master_for(target.service, redis_class=redis.Redis)
 
 
-def _negotiate(client: redis.Redis, target: RedisTarget, *, strict: bool) -> None:
+def _negotiate(client: redis.Redis, target: RedisTarget, kwargs: dict,
+               build: Callable[[dict], redis.Redis], *, strict: bool) -> redis.Redis:
     """Speak RESP3 where the server offers HELLO, else RESP2 (older servers, some proxies):
-    one probe per client; `?protocol=` in the URL skips it."""
+    one probe per client, then a client built for RESP2 (its reply parsers differ);
+    `?protocol=` in the URL skips it."""
     if target.protocol is not None:
-        return
+        return client
     try:
         client.ping()
     except redis.ResponseError as exc:
         if "hello" not in str(exc).lower():
-            return
-        pool = client.connection_pool
-        pool.connection_kwargs["protocol"] = 2
-        pool.disconnect()
-    except (redis.ConnectionError, redis.TimeoutError, OSError, redis.AuthenticationError):
+            return client
+        client.close()
+        kwargs["protocol"] = 2
+        return build(kwargs)
+    except (redis.ConnectionError, redis.TimeoutError, OSError, redis.AuthenticationError,
+            MasterNotFoundError):
         if strict:
             ping(client, target.display)  # raises the one-line unavailable/credentials error
-    except MasterNotFoundError:
-        if strict:
-            ping(client, target.display)
+    return client
 
 
 def _cluster_enabled(client: redis.Redis, display: str, *, strict: bool) -> bool:

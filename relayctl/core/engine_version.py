@@ -102,17 +102,15 @@ def _present(client: Any, names: list[str]) -> dict[str, bool] | None:
     None when COMMAND is refused or unsupported."""
     from redis.cluster import RedisCluster
 
+    # "COMMAND INFO" as one name: redis-py's COMMAND reply parser fails on a nil entry
     try:
         if isinstance(client, RedisCluster):
             node = client.get_random_node()
-            reply = client.get_redis_connection(node).execute_command("COMMAND", "INFO", *names)
+            reply = client.get_redis_connection(node).execute_command("COMMAND INFO", *names)
         else:
-            reply = client.execute_command("COMMAND", "INFO", *names)
+            reply = client.execute_command("COMMAND INFO", *names)
     except redis.ResponseError:
         return None
-    if isinstance(reply, dict):  # redis-py's parser keys the replies by command name
-        known = {str(k).lower() for k, v in reply.items() if v}
-        return {n: n in known for n in names}
     if isinstance(reply, list) and len(reply) == len(names):
         return {n: bool(v) for n, v in zip(names, reply, strict=True)}
     return None
