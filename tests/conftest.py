@@ -563,3 +563,134 @@ def cluster_url(redis_cluster: RedisClusterServers) -> Iterator[str]:
     """URL of a node of the session cluster, every primary flushed before the test."""
     redis_cluster.flush()
     yield redis_cluster.url
+
+
+# --- Sentinel: a primary, a replica and three sentinels (`redis-server --sentinel`) ----------
+
+
+@dataclass
+class SentinelSetup:
+    """Real Sentinel on loopback: `service` is served by one of `data` and watched by three
+    sentinels (quorum 2); `failover()` runs SENTINEL FAILOVER and waits for the switch."""
+
+    data: list[RedisServer]
+    sentinels: list[RedisServer]
+    service: str = "relay"
+
+    def url(self, db: int = 0) -> str:
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.service}/{db}"
+
+    def sentinel_client(self, i: int = 0) -> redis.Redis:
+        return redis.Redis(port=self.sentinels[i].port, decode_responses=True, protocol=2,
+                           socket_timeout=2)
+
+    def primary_port(self) -> int:
+        c = self.sentinel_client()
+        try:
+            return int(c.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)[1])
+        finally:
+            c.close()
+
+    def settled(self) -> bool:
+        """Every sentinel names the same primary, which has its replica in sync."""
+        try:
+            ports = set()
+            for i in range(len(self.sentinels)):
+                c = self.sentinel_client(i)
+                ports.add(int(c.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME",
+                                                self.service)[1]))
+                c.close()
+            if len(ports) != 1:
+                return False
+            p = redis.Redis(port=ports.pop(), decode_responses=True, protocol=2)
+            info = p.info("replication")
+            p.close()
+            return info.get("role") == "master" and int(info.get("connected_slaves", 0)) == 1 \
+                and info.get("slave0", {}).get("state") == "online"
+        except (redis.RedisError, TypeError, IndexError):
+            return False
+
+    def failover(self, timeout: float = 30) -> tuple[int, int]:
+        """SENTINEL FAILOVER; returns (old primary port, new primary port) once switched."""
+        old = self.primary_port()
+        c = self.sentinel_client()
+        c.execute_command("SENTINEL", "FAILOVER", self.service)
+        c.close()
+        wait_for(lambda: self.primary_port() != old, timeout, "the sentinels to switch", 0.05)
+        return old, self.primary_port()
+
+    def stop(self) -> None:
+        for s in [*self.sentinels, *self.data]:
+            s.stop(kill=True)
+
+
+@dataclass
+class SentinelServer(RedisServer):
+    """`redis-server sentinel.conf --sentinel` (a sentinel rewrites its config file)."""
+
+    monitor_port: int = 0
+    service: str = "relay"
+
+    def start(self) -> None:
+        conf = self.workdir / "sentinel.conf"
+        conf.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self.workdir}\n"
+            f"sentinel monitor {self.service} 127.0.0.1 {self.monitor_port} 2\n"
+            f"sentinel down-after-milliseconds {self.service} 1000\n"
+            f"sentinel failover-timeout {self.service} 4000\n"
+            f"sentinel parallel-syncs {self.service} 1\n")
+        self.proc = subprocess.Popen(
+            [self.binary, str(conf), "--sentinel", "--logfile", str(self.workdir / "redis.log"),
+             "--loglevel", "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(self._pong, 10, f"sentinel on {self.port}", 0.05)
+
+    def _pong(self) -> bool:
+        c = self.ping_client()
+        try:
+            return bool(c.ping())
+        except redis.ConnectionError:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"sentinel on {self.port} exited") from None
+            return False
+        finally:
+            c.close()
+
+
+@pytest.fixture
+def sentinel_setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSetup]:
+    """A fresh Sentinel deployment per test (failovers change who is primary)."""
+    binary = _redis_binary()
+    if binary is None:
+        if REQUIRE_REDIS:
+            pytest.fail("redis-server is not on PATH and RELAYCTL_REQUIRE_REDIS=1")
+        pytest.skip("redis-server is not on PATH")
+    root = tmp_path_factory.mktemp("sentinel")
+    primary = RedisServer(binary=binary, port=free_port(), workdir=root / "primary")
+    primary.workdir.mkdir()
+    replica = RedisServer(binary=binary, port=free_port(), workdir=root / "replica",
+                          extra=("--replicaof", "127.0.0.1", str(primary.port)))
+    replica.workdir.mkdir()
+    sentinels = []
+    for i in range(3):
+        d = root / f"sentinel{i}"
+        d.mkdir()
+        sentinels.append(SentinelServer(binary=binary, port=free_port(), workdir=d,
+                                        monitor_port=primary.port))
+    setup = SentinelSetup(data=[primary, replica], sentinels=sentinels)
+    try:
+        primary.start()
+        replica.start()
+        for s in sentinels:
+            s.start()
+        wait_for(setup.settled, 30, "sentinels to agree with the replica in sync", 0.1)
+        # each sentinel must know the replica and its two peers before a failover can be voted
+        wait_for(lambda: all(
+            len(setup.sentinel_client(i).execute_command("SENTINEL", "REPLICAS", "relay")) == 1
+            and len(setup.sentinel_client(i).execute_command("SENTINEL", "SENTINELS", "relay"))
+            == 2 for i in range(3)), 30, "sentinels to discover the replica and each other", 0.1)
+    except BaseException:
+        setup.stop()
+        raise
+    yield setup
+    setup.stop()
