@@ -21,6 +21,8 @@ from relayctl.core.errors import UsageError
 from relayctl.core.flags import FALLBACK_OLD, set_flag
 from relayctl.core.keys import AUDIT_KEY, KeySchema
 
+pytestmark = pytest.mark.engines()
+
 SCHEMA = KeySchema()
 WORKSPACES = ["ws-a", "ws-b"]
 LEGACY = 80

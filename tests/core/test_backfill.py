@@ -33,6 +33,8 @@ from relayctl.core.metrics import Metrics
 from relayctl.core.validate import is_valid_job_id, is_valid_workspace_id
 from tests.conftest import wait_for
 
+pytestmark = pytest.mark.engines()
+
 SCHEMA = KeySchema()
 WORKSPACES = ("ws-a", "ws-b", "ws-c", "ws-d")
 RELAYCTL = [sys.executable, "-m", "relayctl"]
@@ -223,8 +225,32 @@ def assert_counters_add_up(state: dict[str, str]) -> dict[str, int]:
     return c
 
 
+@dataclass(frozen=True, eq=False)
+class Expiry:
+    """A key's absolute expiry: exact (PEXPIRETIME, Redis >= 7.0) or, on 6.2, now + PTTL, which
+    equals another reading within the time between the two reads."""
+
+    at_ms: int
+    exact: bool
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Expiry):
+            return NotImplemented
+        if (self.exact and other.exact) or min(self.at_ms, other.at_ms) < 0:
+            return self.at_ms == other.at_ms
+        return abs(self.at_ms - other.at_ms) <= 250
+
+
+def expiry(raw_client: redis.Redis, key: str) -> Expiry:
+    try:
+        return Expiry(raw_client.pexpiretime(key), True)
+    except redis.ResponseError:  # Redis 6.2: no PEXPIRETIME
+        pttl = raw_client.pttl(key)
+        return Expiry(pttl if pttl < 0 else int(time.time() * 1000) + pttl, False)
+
+
 def snapshot_keys(raw_client: redis.Redis, keys: tuple[str, ...]) -> dict[str, object]:
-    return {k: (raw_client.dump(k), raw_client.pexpiretime(k)) for k in keys}
+    return {k: (raw_client.dump(k), expiry(raw_client, k)) for k in keys}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,9 +430,9 @@ def test_execute_copies_every_valid_record_with_ttl_and_index_and_counts_each_re
 def test_newer_dual_written_record_is_never_overwritten_by_the_copy(r, raw):
     seeded = seed_jobs(r, 600, newer=150, invalid=False)
     dual_write_on(r)
-    before = {k: (raw.dump(k), raw.pexpiretime(k)) for k in seeded.newer}
+    before = snapshot_keys(raw, tuple(seeded.newer))
     assert engine(r, batch=100).run() == bf.EXIT_DONE
-    after = {k: (raw.dump(k), raw.pexpiretime(k)) for k in seeded.newer}
+    after = snapshot_keys(raw, tuple(seeded.newer))
     assert before == after
     for key, record in seeded.newer.items():
         assert r.hget(key, "result") == "newer" and r.hgetall(key) == record
@@ -562,12 +588,12 @@ def test_max_latency_throttles_while_exceeded_yet_the_run_completes(r):
     assert_all_copied(r, minimum=1500)
 
 
-def test_lost_reply_of_a_copy_step_is_not_applied_or_counted_twice(redis_server, redis_url, r):
+def test_lost_reply_of_a_copy_step_is_not_applied_or_counted_twice(engine_server, redis_url, r):
     """The copy reaches Redis and runs; its reply is lost and the call retried. The retried
     call must not count the batch again (scanned/exists) nor report its copies as skips."""
     seed_jobs(r, 1000, invalid=False)
     dual_write_on(r)
-    proxy = FaultProxy(redis_server.port)
+    proxy = FaultProxy(engine_server.port)
     try:
         proxy.arm(COPY_SHA, "drop_reply", skip=2)
         client = redis.Redis.from_url(proxy.url, decode_responses=True, socket_timeout=5)
@@ -585,12 +611,12 @@ def test_lost_reply_of_a_copy_step_is_not_applied_or_counted_twice(redis_server,
 
 
 def test_crash_after_the_final_batch_resumes_to_completed_without_rescanning(
-        redis_server, redis_url, r, monitor):
+        engine_server, redis_url, r, monitor):
     """SIGKILL the engine exactly between its last copy and its final status write (the proxy
     holds that write); the resumed run must finish, not scan the keyspace a second time."""
     seed_jobs(r, 1200)
     dual_write_on(r)
-    proxy = FaultProxy(redis_server.port)
+    proxy = FaultProxy(engine_server.port)
     try:
         proxy.arm(b"completed", "swallow")
         proc = spawn_backfill(proxy.url, "--execute", "--batch", "200", "--json",
