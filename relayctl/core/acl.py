@@ -7,7 +7,9 @@
   summaries, job copies, archive delete/restore).
 
 Key patterns come from the configured KeySchema, so custom key templates are honoured. The
-rules never contain a password: the operator adds `>password` (or `#sha256`) when applying.
+rules are built for the server in front of you: Redis 6.2 has no read-only key patterns (`%R~`)
+and no PEXPIRETIME; a database other than 0 needs SELECT. The rules never contain a password:
+the operator adds `>password` (or `#sha256`) when applying.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from relayctl.core.engine_version import NEWEST, ServerIdentity
 from relayctl.core.errors import UsageError
 from relayctl.core.keys import (
     AUDIT_KEY,
@@ -65,13 +68,16 @@ _OPERATOR_COMMANDS = (
     *_CONSOLE_COMMANDS, *_APP_COMMANDS,
     "dbsize", "hlen", "hincrby", "copy", "xadd", "unlink", "persist", "zscore",
     "dump", "restore", "multi", "exec", "discard",
-    # a cluster backfill copies with the source's absolute expiry
+    # census counts each index key's entries
+    "zcard",
+    # a cluster backfill copies with the source's absolute expiry (Redis >= 7.0)
     "pexpiretime",
     # verify --repair and archive delete: compare-and-set under WATCH, orphan walks (ZSCAN),
     # partial copies filled (HSETNX), foreign-payload restores (PEXPIREAT), expiries on the
     # server clock (TIME)
     "watch", "unwatch", "zscan", "hsetnx", "pexpireat", "zcard", "time",
 )
+_SINCE_7 = {"pexpiretime"}
 
 
 @dataclass(frozen=True)
@@ -101,47 +107,74 @@ def _dedupe(items: list[str] | tuple[str, ...]) -> list[str]:
     return list(seen)
 
 
-def key_patterns(role: str, schema: KeySchema, backfill_prefix: str = BACKFILL_PREFIX) \
-        -> list[str]:
-    """ACL key selectors: `~p` read+write, `%R~p` read-only."""
+def key_patterns(role: str, schema: KeySchema, backfill_prefix: str = BACKFILL_PREFIX,
+                 server: ServerIdentity = NEWEST) -> list[str]:
+    """ACL key patterns: `~p` read+write, `%R~p` read-only (Redis >= 7.0; on 6.2 `~p`, the
+    role's commands alone keep it read-only)."""
+    ro = "%R~" if server.has_selectors else "~"
     jobs = _job_patterns(schema)
     if role == "app":
         return [*(f"~{p}" for p in jobs), f"~{FLEET_INDEX_KEY}", f"~{FLEET_PREFIX}*",
-                f"~{CURSOR_SECRET_KEY}", f"%R~{FLAGS_KEY}"]
+                f"~{CURSOR_SECRET_KEY}", f"{ro}{FLAGS_KEY}"]
     relay = [FLAGS_KEY, AUDIT_KEY, FLEET_INDEX_KEY, f"{FLEET_PREFIX}*", CHECKLIST_KEY,
              CENSUS_KEY, VERIFY_KEY, f"{backfill_prefix}*"]
     if role == "console":
-        return [*(f"%R~{p}" for p in relay), f"%R~{schema.index_pattern}"]
+        return [*(f"{ro}{p}" for p in relay), f"{ro}{schema.index_pattern}"]
     if role == "operator":
         return [*(f"~{p}" for p in relay), *(f"~{p}" for p in jobs),
                 f"~{CURSOR_SECRET_KEY}"]
     raise UsageError(f"unknown role {role!r}: expected one of {', '.join(ROLES)}")
 
 
-def commands(role: str) -> list[str]:
+def commands(role: str, server: ServerIdentity = NEWEST, db: int = 0) -> list[str]:
+    """The role's commands on this server: none it lacks, SELECT for a database other than 0."""
     table = {"app": _APP_COMMANDS, "console": _CONSOLE_COMMANDS,
              "operator": _OPERATOR_COMMANDS}
     if role not in table:
         raise UsageError(f"unknown role {role!r}: expected one of {', '.join(ROLES)}")
-    return _dedupe(table[role])
+    chosen = [c for c in table[role] if server.at_least((7, 0)) or c not in _SINCE_7]
+    # redis-py's handshake: CLIENT SETINFO (Redis >= 7.2) and, over RESP3, CLIENT
+    # MAINT_NOTIFICATIONS; it tolerates both failing, but 6.2 checks the ACL before the
+    # subcommand and logs every connection in ACL LOG. 6.2 takes rules for subcommands it does
+    # not have; 7.0 and 7.1 reject the rule for SETINFO.
+    if not server.at_least((7, 0)):
+        chosen += ["client|setinfo", "client|maint_notifications"]
+    elif server.at_least((7, 2)):
+        chosen.append("client|setinfo")
+    if db:
+        chosen.append("select")
+    return _dedupe(chosen)
 
 
-def rule(role: str, schema: KeySchema | None = None, user: str | None = None) -> AclRule:
+def rule(role: str, schema: KeySchema | None = None, user: str | None = None,
+         server: ServerIdentity = NEWEST, db: int = 0) -> AclRule:
     schema = schema or KeySchema()
     name = user or DEFAULT_USERS.get(role, "")
     if not _USER_RE.match(name or ""):
         raise UsageError(f"invalid ACL user name {name!r}: letters, digits, _ . @ - only")
-    patterns = _dedupe(key_patterns(role, schema))
+    patterns = _dedupe(key_patterns(role, schema, server=server))
     rules = ("reset", "on", "resetchannels", "-@all",
-             *(f"+{c}" for c in commands(role)), *patterns)
+             *(f"+{c}" for c in commands(role, server, db)), *patterns)
     return AclRule(role=role, user=name, rules=rules)
 
 
+def caveats(server: ServerIdentity) -> list[str]:
+    """What the rules cannot enforce on this server (printed with them)."""
+    if server.has_selectors:
+        return []
+    return [f"{server.label} has no read-only key patterns (%R~, Redis >= 7.0): the app user "
+            f"can write {FLAGS_KEY} with the HSET its job records need"]
+
+
 def rules_for(role: str | None = None, user: str | None = None,
-              schema: KeySchema | None = None) -> list[AclRule]:
-    """One rule per role; without a role all three, or the console's when a user is named."""
+              schema: KeySchema | None = None, server: ServerIdentity = NEWEST,
+              db: int = 0) -> list[AclRule]:
+    """One rule per role; without a role all three, or the console's when a user is named.
+
+    `server` and `db`: the server the rules are for and the database the clients select.
+    """
     if role is None:
         if user is not None:
-            return [rule("console", schema, user)]
-        return [rule(r, schema) for r in ROLES]
-    return [rule(role, schema, user)]
+            return [rule("console", schema, user, server, db)]
+        return [rule(r, schema, server=server, db=db) for r in ROLES]
+    return [rule(role, schema, user, server, db)]

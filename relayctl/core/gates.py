@@ -610,9 +610,14 @@ def _redis_memory(ctx: GateContext) -> GateResult:
 @gate("redis_tls", "REDIS_URL uses rediss:// (TLS)")
 def _redis_tls(ctx: GateContext) -> GateResult:
     target = parse_target(ctx.redis_url, allow_plaintext=True)
+    if target.tls and not target.verify_certs:
+        return _r("redis_tls", FAIL, f"ssl_cert_reqs={target.cert_reqs}",
+                  "rediss:// with certificate verification",
+                  "TLS without certificate verification")
     if target.tls:
         return _r("redis_tls", PASS, "rediss://", "rediss:// in production")
-    if target.scheme == "unix" or is_loopback_host(target.host):
+    hosts = [h for h, _ in target.sentinels] or [target.host]
+    if target.scheme == "unix" or all(is_loopback_host(h) for h in hosts):
         return _r("redis_tls", PASS, f"{target.scheme}:// on loopback", "rediss:// in "
                   "production", "local connection: TLS not required")
     return _r("redis_tls", FAIL, f"{target.scheme}://", "rediss:// in production")

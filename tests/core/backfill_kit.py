@@ -217,8 +217,32 @@ def assert_counters_add_up(state: dict[str, str]) -> dict[str, int]:
     return c
 
 
+@dataclass(frozen=True, eq=False)
+class Expiry:
+    """A key's absolute expiry: exact (PEXPIRETIME, Redis >= 7.0) or, on 6.2, now + PTTL, which
+    equals another reading within the time between the two reads."""
+
+    at_ms: int
+    exact: bool
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Expiry):
+            return NotImplemented
+        if (self.exact and other.exact) or min(self.at_ms, other.at_ms) < 0:
+            return self.at_ms == other.at_ms
+        return abs(self.at_ms - other.at_ms) <= 250
+
+
+def expiry(raw_client: redis.Redis, key: str) -> Expiry:
+    try:
+        return Expiry(raw_client.pexpiretime(key), True)
+    except redis.ResponseError:  # Redis 6.2: no PEXPIRETIME
+        pttl = raw_client.pttl(key)
+        return Expiry(pttl if pttl < 0 else int(time.time() * 1000) + pttl, False)
+
+
 def snapshot_keys(raw_client: redis.Redis, keys: tuple[str, ...]) -> dict[str, object]:
-    return {k: (raw_client.dump(k), raw_client.pexpiretime(k)) for k in keys}
+    return {k: (raw_client.dump(k), expiry(raw_client, k)) for k in keys}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -108,8 +108,9 @@ def schema(layout: str) -> KeySchema:
 
 
 @pytest.fixture
-def backend_url(request: pytest.FixtureRequest, backend: str) -> str:
-    """URL of the test's backend, flushed first (every primary on the cluster)."""
+def backend_url(request: pytest.FixtureRequest, backend: str, engine: str) -> str:
+    """URL of the test's backend, flushed first (every primary on the cluster); standalone runs
+    on the test's `engine` (cluster variants of other engines are deselected)."""
     return request.getfixturevalue("cluster_url" if backend == "cluster" else "redis_url")
 
 

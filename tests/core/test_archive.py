@@ -22,6 +22,8 @@ from relayctl.core.flags import FALLBACK_OLD, set_flag
 from relayctl.core.keys import AUDIT_KEY, KeySchema
 from relayctl.core.verify import run_verify
 
+pytestmark = pytest.mark.engines()
+
 SCHEMA = KeySchema()
 WORKSPACES = ["ws-a", "ws-b"]
 LEGACY = 80

@@ -33,6 +33,8 @@ from relayctl.core import backfill as bf
 from relayctl.core.backfill import Backfill, BackfillOptions, read_state
 from relayctl.core.metrics import Metrics
 
+pytestmark = pytest.mark.engines()
+
 
 def test_execute_copies_every_valid_record_with_ttl_and_index_and_counts_each_reason(r):
     seeded = seed_jobs(r, 3000, newer=40, in_both=60)
@@ -61,9 +63,9 @@ def test_execute_copies_every_valid_record_with_ttl_and_index_and_counts_each_re
 def test_newer_dual_written_record_is_never_overwritten_by_the_copy(r, raw):
     seeded = seed_jobs(r, 600, newer=150, invalid=False)
     dual_write_on(r)
-    before = {k: (raw.dump(k), raw.pexpiretime(k)) for k in seeded.newer}
+    before = snapshot_keys(raw, tuple(seeded.newer))
     assert engine(r, batch=100).run() == bf.EXIT_DONE
-    after = {k: (raw.dump(k), raw.pexpiretime(k)) for k in seeded.newer}
+    after = snapshot_keys(raw, tuple(seeded.newer))
     assert before == after
     for key, record in seeded.newer.items():
         assert r.hget(key, "result") == "newer" and r.hgetall(key) == record
@@ -219,12 +221,12 @@ def test_max_latency_throttles_while_exceeded_yet_the_run_completes(r):
     assert_all_copied(r, minimum=1500)
 
 
-def test_lost_reply_of_a_copy_step_is_not_applied_or_counted_twice(redis_server, redis_url, r):
+def test_lost_reply_of_a_copy_step_is_not_applied_or_counted_twice(engine_server, redis_url, r):
     """The copy reaches Redis and runs; its reply is lost and the call retried. The retried
     call must not count the batch again (scanned/exists) nor report its copies as skips."""
     seed_jobs(r, 1000, invalid=False)
     dual_write_on(r)
-    proxy = FaultProxy(redis_server.port)
+    proxy = FaultProxy(engine_server.port)
     try:
         proxy.arm(COPY_SHA, "drop_reply", skip=2)
         client = redis.Redis.from_url(proxy.url, decode_responses=True, socket_timeout=5)
@@ -242,12 +244,12 @@ def test_lost_reply_of_a_copy_step_is_not_applied_or_counted_twice(redis_server,
 
 
 def test_crash_after_the_final_batch_resumes_to_completed_without_rescanning(
-        redis_server, redis_url, r, monitor):
+        engine_server, redis_url, r, monitor):
     """SIGKILL the engine exactly between its last copy and its final status write (the proxy
     holds that write); the resumed run must finish, not scan the keyspace a second time."""
     seed_jobs(r, 1200)
     dual_write_on(r)
-    proxy = FaultProxy(redis_server.port)
+    proxy = FaultProxy(engine_server.port)
     try:
         proxy.arm(b"completed", "swallow")
         proc = spawn_backfill(proxy.url, "--execute", "--batch", "200", "--json",

@@ -15,6 +15,8 @@ from relayctl.core.jobs import JobStore
 from relayctl.core.keys import CENSUS_KEY, KeySchema
 from relayctl.core.metrics import Metrics
 
+pytestmark = pytest.mark.engines()
+
 SCHEMA = KeySchema()
 WORKSPACES = ["ws-a", "ws-b", "ws-c"]
 

@@ -15,7 +15,8 @@ from relayctl.core.metrics import Metrics
 
 # every test here runs on a standalone server, on a cluster, and on a cluster with the
 # hash-tagged templates (new record, index and idempotency key in one slot)
-pytestmark = [pytest.mark.backends("standalone", "cluster"), pytest.mark.tagged_layout]
+pytestmark = [pytest.mark.backends("standalone", "cluster"), pytest.mark.tagged_layout,
+              pytest.mark.engines()]
 DUAL_ON = Combo(dual=True, prefers_new=True, fallback=True)
 DUAL_OFF = Combo(dual=False, prefers_new=False, fallback=True)
 ATTEMPTS = "relay_dual_write_attempt_total"

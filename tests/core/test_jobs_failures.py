@@ -15,7 +15,7 @@ from relayctl.core.keys import KeySchema
 from relayctl.core.metrics import Metrics
 
 SCHEMA = KeySchema()
-pytestmark = pytest.mark.backends("standalone", "cluster")
+pytestmark = [pytest.mark.backends("standalone", "cluster"), pytest.mark.engines()]
 
 
 class Exploding:

@@ -23,7 +23,8 @@ from relayctl.core.errors import JobNotFoundError, ValidationError
 from relayctl.core.jobs import JOB_FIELDS, JobStore
 from relayctl.core.metrics import Metrics
 
-pytestmark = [pytest.mark.backends("standalone", "cluster"), pytest.mark.tagged_layout]
+pytestmark = [pytest.mark.backends("standalone", "cluster"), pytest.mark.tagged_layout,
+              pytest.mark.engines()]
 MISMATCH = "relay_workspace_mismatch_total"
 HYPO = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

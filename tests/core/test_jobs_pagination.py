@@ -14,7 +14,8 @@ from relayctl.core.keys import KeySchema
 
 SCHEMA = KeySchema()
 # standalone, cluster, and cluster with hash-tagged templates (see tests/core/conftest.py)
-pytestmark = [pytest.mark.backends("standalone", "cluster"), pytest.mark.tagged_layout]
+pytestmark = [pytest.mark.backends("standalone", "cluster"), pytest.mark.tagged_layout,
+              pytest.mark.engines()]
 BASE = 1_714_557_600.0  # 2024-05-01T10:00:00Z
 # (workspace, legacy-only, both schemas, new-only); 430 jobs in all. Every indexed job of
 # ws-d has the same enqueued_at: a tie longer than one index batch (16).

@@ -9,7 +9,7 @@ from jobstore_kit import apply_flags, set_dual_write, stats_delta
 from relayctl.core.keys import KeySchema
 
 SCHEMA = KeySchema()
-pytestmark = pytest.mark.backends("standalone", "cluster")
+pytestmark = [pytest.mark.backends("standalone", "cluster"), pytest.mark.engines()]
 ROUND_TRIPS = "counts sends on one connection and INFO commandstats of one server"
 
 

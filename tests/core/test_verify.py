@@ -15,6 +15,8 @@ from relayctl.core.flags import FALLBACK_OLD, set_flag
 from relayctl.core.keys import AUDIT_KEY, VERIFY_KEY, KeySchema
 from relayctl.core.verify import KINDS, MAX_EXAMPLES, last_verify, run_verify
 
+pytestmark = pytest.mark.engines()
+
 SCHEMA = KeySchema()
 WORKSPACES = ["ws-a", "ws-b", "ws-c"]
 LEGACY = 240
