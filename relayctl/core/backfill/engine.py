@@ -316,11 +316,26 @@ class Backfill:
                 outcome = self._run_lanes()
                 if outcome is not None:
                     return outcome
-                if self._retrying(lambda: self.topology.unchanged(self.lanes), "final check"):
+                if (self._retrying(lambda: self.topology.unchanged(self.lanes), "final check")
+                        and self._retrying(self._replicated, "final check")):
                     return self._final_guard() or self._finish()
                 raise Rescan("final check")
             except Rescan:
                 self._retrying(self._rescan, "rescan")
+
+    def _replicated(self) -> bool:
+        """Standalone with replicas: every copy reached them before `completed` is written.
+        Behind a failover (Sentinel, a managed endpoint) the old primary keeps acknowledging
+        writes for a moment after its replica was promoted; WAIT tells them apart."""
+        base = self.guards.baselines.get("0")
+        if self.cluster or base is None or base.replicas == 0:
+            return True
+        acked = int(self.client.execute_command("WAIT", base.replicas, 2000))
+        if acked >= base.replicas:
+            return True
+        self.progress.message = (f"{acked} of {base.replicas} replicas acknowledged the last "
+                                 "copies (a failover?): walking again")
+        return False
 
     def _rescan(self) -> None:
         for lane in self.lanes:
