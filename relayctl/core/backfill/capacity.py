@@ -14,6 +14,7 @@ from typing import Any
 
 import redis
 
+from relayctl.core.binary import binary_client
 from relayctl.core.keys import KeySchema
 from relayctl.core.replies import as_str
 
@@ -104,9 +105,10 @@ def project_server(name: str, client: redis.Redis, schema: KeySchema,
         _judge(out, max_memory_pct, max_memory_bytes, allow_evicting)
         return out
     out.dbsize = int(size)
-    picked = {as_str(k) for k in keys if k is not None}
-    out.sampled = len(picked)
-    legacy = sorted(k for k in picked if fnmatch.fnmatchcase(k, schema.old_pattern))
+    picked = {_utf8(k) for k in keys if k is not None}
+    out.sampled = len([k for k in keys if k is not None])
+    picked.discard(None)
+    legacy = sorted(k for k in picked if k and fnmatch.fnmatchcase(k, schema.old_pattern))
     _measure(out, client, schema, workspaces, legacy)
     if out.sampled:
         share = out.legacy_sampled / out.sampled
@@ -116,6 +118,16 @@ def project_server(name: str, client: redis.Redis, schema: KeySchema,
     out.projected = round(out.to_copy_estimate * out.mean_record)
     _judge(out, max_memory_pct, max_memory_bytes, allow_evicting)
     return out
+
+
+def _utf8(key: Any) -> str | None:
+    """A sampled key name as text; None for a name that is not UTF-8 (never a job key)."""
+    if isinstance(key, str):
+        return key
+    try:
+        return bytes(key).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def _measure(out: ServerProjection, client: redis.Redis, schema: KeySchema,
@@ -181,8 +193,12 @@ def project(client: Any, schema: KeySchema, workspaces: frozenset[str], *,
                               max_memory_bytes=max_memory_bytes, allow_evicting=allow_evicting)
 
     if not clusterlib.is_cluster(client):
-        return Projection([one("server", client)])
-    found = clusterlib.shards(client)
+        raw = binary_client(client)  # key names are data: sampled as bytes
+        try:
+            return Projection([one("server", raw)])
+        finally:
+            raw.close()
+    found = clusterlib.shards(client, decode_responses=False)
     try:
         return Projection([one(f"shard {sh.name}", sh.client) for sh in found])
     finally:

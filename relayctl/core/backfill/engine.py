@@ -67,6 +67,7 @@ from relayctl.core.metrics import Metrics
 from relayctl.core.replies import as_str, as_str_dict, fields
 from relayctl.core.timestamps import iso_to_ms
 from relayctl.core.validate import is_valid_job_id, is_valid_workspace_id, validate_workspace_id
+from relayctl.core.verified import escape
 
 T = TypeVar("T")
 
@@ -77,6 +78,7 @@ RESCAN_CLUSTER_MESSAGE = ("a shard's primary changed (failover or restart): its 
                           "again from cursor 0; copied records count as exists")
 
 EXIT_DONE, EXIT_ERRORS, EXIT_STOPPED = ExitCode.OK, ExitCode.ERRORS, ExitCode.STOPPED
+MAX_EXAMPLES = 20
 EXISTING = ("e", "i", "h", "b")  # the copy existed: as it was, indexed, healed, both
 
 
@@ -588,6 +590,12 @@ class Backfill:
         skips = Skips()
         scanned: Counter[str] = Counter()
         label = self.metrics.label
+        if batch.undecodable:
+            lbl = label(None)
+            scanned[lbl] += len(batch.undecodable)
+            skips.by_label[("invalid", lbl)] += len(batch.undecodable)
+            room = MAX_EXAMPLES - len(self.progress.invalid_examples)
+            self.progress.invalid_examples += [escape(k) for k in batch.undecodable[:room]]
         for key, (ws, job_id, enqueued_at) in zip(batch.keys, batch.heads, strict=True):
             lbl = label(ws) if is_valid_workspace_id(ws) else label(None)
             scanned[lbl] += 1
@@ -607,7 +615,7 @@ class Backfill:
         p, m = self.progress, self.metrics
         label = m.label
         p.cursor = batch.cursor
-        p.scanned += len(batch.keys)
+        p.scanned += batch.scanned
         for lbl, n in scanned.items():
             m.inc(m.backfill_scanned, lbl, amount=n)
         for (reason, lbl), n in skips.by_label.items():
@@ -643,7 +651,7 @@ class Backfill:
     def _observe(self, batch: Batch, duration: float) -> None:
         """Rate, ETA, the duration metric and the listeners' events after a batch."""
         p = self.progress
-        self._scanned_this_run += len(batch.keys)
+        self._scanned_this_run += batch.scanned
         self._sync_progress()
         self.metrics.observe(self.metrics.backfill_duration, duration)
         elapsed = time.monotonic() - self._t_start

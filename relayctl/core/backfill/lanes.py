@@ -37,6 +37,11 @@ class Batch:
     lane: str = "0"
     dumps: list[tuple[bytes | None, int]] = field(default_factory=list)
     sample: ServerSample | None = None  # the lane's server, read with this batch
+    undecodable: list[bytes] = field(default_factory=list)  # key names that are not UTF-8
+
+    @property
+    def scanned(self) -> int:
+        return len(self.keys) + len(self.undecodable)
 
 
 @dataclass
@@ -126,6 +131,22 @@ class SampleClock:
             self._last = now
             return True
         return False
+
+
+def split_keys(raw: list[Any]) -> tuple[list[str], list[bytes]]:
+    """SCAN's key names as text, and apart the ones that are not UTF-8: those are counted
+    invalid (reason encoding) and never read, copied or decoded."""
+    keys: list[str] = []
+    bad: list[bytes] = []
+    for key in raw:
+        if isinstance(key, str):
+            keys.append(key)
+            continue
+        try:
+            keys.append(key.decode("utf-8"))
+        except UnicodeDecodeError:
+            bad.append(key)
+    return keys, bad
 
 
 class ServerWatch:

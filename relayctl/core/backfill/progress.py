@@ -42,6 +42,7 @@ class BackfillProgress:
     shards_done: int = 0
     preflight: list[str] = field(default_factory=list)  # the memory projection, per server
     refusals: list[str] = field(default_factory=list)  # why --execute would be refused
+    invalid_examples: list[str] = field(default_factory=list)  # key names not UTF-8, escaped
 
     @property
     def errors(self) -> int:
@@ -62,4 +63,6 @@ class BackfillProgress:
                if self.cursors else {}),
             **({"preflight": list(self.preflight), "refusals": list(self.refusals)}
                if self.preflight else {}),
+            **({"invalid_examples": list(self.invalid_examples)}
+               if self.invalid_examples else {}),
         }

@@ -32,6 +32,7 @@ from relayctl.core.backfill.lanes import (
     ServerWatch,
     Skips,
     look_only,
+    split_keys,
 )
 from relayctl.core.replies import as_str as text
 from relayctl.core.roundtrip import read_many
@@ -165,7 +166,7 @@ class ShardLane:
         if sample.run_id != self.server:
             raise Rescan(self.name)
         scan_ms = (time.perf_counter() - t0) * 1000
-        keys = [text(k) for k in raw_keys]
+        keys, undecodable = split_keys(raw_keys)
         per_key = 3 if execute else 1
         commands: list[tuple[Any, ...]] = []
         for key in keys:
@@ -194,7 +195,8 @@ class ShardLane:
                 dump, pttl = replies[per_key * i + 1], replies[per_key * i + 2]
                 dumps.append((dump if isinstance(dump, bytes) else None,
                               pttl if isinstance(pttl, int) else -2))
-        return Batch(cursor, int(next_cursor), keys, scan_ms, heads, self.name, dumps, sample)
+        return Batch(cursor, int(next_cursor), keys, scan_ms, heads, self.name, dumps, sample,
+                     undecodable)
 
     def probe(self) -> ServerSample | None:
         pipe = self.reader().pipeline(transaction=False)
@@ -262,7 +264,7 @@ class ShardLane:
         """Record the batch in the state hash (fenced by the token); returns the control."""
         ctx = self.ctx
         args = [ctx.token, batch.lane, batch.cursor, batch.start, f"{time.time():.3f}",
-                len(batch.keys), codes.count("m"), codes.count("e") + codes.count("i"),
+                batch.scanned, codes.count("m"), codes.count("e") + codes.count("i"),
                 skips.count("invalid") + codes.count("g"), skips.count("filtered"),
                 codes.count("x"), "1" if batch.cursor == 0 else "0", codes.count("i")]
         for attempt in (0, 1):

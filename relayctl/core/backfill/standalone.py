@@ -20,7 +20,9 @@ from relayctl.core.backfill.lanes import (
     ServerWatch,
     Skips,
     look_only,
+    split_keys,
 )
+from relayctl.core.binary import binary_client
 from relayctl.core.replies import as_str as text
 
 TRANSIENT: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError, OSError)
@@ -56,11 +58,18 @@ class StandaloneLane:
         self.done = done
         self.server = server
         self.watch = ServerWatch(ctx.options.guards)
+        self._raw: Any = None  # a bytes client: key names and values are data
+
+    @property
+    def raw(self) -> Any:
+        if self._raw is None:
+            self._raw = binary_client(self.ctx.client)
+        return self._raw
 
     def read(self, cursor: int) -> Batch:
         ctx = self.ctx
         t0 = time.perf_counter()
-        pipe = ctx.client.pipeline(transaction=False)
+        pipe = self.raw.pipeline(transaction=False)
         pipe.scan(cursor, match=ctx.schema.old_pattern, count=ctx.options.batch)
         with_info = self.identity.has_info
         full, buffers = self.watch.queue(pipe) if with_info else (False, False)
@@ -70,7 +79,8 @@ class StandaloneLane:
         if with_info and isinstance(replies[1], redis.ResponseError):
             self.identity.has_info = False  # the embedded demo's fakeredis has no INFO
             return self.read(cursor)
-        next_cursor, keys = replies[0]
+        next_cursor, raw_keys = replies[0]
+        keys, undecodable = split_keys(raw_keys)
         sample = self.watch.parse(replies[1:], full, buffers) if with_info else None
         server = sample.run_id if sample is not None else ""
         if server != self.server:
@@ -78,9 +88,10 @@ class StandaloneLane:
                 raise Rescan(f"server {self.server or '?'} is now {server or '?'}")
             self.server = server
         scan_ms = (time.perf_counter() - t0) * 1000
-        flat = scripts.HEADS(ctx.client, keys=[ctx.keys.control, *keys])
+        flat = [text(v) for v in scripts.HEADS(self.raw, keys=[ctx.keys.control, *keys])]
         heads = list(zip(flat[1::3], flat[2::3], flat[3::3], strict=True))
-        return Batch(cursor, int(next_cursor), list(keys), scan_ms, heads, sample=sample)
+        return Batch(cursor, int(next_cursor), keys, scan_ms, heads, sample=sample,
+                     undecodable=undecodable)
 
     def probe(self) -> ServerSample | None:
         if not self.identity.has_info:
@@ -99,7 +110,7 @@ class StandaloneLane:
         keys = [ctx.keys.state, ctx.keys.lease, ctx.keys.control,
                 *(s.index_key(ws) for ws in workspaces)]
         args: list[object] = [ctx.token, batch.cursor, f"{time.time():.3f}",
-                              len(batch.keys), skips.count("invalid"), skips.count("filtered"),
+                              batch.scanned, skips.count("invalid"), skips.count("filtered"),
                               batch.start, len(workspaces), *workspaces]
         for key, job_id, ws, score in items:
             keys += [key, s.new_key(ws, job_id)]
@@ -108,7 +119,9 @@ class StandaloneLane:
         return codes, control
 
     def close(self) -> None:
-        pass
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None
 
 
 class StandaloneTopology:
