@@ -14,12 +14,12 @@ import redis
 from relayctl.core.checklist import (
     advance,
     apply,
-    gate_context,
     mark,
     read_checklist,
     rollback,
 )
 from relayctl.core.errors import UsageError
+from relayctl.core.evaluation import GateConfig, gate_context
 from relayctl.core.keys import AUDIT_KEY, CHECKLIST_KEY
 from relayctl.core.phases import phase
 
@@ -39,7 +39,7 @@ def _ready_phase(r: redis.Redis, number: int) -> None:
 def _advance(r: redis.Redis, url: str, actor: str, seen: int | None = None, now: float = 0.0):
     state = read_checklist(r)
     number = state.phase if seen is None else seen
-    ctx = gate_context(r, state, state.phase, redis_url=url)
+    ctx = gate_context(GateConfig(redis_url=url), r, state, state.phase)
     overrides = {g: "test" for g in phase(state.phase).gates}
     return advance(r, ctx, actor=actor, overrides=overrides, now=lambda: now or time.time(),
                    seen_phase=number)
@@ -65,7 +65,7 @@ def test_the_write_itself_is_refused_when_the_phase_moved_after_the_read(r, redi
     """The phase moves between the read and the write (gates evaluated meanwhile)."""
     _ready_phase(r, 0)
     state = read_checklist(r)
-    ctx = gate_context(r, state, 0, redis_url=redis_url)
+    ctx = gate_context(GateConfig(redis_url=redis_url), r, state, 0)
     r.hset(CHECKLIST_KEY, mapping={"phase": "1", "phase:by": "dave", "phase:at": "7200"})
     with pytest.raises(UsageError, match=r"^phase is now 1 \(advanced by dave at "
                                          r"1970-01-01T02:00:00Z\)"):
