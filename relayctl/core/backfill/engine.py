@@ -15,15 +15,13 @@ import queue
 import threading
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable
 from functools import partial
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import redis
 
 from relayctl.core import cluster as clusterlib
-from relayctl.core.backfill import scripts
 from relayctl.core.backfill.capacity import Projection, project
 from relayctl.core.backfill.guards import (
     GO_VERDICT,
@@ -38,26 +36,25 @@ from relayctl.core.backfill.guards import (
 )
 from relayctl.core.backfill.lanes import (
     Batch,
-    CopyItem,
     EngineContext,
     Lane,
     Rescan,
-    Skips,
     Topology,
 )
 from relayctl.core.backfill.lease import Lease, LeaseLostError
 from relayctl.core.backfill.options import BackfillOptions
 from relayctl.core.backfill.prefetch import Prefetcher
-from relayctl.core.backfill.progress import CHECKPOINT_EVERY, BackfillProgress, scan_fraction
+from relayctl.core.backfill.progress import BackfillProgress
+from relayctl.core.backfill.record import RunRecord, Tuner
 from relayctl.core.backfill.sharded import ClusterTopology
 from relayctl.core.backfill.standalone import StandaloneTopology
 from relayctl.core.backfill.state import (
     HEARTBEAT_S,
-    TUNABLE,
     UNFINISHED,
     BackfillKeys,
     owner_id,
 )
+from relayctl.core.backfill.tally import Tally
 from relayctl.core.backfill.throttle import INTERRUPTED, Throttle
 from relayctl.core.errors import RedisUnavailableError, UsageError
 from relayctl.core.exitcodes import ExitCode
@@ -65,9 +62,7 @@ from relayctl.core.flags import stored_flags
 from relayctl.core.keys import KeySchema
 from relayctl.core.metrics import Metrics
 from relayctl.core.replies import as_str, as_str_dict, fields
-from relayctl.core.timestamps import iso_to_ms
-from relayctl.core.validate import is_valid_job_id, is_valid_workspace_id, validate_workspace_id
-from relayctl.core.verified import escape
+from relayctl.core.validate import validate_workspace_id
 
 T = TypeVar("T")
 
@@ -78,8 +73,6 @@ RESCAN_CLUSTER_MESSAGE = ("a shard's primary changed (failover or restart): its 
                           "again from cursor 0; copied records count as exists")
 
 EXIT_DONE, EXIT_ERRORS, EXIT_STOPPED = ExitCode.OK, ExitCode.ERRORS, ExitCode.STOPPED
-MAX_EXAMPLES = 20
-EXISTING = ("e", "i", "h", "b")  # the copy existed: as it was, indexed, healed, both
 
 
 class Backfill:
@@ -116,24 +109,23 @@ class Backfill:
         self._lock = threading.RLock()
         self._halt = threading.Event()
         self._stop_signal = threading.Event()
-        self._scanned_this_run = 0
-        self._t_start = time.monotonic()
-        self._paced = (self._t_start, 0)  # --rps schedule origin: (time, keys scanned)
-        self._next_checkpoint = 0
-        self._last_event = 0.0
+        self.tally = Tally(self.progress, self.metrics, self.schema, self._workspaces,
+                           cluster=self.cluster, rps=lambda: self.opt.rps,
+                           on_event=self.on_event)
         self.guards = Guards(GuardLimits(
             max_memory_pct=options.max_memory_pct, critical_memory_pct=options.critical_memory_pct,
             max_memory_bytes=options.max_memory_bytes,
             max_replica_lag_bytes=options.max_replica_lag_bytes,
             max_replica_lag_s=options.max_replica_lag_s, wait_replicas=options.wait_replicas))
         self.guards.named = self.cluster
+        self.record = RunRecord(client, self.keys, self.token, self.progress, options,
+                                self.guards, self._retrying)
+        self.tuner = Tuner(self.record, on_change=self.tally.repace, on_event=self.on_event)
         self.throttle = Throttle(self.guards, self.progress, self.metrics,
-                                 write=self._write_if_executing,
+                                 write=self.record.write_if_executing,
                                  emit=lambda e: self.on_event(e, self.progress), sleep=sleep)
         self.projection: Projection | None = None
         self.preflight_s = 0.0
-        self._tune_seq: str | None = None
-        self._tune_checked = 0.0
         if self.cluster and options.wait_replicas:
             raise UsageError("--wait-replicas applies to a standalone server: on a cluster each "
                              "shard's replicas are watched by the replica-lag guard instead")
@@ -242,7 +234,7 @@ class Backfill:
             p.message = RESCAN_CLUSTER_MESSAGE if self.cluster else RESCAN_MESSAGE
         if not self.cluster:
             p.cursor = self.lanes[0].cursor
-        self._sync_progress()
+        self.tally.sync(self.lanes)
         now = f"{time.time():.3f}"
         pipe = self.client.pipeline(transaction=not self.cluster)
         if p.run_id != saved.get("run_id"):
@@ -253,7 +245,7 @@ class Backfill:
             "updated": now, "workspaces": ",".join(sorted(self._workspaces)),
             "rps": str(self.opt.rps), "batch": str(self.opt.batch),
             "max_keys": str(self.opt.max_keys or ""), "workers": str(self.opt.workers),
-            "heartbeat_s": f"{HEARTBEAT_S:g}", **self._limits_fields(),
+            "heartbeat_s": f"{HEARTBEAT_S:g}", **self.record.limits(),
             "cursor": str(p.cursor), "message": p.message, "finished": "",
             **self.topology.state_fields(self.lanes),
         }))
@@ -261,11 +253,6 @@ class Backfill:
         pipe.delete(k.control)
         pipe.delete(k.tune)
         pipe.execute()
-
-    def _beat(self) -> list[Any]:
-        p = self.progress
-        return [f"{time.time():.3f}", f"{p.rate:.1f}", f"{p.fraction:.4f}",
-                "" if p.eta_s is None else f"{p.eta_s:.0f}"]
 
     def run(self) -> int:
         """Run to completion, a stop, --max-keys, or lost Redis; return the exit code."""
@@ -279,12 +266,11 @@ class Backfill:
             except BaseException:
                 self.lease.release()
                 raise
-            self.lease.start_heartbeat(self.topology.renew, self._beat)
+            self.lease.start_heartbeat(self.topology.renew, self.record.beat)
         else:
             p.run_id = "dry-run"
             p.started = time.time()
             self.lanes, _ = self._retrying(lambda: self.topology.lanes({}), "topology")
-        self._next_checkpoint = (p.scanned // CHECKPOINT_EVERY + 1) * CHECKPOINT_EVERY
         self.on_event("start", p)
         try:
             return self._walk_all()
@@ -302,7 +288,7 @@ class Backfill:
         if self.opt.execute:
             try:
                 if p.status == "lost" and not self.lease.lost.is_set():
-                    self._write_state({"status": "lost", "message": p.message})
+                    self.record.write({"status": "lost", "message": p.message})
             except (redis.RedisError, OSError):
                 pass  # Redis is gone, or the run is not ours any more: nothing to record
             with contextlib.suppress(redis.RedisError, OSError):
@@ -311,8 +297,7 @@ class Backfill:
     def _walk_all(self) -> int:
         """Walk every lane to its end; a changed server anywhere walks them all again,
         since its cursor means nothing on the new one and unpersisted copies are gone."""
-        self._t_start = time.monotonic()
-        self._paced = (self._t_start, 0)
+        self.tally.start()
         while True:
             try:
                 outcome = self._run_lanes()
@@ -346,12 +331,12 @@ class Backfill:
         message = RESCAN_CLUSTER_MESSAGE if self.cluster else RESCAN_MESSAGE
         self.progress.message = message
         self.progress.cursor = 0
-        self._sync_progress()
+        self.tally.sync(self.lanes)
         self.on_event("retry", self.progress)
         if self.opt.execute:
             saved = self.topology.state_fields(self.lanes)
             saved.update({"message": message, "updated": f"{time.time():.3f}"})
-            self._write_state(saved)
+            self.record.write(saved)
 
     def _run_lanes(self) -> int | None:
         """Walk the unfinished lanes, --workers at a time; None when every lane is done."""
@@ -418,21 +403,21 @@ class Backfill:
                         control = self._wait_while_paused()
                 if control == "stop":
                     return self._stopped_by_operator()
-                self._poll_tune()
+                self.tuner.poll()
                 code = self._guard(lane, batch.sample)
                 if code is not None:
                     return code
-                items, skips, scanned = self._classify(batch)
+                items, skips, scanned = self.tally.classify(batch)
                 codes, control = self._retrying(
                     partial(lane.apply, batch, items, skips), "copy")
                 with self._lock:
-                    self._account(batch, items, codes, skips, scanned)
+                    self.tally.account(batch, items, codes, skips, scanned)
                     lane.cursor, lane.done = batch.cursor, batch.cursor == 0
-                    self._observe(batch, time.perf_counter() - batch_t0)
+                    self.tally.observe(batch, time.perf_counter() - batch_t0, self.lanes)
                     over = (self.opt.max_keys is not None and not lane.done
-                            and self._scanned_this_run >= self.opt.max_keys)
+                            and self.tally.scanned_this_run >= self.opt.max_keys)
                 if over:
-                    self._set_status("partial",
+                    self.record.status("partial",
                                      f"--max-keys {self.opt.max_keys} reached; resumable")
                     self.on_event("partial", self.progress)
                     return EXIT_DONE
@@ -441,7 +426,7 @@ class Backfill:
                     if self.opt.max_latency_ms is not None:
                         self.throttle.latency(lane.name, throttle, batch.scan_ms,
                                               self.opt.max_latency_ms)
-                    wait = max(throttle, self._pace())
+                    wait = max(throttle, self.tally.pace())
                     if wait > 0:
                         self.sleep(wait)
         finally:
@@ -518,12 +503,12 @@ class Backfill:
                 control = self._wait_while_paused()
         if control == "stop":
             return self._stopped_by_operator()
-        self._poll_tune()
+        self.tuner.poll()
         return None
 
     def _stopped_by_guard(self, verdict: Verdict) -> int:
         status = "failed" if verdict.exit_code == ExitCode.ERRORS else "stopped"
-        self._set_status(status, verdict.message, stop_reason=verdict.reason)
+        self.record.status(status, verdict.message, stop_reason=verdict.reason)
         self.on_event("stopped", self.progress)
         return verdict.exit_code
 
@@ -537,149 +522,6 @@ class Backfill:
             if verdict.action == STOP and verdict.reason == "evictions":
                 return self._stopped_by_guard(verdict)
         return None
-
-    def _poll_tune(self) -> None:
-        """`relayctl backfill set`: one HGET at most every SAMPLE_EVERY_S, shared by lanes."""
-        now = time.monotonic()
-        with self._lock:
-            if now - self._tune_checked < SAMPLE_EVERY_S:
-                return
-            self._tune_checked = now
-            seq = self._retrying(lambda: self.client.hget(self.keys.tune, "seq"), "tune")
-            if seq is None or as_str(seq) == self._tune_seq:
-                return
-            self._tune_seq = as_str(seq)
-            values = as_str_dict(self._retrying(lambda: self.client.hgetall(self.keys.tune),
-                                                "tune"))
-            self._apply_tune(values)
-
-    def _apply_tune(self, values: dict[str, str]) -> None:
-        lim, opt = self.guards.limits, self.opt
-        for name, raw in values.items():
-            if name not in TUNABLE:
-                continue
-            number = TUNABLE[name][0](float(raw))
-            if name in ("rps", "batch", "max_latency_ms"):
-                setattr(opt, name, number)
-            else:
-                setattr(lim, name, number)
-        self._paced = (time.monotonic(), self._scanned_this_run)  # the new --rps from now
-        changed = " ".join(f"{k}={v}" for k, v in sorted(values.items()) if k in TUNABLE)
-        self.progress.message = f"retuned: {changed}"
-        self._write_if_executing({**self._limits_fields(), "message": self.progress.message,
-                                  "tuned": f"{time.time():.3f}"})
-        self.on_event("tuned", self.progress)
-
-    def _limits_fields(self) -> dict[str, str]:
-        lim, opt = self.guards.limits, self.opt
-        return {"rps": f"{opt.rps:g}", "batch": str(opt.batch),
-                "max_latency_ms": "" if opt.max_latency_ms is None else f"{opt.max_latency_ms:g}",
-                "max_memory_pct": f"{lim.max_memory_pct:g}",
-                "critical_memory_pct": f"{lim.critical_memory_pct:g}",
-                "max_replica_lag_bytes": str(self.guards.lag_limit()),
-                "max_replica_lag_s": f"{lim.max_replica_lag_s:g}",
-                "wait_replicas": str(lim.wait_replicas)}
-
-    def _write_if_executing(self, change: dict[str, str]) -> None:
-        if self.opt.execute:
-            self._retrying(lambda: self._write_state(change), "status")
-
-    def _classify(self, batch: Batch) -> tuple[list[CopyItem], Skips, Counter[str]]:
-        """(key, job_id, ws, index score) to copy; skips by reason; scanned by label."""
-        items: list[CopyItem] = []
-        skips = Skips()
-        scanned: Counter[str] = Counter()
-        label = self.metrics.label
-        if batch.undecodable:
-            lbl = label(None)
-            scanned[lbl] += len(batch.undecodable)
-            skips.by_label[("invalid", lbl)] += len(batch.undecodable)
-            room = MAX_EXAMPLES - len(self.progress.invalid_examples)
-            self.progress.invalid_examples += [escape(k) for k in batch.undecodable[:room]]
-        for key, (ws, job_id, enqueued_at) in zip(batch.keys, batch.heads, strict=True):
-            lbl = label(ws) if is_valid_workspace_id(ws) else label(None)
-            scanned[lbl] += 1
-            if (not is_valid_workspace_id(ws) or not is_valid_job_id(job_id)
-                    or self.schema.old_key(job_id) != key):
-                skips.by_label[("invalid", lbl)] += 1
-            elif self._workspaces and ws not in self._workspaces:
-                skips.by_label[("filtered", lbl)] += 1
-            else:
-                # enqueued_at never changes, so the score computed here (off the Redis
-                # core) is the one the copy step would compute
-                items.append((key, job_id, ws, iso_to_ms(enqueued_at)))
-        return items, skips, scanned
-
-    def _account(self, batch: Batch, items: list[CopyItem], codes: str, skips: Skips,
-                 scanned: Counter[str]) -> None:
-        p, m = self.progress, self.metrics
-        label = m.label
-        p.cursor = batch.cursor
-        p.scanned += batch.scanned
-        for lbl, n in scanned.items():
-            m.inc(m.backfill_scanned, lbl, amount=n)
-        for (reason, lbl), n in skips.by_label.items():
-            p.skipped[reason] += n
-            m.inc(m.backfill_skipped, lbl, reason, amount=n)
-        outcomes = Counter((code, label(ws)) for (_k, _j, ws, _s), code in
-                           zip(items, codes, strict=True))
-        for (code, lbl), n in outcomes.items():
-            if code == "m":
-                p.migrated += n
-                m.inc(m.backfill_migrated, lbl, amount=n)
-            elif code in EXISTING:
-                p.skipped["exists"] += n
-                m.inc(m.backfill_skipped, lbl, "exists", amount=n)
-                p.indexed += n if code in ("i", "b") else 0
-                p.healed += n if code in ("h", "b") else 0
-            elif code == "g":
-                p.skipped["invalid"] += n
-                m.inc(m.backfill_skipped, lbl, "invalid", amount=n)
-            else:
-                p.skipped["error"] += n
-                m.inc(m.backfill_errors, lbl, amount=n)
-
-    def _sync_progress(self) -> None:
-        p = self.progress
-        if self.cluster:
-            p.cursors = {lane.name: lane.cursor for lane in self.lanes}
-            p.shards_done = sum(lane.done for lane in self.lanes)
-        if self.lanes:
-            p.fraction = sum(1.0 if lane.done else scan_fraction(lane.cursor)
-                             for lane in self.lanes) / len(self.lanes)
-
-    def _observe(self, batch: Batch, duration: float) -> None:
-        """Rate, ETA, the duration metric and the listeners' events after a batch."""
-        p = self.progress
-        self._scanned_this_run += batch.scanned
-        self._sync_progress()
-        self.metrics.observe(self.metrics.backfill_duration, duration)
-        elapsed = time.monotonic() - self._t_start
-        p.elapsed_s = elapsed
-        p.rate = self._scanned_this_run / elapsed if elapsed > 0 else 0.0
-        p.latency_ms = batch.scan_ms
-        p.eta_s = (elapsed * (1 - p.fraction) / p.fraction) if p.fraction > 0 else None
-        if p.scanned >= self._next_checkpoint:
-            self._next_checkpoint = (p.scanned // CHECKPOINT_EVERY + 1) * CHECKPOINT_EVERY
-            self.on_event("checkpoint", p)
-        now = time.monotonic()
-        if now - self._last_event >= 0.5:
-            self._last_event = now
-            self.on_event("progress", p)
-
-    def _pace(self) -> float:
-        """Seconds to wait so all lanes together stay under --rps (a shared schedule)."""
-        if self.opt.rps <= 0:
-            return 0.0
-        with self._lock:
-            now = time.monotonic()
-            origin, done = self._paced
-            ahead = (self._scanned_this_run - done) / self.opt.rps - (now - origin)
-            if ahead < 0:
-                # behind schedule (paused, retrying, slow Redis): restart the schedule here
-                # instead of bursting to catch up, so --rps stays a ceiling
-                self._paced = (now, self._scanned_this_run)
-            return max(ahead, 0.0)
 
     def _throttle(self, throttle: float, scan_ms: float) -> float:
         """--max-latency-ms: back off exponentially while SCAN is slow, recover by halves."""
@@ -702,7 +544,7 @@ class Backfill:
                 return self._stopped_by_guard(verdict)
             raise self._lease_lost()
         if self._stop_signal.is_set():
-            self._set_status("stopped", "stopped by signal; resumable")
+            self.record.status("stopped", "stopped by signal; resumable")
             self.on_event("stopped", self.progress)
             return EXIT_STOPPED
         return None
@@ -731,7 +573,7 @@ class Backfill:
                               "; this engine stops and writes nothing more")
 
     def _stopped_by_operator(self) -> int:
-        self._set_status("stopped", "stopped by operator; resumable")
+        self.record.status("stopped", "stopped by operator; resumable")
         self.on_event("stopped", self.progress)
         return EXIT_STOPPED
 
@@ -740,7 +582,7 @@ class Backfill:
         live = self._retrying(lambda: self.client.get(self.keys.control), "pause")
         if live != "pause":
             return str(live or "run")
-        self._set_status("paused", "paused by operator")
+        self.record.status("paused", "paused by operator")
         self.on_event("paused", self.progress)
         while True:
             if self._stop_signal.is_set():
@@ -750,33 +592,16 @@ class Backfill:
             control = self._retrying(lambda: self.client.get(self.keys.control), "pause")
             if control != "pause":
                 if control != "stop":
-                    self._set_status("running", "resumed by operator")
+                    self.record.status("running", "resumed by operator")
                     self.on_event("resumed", self.progress)
                 return str(control or "run")
             self.sleep(0.2)
-
-    def _set_status(self, status: str, message: str = "", finished: bool = False,
-                    **extra: str) -> None:
-        self.progress.status = status
-        self.progress.message = message
-        if not self.opt.execute:
-            return
-        change = {"status": status, "message": message, "updated": f"{time.time():.3f}",
-                  **extra}
-        if finished:
-            change["finished"] = change["updated"]
-        self._retrying(lambda: self._write_state(change), "status")
-
-    def _write_state(self, change: dict[str, str]) -> None:
-        """Fenced: only while this engine owns the run, never once the run finished."""
-        scripts.STATE(self.client, [self.keys.state],
-                      [self.token, *(x for kv in change.items() for x in kv)])
 
     def _finish(self) -> int:
         p = self.progress
         p.fraction = 1.0
         errors = p.errors
-        self._set_status("completed" if not errors else "completed_with_errors",
+        self.record.status("completed" if not errors else "completed_with_errors",
                          f"{errors} errors" if errors else "done", finished=True)
         self.on_event("done", p)
         return EXIT_ERRORS if errors else EXIT_DONE
