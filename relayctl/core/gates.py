@@ -17,7 +17,7 @@ from typing import Any
 import redis
 
 from relayctl.core import fleet
-from relayctl.core.backfill import read_state
+from relayctl.core.backfill import ACTIVE, lease_owner, read_state, run_health
 from relayctl.core.census import last_census
 from relayctl.core.cluster import is_cluster
 from relayctl.core.connection import is_loopback_host, parse_target
@@ -572,6 +572,14 @@ def _backfill_complete(ctx: GateContext) -> GateResult:
                   f"migrated {state.get('migrated')}")
     if status in ("failed", "lost"):
         return _r("backfill_complete", FAIL, status, "status completed", state.get("message", ""))
+    if state and status in ACTIVE:
+        try:
+            alive = ctx.redis_call("backfill_lease", lambda c: lease_owner(c) is not None)
+        except SourceError as exc:
+            return _r("backfill_complete", UNKNOWN, status, "status completed", str(exc))
+        health = run_health(state, bool(alive), ctx.now())
+        if health.dead:
+            return _r("backfill_complete", FAIL, "dead", "status completed", health.detail)
     return _r("backfill_complete", WAIT, status or "never run", "status completed",
               f"scanned {state.get('scanned', 0)}" if state else "")
 

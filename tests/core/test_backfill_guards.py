@@ -29,6 +29,7 @@ from backfill_kit import (
 )
 
 from relayctl.core.backfill import BackfillKeys, read_state, run_health
+from relayctl.core.gates import GateContext, evaluate
 from relayctl.core.jobs import JobStore
 from relayctl.core.metrics import Metrics
 from tests.conftest import RedisServer, wait_for
@@ -347,6 +348,8 @@ def test_a_stalled_engine_past_its_lease_never_overwrites_the_run_another_comple
         assert dead.returncode == 1 and "DEAD" in dead.stdout and "--resume" in dead.stdout
         as_json = json.loads(run_relayctl(server.url, "backfill", "status", "--json").stdout)
         assert as_json["health"] == "dead" and "lease expired" in as_json["detail"]
+        (gate,) = evaluate(GateContext(client=r), ["backfill_complete"])
+        assert (gate.status, gate.value) == ("FAIL", "dead") and "--resume" in gate.detail
         second = run_relayctl(server.url, "backfill", "--execute", "--resume", "--json",
                               env=env)
         assert second.returncode == 0, second.stderr
