@@ -48,6 +48,7 @@ from relayctl.core.keys import KeySchema
 from relayctl.core.pinned import Pinned
 from relayctl.core.roundtrip import Command, read_many
 from relayctl.core.scan import RESTARTS, ServerChangedError, Walk, restarting
+from relayctl.core.scripting import Script
 from relayctl.core.validate import is_valid_job_id, is_valid_workspace_id
 from relayctl.core.verified import (
     REASONS,
@@ -201,16 +202,16 @@ def _record_hash(key: str, expire_at_ms: int, dump: bytes,
     return h.hexdigest()
 
 
+EXPORT_SCRIPT = Script("archive.export_key", EXPORT_KEY)
+
+
 def _text_id(reply: object) -> str:
     return reply.decode() if isinstance(reply, bytes) else str(reply)
 
 
 def _export_replies(client: redis.Redis, sha: str, names: list[str]) -> list[Any]:
-    commands: list[Command] = [("EVALSHA", sha, 1, k) for k in names]
-    replies = read_many(client, commands)
-    if any(isinstance(r, redis.exceptions.NoScriptError) for r in replies):
-        client.script_load(EXPORT_KEY)
-        replies = read_many(client, commands)
+    replies = EXPORT_SCRIPT.run_batch(client, lambda commands: read_many(client, commands),
+                                      [((k,), ()) for k in names])
     for reply in replies:
         if isinstance(reply, Exception):
             raise reply

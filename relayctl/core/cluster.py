@@ -8,7 +8,6 @@ On a standalone server there is one shard, named "0", served by the client itsel
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -21,7 +20,6 @@ from redis.exceptions import (
     AskError,
     ClusterDownError,
     ClusterError,
-    NoScriptError,
     SlotNotCoveredError,
     TryAgainError,
 )
@@ -280,15 +278,10 @@ def run_script(router: Router, script: str,
     Scripts are called by SHA and loaded on every primary when a node answers NOSCRIPT
     (first use, a promoted replica). Error replies other than NOSCRIPT are raised.
     """
-    sha = hashlib.sha1(script.encode()).hexdigest()
-    commands = [("EVALSHA", sha, len(keys), *keys, *args) for keys, args in calls]
-    replies = router.run(commands, key_at=3)
-    missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
-    if missing:
-        router.cluster.script_load(script)
-        for i, reply in zip(missing, router.run([commands[i] for i in missing], key_at=3),
-                            strict=True):
-            replies[i] = reply
+    from relayctl.core.scripting import Script
+
+    replies = Script("cluster.run_script", script).run_batch(
+        router.cluster, lambda commands: router.run(commands, key_at=3), calls)
     for reply in replies:
         if isinstance(reply, Exception):
             raise reply

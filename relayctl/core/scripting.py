@@ -7,7 +7,7 @@ caller that sends EVALSHA (directly, in a pipeline, or routed per node) goes thr
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +44,20 @@ class Script:
         except NoScriptError:
             self.load(client)
             return client.execute_command(*self.command(keys, args))
+
+    def run_batch(self, client: Any, send: Callable[[list[tuple[Any, ...]]], list[Any]],
+                  calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]) -> list[Any]:
+        """Run the script once per (keys, args) through a batched sender (read_many, a
+        Router); replies that say NOSCRIPT load it once and are sent again. Other error
+        replies are returned as values."""
+        commands = [self.command(keys, args) for keys, args in calls]
+        replies = send(commands)
+        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if missing:
+            self.load(client)
+            for i, reply in zip(missing, send([commands[i] for i in missing]), strict=True):
+                replies[i] = reply
+        return replies
 
     def check(self, client: Any, reply: Any) -> Any:
         """A pipelined or routed reply: NOSCRIPT loads the script and raises ScriptReloaded
