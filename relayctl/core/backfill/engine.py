@@ -387,7 +387,7 @@ class Backfill:
         prefetch: Prefetcher[Batch] = Prefetcher(
             lambda cursor: self._retrying(lambda: lane.read(cursor), "scan"), lane.cursor,
             lambda batch: batch.cursor)
-        control = self._retrying(lambda: self.client.get(self.keys.control), "control") or ""
+        control = as_str(self._retrying(lambda: self.client.get(self.keys.control), "control"))
         throttle = 0.0
         try:
             while not lane.done:
@@ -398,12 +398,9 @@ class Backfill:
                     return code
                 batch_t0 = time.perf_counter()
                 batch = prefetch.next()
-                if control == "pause":
-                    with self._lock:
-                        control = self._wait_while_paused()
-                if control == "stop":
-                    return self._stopped_by_operator()
-                self.tuner.poll()
+                code, control = self._obey(control)
+                if code is not None:
+                    return code
                 code = self._guard(lane, batch.sample)
                 if code is not None:
                     return code
@@ -498,13 +495,18 @@ class Backfill:
         if code is not None:
             return code
         control = self._retrying(lambda: self.client.get(self.keys.control), "control")
+        return self._obey(as_str(control))[0]
+
+    def _obey(self, control: str) -> tuple[int | None, str]:
+        """The operator's word between batches: pause waits (the lease held), stop stops, a
+        retune applies; returns the exit code (or None) and the control value now."""
         if control == "pause":
             with self._lock:
                 control = self._wait_while_paused()
         if control == "stop":
-            return self._stopped_by_operator()
+            return self._stopped_by_operator(), control
         self.tuner.poll()
-        return None
+        return None, control
 
     def _stopped_by_guard(self, verdict: Verdict) -> int:
         status = "failed" if verdict.exit_code == ExitCode.ERRORS else "stopped"
