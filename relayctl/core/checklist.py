@@ -137,9 +137,10 @@ class AdvanceResult:
 
 
 def advance(client: redis.Redis, ctx: GateContext, *, actor: str,
-            overrides: dict[str, str], now: Callable[[], float] = time.time) -> AdvanceResult:
+            overrides: dict[str, str], now: Callable[[], float] = time.time,
+            reason: str = "") -> AdvanceResult:
     """Move to the next phase only when every gate passes (or is overridden with a reason)
-    and every manual item is checked off."""
+    and every manual item is checked off; `reason` is the operator's, kept in the audit."""
     state = read_checklist(client)
     if state.complete:
         raise UsageError("the rollout is already complete")
@@ -164,7 +165,8 @@ def advance(client: redis.Redis, ctx: GateContext, *, actor: str,
                for r in results if r.gate in overrides]
     entries.append(audit.audit_fields(
         actor, "checklist.advance", "phase", str(current.number), str(nxt),
-        "; ".join(f"{g}: {why}" for g, why in overrides.items()) or "all gates pass", ts))
+        "; ".join(f"{g}: {why}" for g, why in overrides.items())
+        or (f"{reason.strip()} (all gates pass)" if reason.strip() else "all gates pass"), ts))
     audit.write_audited(client, entries,
                         lambda pipe: pipe.hset(CHECKLIST_KEY, "phase", str(nxt)))
     result.advanced = True
