@@ -203,6 +203,13 @@ class BackfillForm(ModalScreen[BackfillRequest | None]):
     def on_mount(self) -> None:
         self.query_one("#execute", Checkbox).focus()
 
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        """Enter in the reason starts; in another field it moves on."""
+        if event.input.id == "reason":
+            self.on_button_pressed(Button.Pressed(self.query_one("#confirm", Button)))
+        else:
+            self.focus_next()
+
     def action_cancel(self) -> None:
         self.dismiss(None)
 
@@ -474,6 +481,10 @@ class ChecklistScreen(Screen):
             return
         phases = self.query_one("#phases", OptionList)
         highlighted = phases.highlighted
+        if getattr(self, "seen_phase", None) != state.phase_number:
+            # the rollout moved on (here or elsewhere): follow it to the current phase
+            self.seen_phase = state.phase_number
+            self.selected = highlighted = state.phase_number
         phases.clear_options()
         for p in PHASES:
             mark = "✓" if p.number < state.checklist.phase else (
