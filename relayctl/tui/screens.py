@@ -477,7 +477,7 @@ class ChecklistScreen(Screen):
         self.app._redraw()  # type: ignore[attr-defined]
 
     def refresh_state(self, state: ConsoleState) -> None:
-        if not fits(self):
+        if not fits(self) or not self.query("#phases"):  # too small, or not composed yet
             return
         phases = self.query_one("#phases", OptionList)
         highlighted = phases.highlighted

@@ -166,16 +166,28 @@ async def type_text(pilot: Pilot, text: str) -> None:
 
 
 async def confirm_with_reason(pilot: Pilot, reason: str) -> None:
-    """What an operator does in the confirmation: click the reason field, type, Enter moves to
-    Confirm, a second Enter confirms."""
+    """What an operator does in the confirmation: the reason field has the focus; type it,
+    Enter confirms."""
     screen = pilot.app.screen
     assert isinstance(screen, ConfirmScreen), f"expected the confirmation, got {screen!r}"
-    assert screen.focused is not None and screen.focused.id == "cancel", "Cancel has focus"
-    await pilot.click("#reason")
+    if screen.require_typed:  # an override while a rollback trigger fires: the gate's name
+        assert screen.focused is not None and screen.focused.id == "typed"
+        await type_text(pilot, screen.require_typed)
+        await pilot.press("enter")
+    assert screen.focused is not None and screen.focused.id == "reason", "the reason has focus"
     await type_text(pilot, reason)
     await pilot.press("enter")
-    assert screen.focused is not None and screen.focused.id == "confirm"
-    await pilot.press("enter")
+    await pilot.pause()
+
+
+FLAG_ORDER = (DUAL_WRITE, PREFERS_NEW, FALLBACK_OLD)
+
+
+async def open_flag(pilot: Pilot, name: str) -> None:
+    """`f`, then the flag's row in the picker, Enter: the flag's confirmation opens."""
+    await pilot.press("f")
+    await pilot.pause()
+    await pilot.press(*["down"] * FLAG_ORDER.index(name), "enter")
     await pilot.pause()
 
 
