@@ -10,7 +10,7 @@ import click
 import redis
 
 from relayctl import __version__
-from relayctl.cli import archive, backfill, bench, census, checklist, console, demo, export
+from relayctl.cli import archive, audit, backfill, bench, census, checklist, console, demo, export
 from relayctl.cli import flags as flags_cmd
 from relayctl.cli import status as status_cmd
 from relayctl.cli import verify as verify_cmd
@@ -66,7 +66,7 @@ for _command in (
     flags_cmd.flags, demo.simulate, demo.demo, backfill.backfill, census.census,
     verify_cmd.verify, archive.archive, checklist.check, checklist.checklist,
     checklist.rollback, status_cmd.status, export.export_group, export.acl, console.tui,
-    console.screenshots, bench.bench,
+    console.screenshots, bench.bench, audit.audit,
 ):
     cli.add_command(_command)
 

@@ -501,12 +501,20 @@ class RelayApp(App[None]):
             return
 
         def spawn(c: redis.Redis, req: BackfillRequest) -> str:
-            # the console audits the start; the engine must not audit it a second time
+            # the console audits the start; the engine must not audit it a second time (the
+            # child inherits the environment spawn_engine copies at this moment)
+            before = os.environ.get(SPAWNED_ENV)
             os.environ[SPAWNED_ENV] = "1"
-            pid = spawn_engine(self.redis_url or "", req.options, actor=self.actor,
-                               reason=req.reason, client=c,
-                               allow_plaintext=self.allow_plaintext,
-                               tls=self.tls_options, config_path=self.config_path)
+            try:
+                pid = spawn_engine(self.redis_url or "", req.options, actor=self.actor,
+                                   reason=req.reason, client=c,
+                                   allow_plaintext=self.allow_plaintext,
+                                   tls=self.tls_options, config_path=self.config_path)
+            finally:
+                if before is None:
+                    os.environ.pop(SPAWNED_ENV, None)
+                else:
+                    os.environ[SPAWNED_ENV] = before
             return watch_spawned(c, pid)
 
         def start(req: BackfillRequest | None) -> None:
