@@ -221,7 +221,8 @@ class DualWritePanel(Panel):
 
 
 def backfill_health(state: ConsoleState) -> RunHealth:
-    return run_health(state.backfill, state.engine_alive, state.ts)
+    """As of the last good read: with Redis down the saved state is not news of a stall."""
+    return run_health(state.backfill, state.engine_alive, state.redis_updated or state.ts)
 
 
 def _throttle_line(bf: dict[str, str]) -> Text:
@@ -295,7 +296,7 @@ class BackfillPanel(Panel):
 class FlagsPanel(Panel):
     def show(self, state: ConsoleState) -> None:
         table = Table(box=None, expand=True, padding=(0, 1), show_edge=False)
-        table.add_column("flag", no_wrap=True, min_width=17)
+        table.add_column("flag", no_wrap=True, min_width=18)
         table.add_column("value", no_wrap=True, min_width=5)
         table.add_column("changed", no_wrap=True, overflow="ellipsis")
         table.add_column("fleet", no_wrap=True, overflow="ellipsis")
