@@ -122,7 +122,7 @@ class Dashboard(Screen):
 
     def on_mount(self) -> None:
         self._layout()
-        self.focus_panel_widget("gates")
+        self.focus_panel_widget("read")
         self.app._redraw()  # type: ignore[attr-defined]
 
     def on_screen_resume(self) -> None:
