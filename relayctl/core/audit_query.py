@@ -14,6 +14,7 @@ from relayctl.core.audit import AuditEntry
 from relayctl.core.errors import UsageError
 from relayctl.core.formatting import iso
 from relayctl.core.keys import AUDIT_KEY
+from relayctl.core.replies import as_str, as_str_dict
 
 SCAN_LIMIT = 10_000  # entries read at most, newest first (the stream is capped anyway)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -49,7 +50,8 @@ def query(client: redis.Redis, q: AuditQuery, scan: int = SCAN_LIMIT) -> list[Au
     last = "+"
     read = 0
     while len(out) < q.limit and read < scan:
-        batch = client.xrevrange(AUDIT_KEY, max=last, count=min(500, scan - read))
+        batch = [(as_str(i), as_str_dict(f)) for i, f in
+                 client.xrevrange(AUDIT_KEY, max=last, count=min(500, scan - read)) or []]
         if last != "+" and batch and batch[0][0] == last:
             batch = batch[1:]
         if not batch:

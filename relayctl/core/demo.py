@@ -13,6 +13,7 @@ import redis
 
 from relayctl.core.jobs import JOB_FIELDS, iso_now, iso_to_ms
 from relayctl.core.keys import KeySchema
+from relayctl.core.replies import as_str_dict, fields
 
 
 @dataclass
@@ -73,10 +74,10 @@ def _support_restore_absttl() -> None:
             ttl = int(ttl - self._db.time * 1000)  # type: ignore[attr-defined]
             if ttl <= 0:
                 return OK
-        return original(self, key, ttl, value, *rest)  # type: ignore[arg-type]
+        return original(self, key, ttl, value, *rest)
 
     restore._relayctl_absttl = True  # type: ignore[attr-defined]
-    FakeSocket.restore = restore  # type: ignore[method-assign]
+    setattr(FakeSocket, "restore", restore)  # noqa: B010 - patching the command table
 
 
 def _estimated_used_memory(server: object) -> int:
@@ -85,7 +86,7 @@ def _estimated_used_memory(server: object) -> int:
     import pickle
 
     total = 1 << 20  # a fresh redis-server's baseline
-    for db in server.dbs.values():  # type: ignore[attr-defined]
+    for db in server.dbs.values():  # type: ignore[attr-defined]  # fakeredis internals
         items = list(db._dict.values())
         if not items:
             continue
@@ -109,7 +110,7 @@ def _support_info() -> None:
     def _relayctl_info(self: object, *sections: bytes) -> bytes:
         wanted = {s.lower() for s in sections} or {b"default"}
         used = _estimated_used_memory(self._server)  # type: ignore[attr-defined]
-        parts = {
+        parts: dict[bytes, dict[str, object]] = {
             b"server": {"redis_version": "7.2.0", "redis_mode": "standalone"},
             b"memory": {"used_memory": used, "used_memory_human": f"{used / 2**20:.2f}M",
                         "maxmemory": 0, "maxmemory_policy": "noeviction"},
@@ -117,10 +118,10 @@ def _support_info() -> None:
             b"replication": {"role": "master", "connected_slaves": 0},
         }
         out = []
-        for name, fields in parts.items():
+        for name, section in parts.items():
             if wanted & {name, b"all", b"default", b"everything"}:
                 out.append(f"# {name.decode().title()}")
-                out += [f"{k}:{v}" for k, v in fields.items()]
+                out += [f"{k}:{v}" for k, v in section.items()]
         return ("\r\n".join(out) + "\r\n").encode()
 
     FakeSocket._relayctl_info = _relayctl_info  # type: ignore[attr-defined]
@@ -284,7 +285,8 @@ def start_demo(schema: KeySchema, *, speed: float = 1.0, thresholds: dict[str, f
         client = connect(embedded.url)
         clock = ScaledClock(speed)
         summary = seed_pre_migration(client, schema, names, jobs=jobs, now=clock.start)
-        client.hset(DEMO_CLOCK_KEY, mapping={"start": f"{clock.start:.3f}", "speed": f"{speed:g}"})
+        client.hset(DEMO_CLOCK_KEY, mapping=fields({"start": f"{clock.start:.3f}",
+                                                    "speed": f"{speed:g}"}))
         store = JobStore(client, schema=schema, metrics=metrics)
         closers.insert(0, store.close)
         ops = rate if rate is not None else 20 * min(speed, 10)
@@ -307,7 +309,7 @@ def start_demo(schema: KeySchema, *, speed: float = 1.0, thresholds: dict[str, f
 
 def stored_clock(client: redis.Redis) -> ScaledClock | None:
     """The demo's clock as the demo stored it, for a CLI process pointed at the demo."""
-    raw = client.hgetall(DEMO_CLOCK_KEY)
+    raw = as_str_dict(client.hgetall(DEMO_CLOCK_KEY))
     try:
         return ScaledClock(float(raw["speed"]), float(raw["start"]))
     except (KeyError, ValueError, TypeError):
