@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -50,6 +51,8 @@ from relayctl.core.exitcodes import ExitCode
 @click.option("--wait-replicas", type=click.IntRange(0, 64), default=0, show_default=True,
               help="WAIT for this many replicas after each batch (synchronous copies).")
 @click.option("--json", "as_json", is_flag=True, help="Only a final summary object.")
+@click.option("--reason", default="started from the CLI", show_default=True,
+              help="Recorded with the audited start of an --execute run.")
 @click.pass_context
 def backfill(ctx: click.Context, dry_run: bool, execute: bool, workspaces: tuple[str, ...],
              rps: float, batch: int, max_keys: int | None, fresh: bool, resume: bool,
@@ -57,7 +60,7 @@ def backfill(ctx: click.Context, dry_run: bool, execute: bool, workspaces: tuple
              retry_for: float, workers: int, max_memory_pct: float, critical_memory_pct: float,
              max_memory_bytes: int | None, allow_evicting_policy: bool,
              max_replica_lag_bytes: int | None, max_replica_lag_s: float, wait_replicas: int,
-             as_json: bool) -> None:
+             as_json: bool, reason: str) -> None:
     """Copy legacy jobs to the workspace-scoped schema (resumable, steerable, one at a time).
 
     \b
@@ -85,8 +88,21 @@ def backfill(ctx: click.Context, dry_run: bool, execute: bool, workspaces: tuple
     )
     metrics = Metrics(labelled_workspaces=c.config.labelled_workspaces or workspaces)
     view = BackfillView(as_json=as_json)
-    engine = Backfill(c.client(), options, schema=c.config.schema, metrics=metrics,
-                      on_event=view.event)
+    client = c.client()
+
+    def on_event(kind: str, progress: object) -> None:
+        # audited once the engine holds the lease (a refused start is not a start); the
+        # console audits the starts it spawns itself (RELAYCTL_START_AUDITED=1)
+        if kind == "start" and execute and os.environ.get("RELAYCTL_START_AUDITED") != "1":
+            from relayctl.core import audit
+
+            audit.record(client, c.actor, "backfill.start", "backfill", "",
+                         f"pid {os.getpid()} execute (cli, run "
+                         f"{getattr(progress, 'run_id', '?')})", reason)
+        view.event(kind, progress)  # type: ignore[arg-type]
+
+    engine = Backfill(client, options, schema=c.config.schema, metrics=metrics,
+                      on_event=on_event)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: engine.request_stop())
     server = metrics.serve(metrics_port) if metrics_port is not None else None

@@ -7,6 +7,7 @@ import sys
 import click
 
 from relayctl.cli.common import Context, confirm_dangerous, emit_json, print_gates
+from relayctl.core.connection import redact_text
 from relayctl.core.errors import UsageError
 
 
@@ -20,7 +21,8 @@ from relayctl.core.errors import UsageError
 @click.pass_obj
 def check(c: Context, phase_no: int | None, all_phases: bool, window: float | None,
           as_json: bool) -> None:
-    """Evaluate gates: exit 0 all pass, 1 a gate fails, 3 none fails but some wait/unknown."""
+    """Evaluate gates: exit 0 all pass, 1 a gate fails, 3 none fails but some wait/unknown,
+    4 Redis unreachable."""
     from relayctl.core.evaluation import ALL_PHASES, check_phases
 
     numbers = ALL_PHASES if all_phases else [phase_no] if phase_no is not None else None
@@ -32,6 +34,8 @@ def check(c: Context, phase_no: int | None, all_phases: bool, window: float | No
             print_gates(p.gates, f"Phase {p.number}: {p.title}")
         if report.metrics_read:
             click.echo("metrics read: " + ", ".join(report.metrics_read))
+    if report.redis_error is not None:
+        click.echo(f"relayctl: error: {redact_text(report.redis_error)}", err=True)
     sys.exit(report.exit)
 
 

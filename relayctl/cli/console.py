@@ -27,7 +27,7 @@ def tui(c: Context, read_only: bool, refresh_s: float) -> None:
              clock=c.now).run()
 
 
-@click.command(hidden=True)
+@click.command()
 @click.option("--out", type=click.Path(file_okay=False), default="screenshots",
               show_default=True)
 def screenshots(out: str) -> None:

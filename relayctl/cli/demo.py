@@ -12,12 +12,6 @@ import click
 from relayctl.cli.common import Context, emit_json
 
 
-def demo_clock(speed: float) -> Callable[[], float]:
-    """The demo's clock: time-based gates advance `speed` x faster than real time."""
-    start = time.time()
-    return lambda: start + (time.time() - start) * speed
-
-
 def wait_for_signal(duration: float | None, tick: Callable[[], None] | None = None) -> None:
     """Block until SIGINT/SIGTERM or `duration` seconds; `tick` runs every second (it may
     raise to end the wait, as a dead simulator thread does)."""
@@ -100,51 +94,42 @@ def simulate(c: Context, rate: float, workspaces: int, duration: float | None,
 @click.pass_obj
 def demo(c: Context, no_tui: bool, speed: float, duration: float | None, redis_port: int,
          metrics_port: int) -> None:
-    """Embedded fake Redis on loopback + simulator + /metrics (+ the console, later)."""
+    """Embedded fake Redis on loopback + simulator + /metrics + the console."""
     from relayctl import __version__
-    from relayctl.core.connection import connect
-    from relayctl.core.demo import seed_pre_migration, start_embedded_redis
-    from relayctl.core.jobs import JobStore
-    from relayctl.core.metrics import Metrics
-    from relayctl.core.simulate import Simulator, workspace_names
+    from relayctl.core.demo import start_demo
 
-    embedded = start_embedded_redis(redis_port)
-    names = workspace_names(5)
-    metrics = Metrics(labelled_workspaces=names)
-    server = metrics.serve(metrics_port)
+    stack = start_demo(c.config.schema, speed=speed, thresholds=c.config.thresholds,
+                       redis_port=redis_port, metrics_port=metrics_port)
+    sim = stack.simulator
+    code = 0
     try:
-        client = connect(embedded.url)
-        summary = seed_pre_migration(client, c.config.schema, names)
-        store = JobStore(client, schema=c.config.schema, metrics=metrics)
-        rate = 20 * min(speed, 10)
-        sim = Simulator(store, rate=rate, workspaces=names, seed=1,
-                        known_jobs=summary.jobs[-2000:])
-        sim.start()
+        summary = stack.summary
+        links = [("redis", stack.url), ("metrics", stack.metrics_url),
+                 ("try", f"relayctl --redis-url {stack.url} backfill status")]
         click.echo(f"relayctl demo {__version__}")
-        click.echo(f"  redis:   {embedded.url}   (embedded fakeredis, pre-migration data: "
+        click.echo(f"  redis:   {stack.url}   (embedded fakeredis, pre-migration data: "
                    f"{summary.legacy} legacy jobs, {summary.in_both} also in the new schema, "
                    f"{summary.invalid} invalid records)")
-        click.echo(f"  metrics: {server.url}")
-        click.echo(f"  traffic: {rate:g} ops/s over {', '.join(names)}; clock x{speed:g}")
-        click.echo(f"  try:     relayctl --redis-url {embedded.url} flags")
-        try:
-            if no_tui:
-                click.echo("Ctrl-C to stop.")
-                wait_for_signal(duration)
-            else:
-                from relayctl.core.gates import THRESHOLDS
-                from relayctl.tui.app import RelayApp
+        click.echo(f"  metrics: {stack.metrics_url}")
+        click.echo(f"  traffic: {stack.rate:g} ops/s over {', '.join(stack.workspaces)}; "
+                   f"clock x{speed:g}")
+        click.echo(f"  try:     relayctl --redis-url {stack.url} flags")
+        if no_tui:
+            click.echo("Ctrl-C to stop.")
+            wait_for_signal(duration)
+        else:
+            from relayctl.tui.app import RelayApp
 
-                # freshness windows stay in real time while the rollout's weeks fly by
-                max_age = c.config.thresholds.get("max_age_s", THRESHOLDS["max_age_s"])
-                RelayApp(redis_url=embedded.url, metrics_urls=[server.url], actor=c.actor,
-                         schema=c.config.schema, clock=demo_clock(speed),
-                         thresholds={**c.config.thresholds, "max_age_s": max_age * speed}).run()
-        finally:
-            sim.stop()
-            store.close()
-            click.echo("stats: " + ", ".join(
-                f"{k}={v}" for k, v in sim.stats.as_dict().items() if not isinstance(v, dict)))
+            app = RelayApp(redis_url=stack.url, metrics_urls=[stack.metrics_url],
+                           actor=c.actor, schema=c.config.schema, clock=stack.clock,
+                           thresholds=stack.thresholds, demo=True, links=links)
+            app.run()
+            # a crash of the console must not look like a clean exit
+            code = app.return_code or 0
     finally:
-        server.close()
-        embedded.close()
+        stats = sim.stats.as_dict()  # type: ignore[attr-defined]
+        stack.close()
+        click.echo("stats: " + ", ".join(
+            f"{k}={v}" for k, v in stats.items() if not isinstance(v, dict)))
+    if code:
+        raise SystemExit(code)

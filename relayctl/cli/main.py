@@ -12,6 +12,7 @@ import redis
 from relayctl import __version__
 from relayctl.cli import (
     archive,
+    audit,
     backfill,
     bench,
     census,
@@ -96,7 +97,7 @@ for _command in (
     flags_cmd.flags, demo.simulate, demo.demo, backfill.backfill, census.census,
     verify_cmd.verify, archive.archive, checklist.check, checklist.checklist,
     checklist.rollback, status_cmd.status, export.export_group, export.acl, console.tui,
-    console.screenshots, bench.bench, exporter.exporter,
+    console.screenshots, bench.bench, exporter.exporter, audit.audit,
 ):
     cli.add_command(_command)
 

@@ -220,11 +220,11 @@ class AdvanceResult:
 
 def advance(client: redis.Redis, ctx: GateContext, *, actor: str,
             overrides: dict[str, str], now: Callable[[], float] = time.time,
-            seen_phase: int | None = None) -> AdvanceResult:
+            seen_phase: int | None = None, reason: str = "") -> AdvanceResult:
     """Move to the next phase only when every gate passes (or is overridden with a reason)
     and every manual item is checked off, and only from the phase the operator saw
     (`seen_phase`, default: as read here): of two concurrent advances one wins, a stale one
-    never moves the phase back."""
+    never moves the phase back. `reason` is the operator's, kept in the audit."""
     state = read_checklist(client)
     if seen_phase is not None and seen_phase != state.phase:
         _write(client, seen_phase, {}, [])  # raises with who moved it
@@ -251,7 +251,8 @@ def advance(client: redis.Redis, ctx: GateContext, *, actor: str,
                for r in results if r.gate in overrides]
     entries.append(audit.audit_fields(
         actor, "checklist.advance", "phase", str(current.number), str(nxt),
-        "; ".join(f"{g}: {why}" for g, why in overrides.items()) or "all gates pass", ts))
+        "; ".join(f"{g}: {why}" for g, why in overrides.items())
+        or (f"{reason.strip()} (all gates pass)" if reason.strip() else "all gates pass"), ts))
     _write(client, current.number,
            {"phase": str(nxt), "phase:by": actor, "phase:at": f"{ts:.3f}"}, entries)
     result.advanced = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import threading
@@ -12,6 +13,7 @@ import redis
 
 from relayctl.core.jobs import JOB_FIELDS, iso_now, iso_to_ms
 from relayctl.core.keys import KeySchema
+from relayctl.core.replies import as_str_dict, fields
 
 
 @dataclass
@@ -55,8 +57,81 @@ def _keepalive_handler() -> type:
     return KeepAliveHandler
 
 
+def _support_restore_absttl() -> None:
+    """fakeredis' RESTORE knows REPLACE only; `archive restore` sends ABSTTL (the TTL as an
+    absolute unix time in ms, Redis >= 5). Teach the embedded server the real semantics:
+    a time already past restores nothing and replies OK."""
+    from fakeredis._helpers import OK
+    from fakeredis._socket._fakesocket import FakeSocket
+
+    original = FakeSocket.restore
+    if getattr(original, "_relayctl_absttl", False):
+        return
+
+    def restore(self: object, key: object, ttl: int, value: bytes, *args: bytes) -> object:
+        rest = [a for a in args if a.upper() != b"ABSTTL"]
+        if len(rest) != len(args) and ttl > 0:
+            ttl = int(ttl - self._db.time * 1000)  # type: ignore[attr-defined]
+            if ttl <= 0:
+                return OK
+        return original(self, key, ttl, value, *rest)
+
+    restore._relayctl_absttl = True  # type: ignore[attr-defined]
+    setattr(FakeSocket, "restore", restore)  # noqa: B010 - patching the command table
+
+
+def _estimated_used_memory(server: object) -> int:
+    """What real Redis reports as used_memory, estimated: the key count of every db times the
+    pickled size of a sample of 64 keys (fakeredis keeps no allocator figures)."""
+    import pickle
+
+    total = 1 << 20  # a fresh redis-server's baseline
+    for db in server.dbs.values():  # type: ignore[attr-defined]  # fakeredis internals
+        items = list(db._dict.values())
+        if not items:
+            continue
+        sample = random.Random(len(items)).sample(items, min(64, len(items)))
+        size = sum(len(pickle.dumps(getattr(i, "value", i))) + 96 for i in sample)
+        total += size * len(items) // len(sample)
+    return total
+
+
+def _support_info() -> None:
+    """fakeredis has no INFO; the console's memory panel and the `redis_memory` gate need
+    `INFO memory` and `INFO stats`. The embedded server answers them (estimated memory, no
+    maxmemory, no evictions), so the demo's gates read a value instead of UNKNOWN."""
+    from fakeredis._commands import command
+    from fakeredis._socket._fakesocket import FakeSocket
+
+    if hasattr(FakeSocket, "_relayctl_info"):
+        return
+
+    @command(name="INFO", fixed=(), repeat=(bytes,))
+    def _relayctl_info(self: object, *sections: bytes) -> bytes:
+        wanted = {s.lower() for s in sections} or {b"default"}
+        used = _estimated_used_memory(self._server)  # type: ignore[attr-defined]
+        parts: dict[bytes, dict[str, object]] = {
+            b"server": {"redis_version": "7.2.0", "redis_mode": "standalone"},
+            b"memory": {"used_memory": used, "used_memory_human": f"{used / 2**20:.2f}M",
+                        "maxmemory": 0, "maxmemory_policy": "noeviction"},
+            b"stats": {"evicted_keys": 0, "expired_keys": 0},
+            b"replication": {"role": "master", "connected_slaves": 0},
+        }
+        out = []
+        for name, section in parts.items():
+            if wanted & {name, b"all", b"default", b"everything"}:
+                out.append(f"# {name.decode().title()}")
+                out += [f"{k}:{v}" for k, v in section.items()]
+        return ("\r\n".join(out) + "\r\n").encode()
+
+    FakeSocket._relayctl_info = _relayctl_info  # type: ignore[attr-defined]
+
+
 def start_embedded_redis(port: int = 0, host: str = "127.0.0.1") -> EmbeddedRedis:
     from fakeredis import TcpFakeServer
+
+    _support_restore_absttl()
+    _support_info()
 
     server = TcpFakeServer((host, port), server_type="redis", server_version=(7, 2))
     server.RequestHandlerClass = _keepalive_handler()
@@ -145,3 +220,97 @@ def seed_pre_migration(
         bad += 1
     pipe.execute()
     return SeedSummary(legacy=jobs, in_both=both, invalid=bad, jobs=made)
+
+
+DEMO_CLOCK_KEY = "relay:demo:clock"
+
+
+class ScaledClock:
+    """The demo's clock: time runs `speed` x faster than the wall clock from `start` on, so
+    the rollout's weeks pass in minutes. Every caller in the demo (console, gates, census,
+    verify, advance) reads this one clock."""
+
+    def __init__(self, speed: float, start: float | None = None) -> None:
+        self.speed = speed
+        self.start = time.time() if start is None else start
+
+    def __call__(self) -> float:
+        return self.start + (time.time() - self.start) * self.speed
+
+
+@dataclass
+class DemoStack:
+    """The embedded Redis with pre-migration data, the simulator's traffic and its /metrics:
+    what `relayctl demo` runs and what the walkthrough test drives."""
+
+    redis: EmbeddedRedis
+    metrics_url: str
+    clock: ScaledClock
+    thresholds: dict[str, float]
+    summary: SeedSummary
+    rate: float
+    workspaces: list[str]
+    simulator: object
+    _closers: list[object]
+
+    @property
+    def url(self) -> str:
+        return self.redis.url
+
+    def close(self) -> None:
+        for closer in self._closers:  # closing down: each part is closed regardless
+            with contextlib.suppress(Exception):
+                closer()  # type: ignore[operator]
+
+
+def start_demo(schema: KeySchema, *, speed: float = 1.0, thresholds: dict[str, float] | None = None,
+               redis_port: int = 0, metrics_port: int = 0, jobs: int = 3000,
+               rate: float | None = None, seed: int = 1) -> DemoStack:
+    """Start the embedded stack. The freshness window (`max_age_s`) is scaled by `speed`, so a
+    census taken a real minute ago is as fresh to the gates as it is to the operator; the
+    scaled clock is stored in Redis (`relay:demo:clock`) for other processes to read."""
+    from relayctl.core.connection import connect
+    from relayctl.core.gates import THRESHOLDS
+    from relayctl.core.jobs import JobStore
+    from relayctl.core.metrics import Metrics
+    from relayctl.core.simulate import Simulator, workspace_names
+
+    embedded = start_embedded_redis(redis_port)
+    closers: list[object] = [embedded.close]
+    try:
+        names = workspace_names(5)
+        metrics = Metrics(labelled_workspaces=names)
+        server = metrics.serve(metrics_port)
+        closers.insert(0, server.close)
+        client = connect(embedded.url)
+        clock = ScaledClock(speed)
+        summary = seed_pre_migration(client, schema, names, jobs=jobs, now=clock.start)
+        client.hset(DEMO_CLOCK_KEY, mapping=fields({"start": f"{clock.start:.3f}",
+                                                    "speed": f"{speed:g}"}))
+        store = JobStore(client, schema=schema, metrics=metrics)
+        closers.insert(0, store.close)
+        ops = rate if rate is not None else 20 * min(speed, 10)
+        # the seeded jobs, oldest first: reads favour the newest (the ones already in both
+        # schemas), as real traffic reads recent jobs most
+        sim = Simulator(store, rate=ops, workspaces=names, seed=seed, known_jobs=summary.jobs)
+        sim.start()
+        closers.insert(0, sim.stop)
+    except BaseException:
+        for closer in closers:
+            closer()  # type: ignore[operator]
+        raise
+    merged = dict(thresholds or {})
+    merged["max_age_s"] = merged.get("max_age_s", THRESHOLDS["max_age_s"]) * speed
+    stack = DemoStack(redis=embedded, metrics_url=server.url, clock=clock, thresholds=merged,
+                      summary=summary, rate=ops, workspaces=names, simulator=sim,
+                      _closers=closers)
+    return stack
+
+
+def stored_clock(client: redis.Redis) -> ScaledClock | None:
+    """The demo's clock as the demo stored it, for a CLI process pointed at the demo."""
+    raw = as_str_dict(client.hgetall(DEMO_CLOCK_KEY))
+    try:
+        return ScaledClock(float(raw["speed"]), float(raw["start"]))
+    except (KeyError, ValueError, TypeError):
+        return None

@@ -128,16 +128,20 @@ class CheckReport:
     phases: list[PhaseCheck]
     metrics_read: list[str] = field(default_factory=list)
     prometheus_queries: list[str] = field(default_factory=list)
+    redis_error: str | None = None  # Redis unreachable: its gates are UNKNOWN, the exit 4
 
     @property
     def exit(self) -> ExitCode:
+        if self.redis_error is not None:
+            return ExitCode.LOST
         return overall([g for p in self.phases for g in p.gates])
 
     def as_dict(self) -> dict[str, Any]:
         return {"phases": [{"phase": p.number, "title": p.title, "exit": p.exit,
                             "gates": [g.as_dict() for g in p.gates]} for p in self.phases],
                 "metrics_read": self.metrics_read,
-                "prometheus_queries": len(self.prometheus_queries), "exit": self.exit}
+                "prometheus_queries": len(self.prometheus_queries), "exit": self.exit,
+                "redis_error": self.redis_error}
 
 
 def check_phases(gates: GateConfig, connect: Callable[[], redis.Redis],
@@ -145,15 +149,18 @@ def check_phases(gates: GateConfig, connect: Callable[[], redis.Redis],
                  now: Callable[[], float] = time.time) -> CheckReport:
     """Evaluate the given phases (default: the checklist's current one), scraping once.
 
-    An unreachable Redis is not an error here: its gates say UNKNOWN, the metric gates still
-    answer, and the current phase is taken as 0.
+    An unreachable Redis still yields a report: its gates say UNKNOWN, the metric gates still
+    answer, the current phase is taken as 0, and the report's exit is 4 (Redis lost).
     """
     client: redis.Redis | None
+    redis_error: str | None = None
     try:
         client = connect()
         state: ChecklistState | None = read_checklist(client)
-    except (RedisUnavailableError, redis.ConnectionError, redis.TimeoutError):
+    except (RedisUnavailableError, redis.ConnectionError, redis.TimeoutError) as exc:
         client, state = None, None
+        redis_error = str(exc) if isinstance(exc, RedisUnavailableError) \
+            else f"Redis unreachable ({type(exc).__name__})"
     if numbers is None:
         numbers = [min(state.phase if state is not None else 0, LAST_PHASE)]
     shared: dict[str, Any] = {}
@@ -164,7 +171,8 @@ def check_phases(gates: GateConfig, connect: Callable[[], redis.Redis],
     if isinstance(window, WindowTooShort):
         raise UsageError(str(window))
     return CheckReport(checks, metrics_read=sorted(shared.get("names_read", ())),
-                       prometheus_queries=list(shared.get("prom:queries", ())))
+                       prometheus_queries=list(shared.get("prom:queries", ())),
+                       redis_error=redis_error)
 
 
 ALL_PHASES = [p.number for p in PHASES]

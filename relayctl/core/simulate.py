@@ -81,6 +81,7 @@ class Simulator:
             raise ValueError("write_share must be within 0..0.5")
         self.write_share = write_share
         self._recent: deque[tuple[str, str]] = deque(known_jobs or [], maxlen=5000)
+        self._fresh: deque[tuple[str, str]] = deque(maxlen=5000)  # enqueued by this run
         self._older: list[tuple[str, str]] = []
         self._running: deque[tuple[str, str]] = deque(maxlen=5000)
         self._requests: deque[tuple[str, str]] = deque(maxlen=200)
@@ -124,7 +125,7 @@ class Simulator:
         if res.created:
             self.stats.enqueued += 1
             self._owner[res.job_id] = ws
-            self._recent.append((ws, res.job_id))
+            self._fresh.append((ws, res.job_id))
 
     def _work(self) -> None:
         if self._running and self.rng.random() < 0.5:
@@ -175,13 +176,17 @@ class Simulator:
     def _read(self) -> None:
         self.stats.reads += 1
         roll = self.rng.random()
-        if not self._recent or roll < 0.01:
+        if (not self._recent and not self._fresh) or roll < 0.01:
             ws, job_id = self.rng.choice(self.workspaces), f"{self.rng.getrandbits(64):016x}"
         elif self._older and roll < 0.06:
             ws, job_id = self.rng.choice(self._older)
+        elif self._fresh and (roll < 0.14 or not self._recent):
+            ws, job_id = self._fresh[self.rng.randrange(len(self._fresh))]
         else:
-            # recent jobs (the last few thousand) are read most
-            ws, job_id = self._recent[self.rng.randrange(len(self._recent))]
+            # the newest known jobs are read most (`_recent` is oldest first): an exponential
+            # age with a mean of 7% of the pool, as real traffic reads recent jobs
+            age = int(self.rng.expovariate(1 / max(0.07 * len(self._recent), 1.0)))
+            ws, job_id = self._recent[-1 - min(age, len(self._recent) - 1)]
         if self.store.get_job(ws, job_id) is None:
             self.stats.misses += 1
 

@@ -3,27 +3,31 @@
 from __future__ import annotations
 
 import copy
+import os
 import time
 from collections.abc import Callable, Iterable
 
 import redis
+from rich.console import RenderableType
+from rich.text import Text
 from textual import work
 from textual.app import App, ComposeResult, ScreenStackError, SystemCommand
 from textual.binding import Binding
 from textual.containers import Grid
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import Footer
+from textual.widgets import DataTable, Footer
 
 from relayctl.core import checklist as checklist_core
 from relayctl.core.backfill import BackfillKeys, send_control, spawn_engine
+from relayctl.core.backfill.state import send_tune
 from relayctl.core.census import run_census
 from relayctl.core.config import Config
 from relayctl.core.connection import TLSOptions, connect, describe_redis_error, parse_target
 from relayctl.core.console import ConsoleState, refresh
 from relayctl.core.errors import RelayError
 from relayctl.core.evaluation import gate_config, gate_context
-from relayctl.core.flags import DUAL_WRITE, FALLBACK_OLD, FLAG_NAMES, PREFERS_NEW, set_flag, word
+from relayctl.core.flags import FLAG_NAMES, set_flag, word
 from relayctl.core.keys import KeySchema
 from relayctl.core.phases import PROCEDURES, phase
 from relayctl.core.verify import run_verify
@@ -31,9 +35,16 @@ from relayctl.tui.screens import (
     BackfillForm,
     BackfillRequest,
     ChecklistScreen,
+    ChoiceScreen,
     ConfirmScreen,
+    FilterScreen,
     HelpScreen,
     RollbackPicker,
+    TextScreen,
+    TooSmall,
+    TuneForm,
+    TuneRequest,
+    fits,
 )
 from relayctl.tui.widgets import (
     AuditPanel,
@@ -44,11 +55,15 @@ from relayctl.tui.widgets import (
     HeaderBar,
     KeyspacePanel,
     ListPathPanel,
+    Panel,
     ReadPathPanel,
+    TablePanel,
+    backfill_health,
 )
 
-WRITE_ACTIONS = {"toggle_flag", "backfill_start", "backfill_control", "apply_phase", "advance",
-                 "rollback", "mark_item", "census", "verify"}
+WRITE_ACTIONS = {"toggle_flag", "flags", "backfill_tune", "mark_all", "backfill_start",
+                 "backfill_control", "apply_phase", "advance", "rollback", "mark_item", "census",
+                 "verify"}
 MIN_INTERVAL, MAX_INTERVAL = 0.5, 30.0
 MAX_BACKOFF = 15.0
 
@@ -59,47 +74,120 @@ class StateUpdated(Message):
         self.state = state
 
 
+PANELS = ("read", "list", "dual", "backfill", "flags", "keyspace", "gates", "audit")
+
+
 class Dashboard(Screen):
-    """The panels; three columns when the terminal is wide enough."""
+    """The panels; three columns when the terminal is wide enough, one under 100 columns.
+
+    Tab / shift+Tab or 1-8 move the focus between panels (a ring shows it), j/k, arrows,
+    PageUp/PageDown and g/G scroll the focused one, z or Enter zooms it.
+    """
 
     BINDINGS = [
-        Binding("1", "app.toggle_flag('AI_JOBS_NEW_SCHEMA')", "Dual-write"),
-        Binding("2", "app.toggle_flag('READ_PREFERS_NEW')", "Prefer new"),
-        Binding("3", "app.toggle_flag('READ_FALLBACK_OLD')", "Fallback"),
+        Binding("question_mark", "app.help", "Help", key_display="?"),
+        Binding("q", "app.quit", "Quit"),
+        Binding("tab", "app.focus_next", "Panel", show=False),
+        Binding("shift+tab", "app.focus_previous", "Panel", show=False),
+        *[Binding(str(i + 1), f"focus_panel('{pid}')", f"Panel {pid}", show=False)
+          for i, pid in enumerate(PANELS)],
+        Binding("z", "zoom", "Zoom"),
+        Binding("enter", "open", "Open", show=False),
+        Binding("c", "app.checklist", "Checklist"),
+        Binding("f", "app.flags", "Flags"),
         Binding("b", "app.backfill_start", "Backfill"),
-        Binding("z", "app.backfill_control('pause')", "Pause backfill", show=False),
+        Binding("P", "app.backfill_control('pause')", "Pause backfill", show=False),
         Binding("r", "app.backfill_control('resume')", "Resume backfill", show=False),
         Binding("s", "app.backfill_control('stop')", "Stop backfill", show=False),
+        Binding("t", "app.backfill_tune", "Retune backfill", show=False),
         Binding("u", "app.census", "Census", show=False),
         Binding("v", "app.verify", "Verify", show=False),
         Binding("R", "app.rollback", "Rollback", show=False),
-        Binding("c", "app.checklist", "Checklist"),
+        Binding("slash", "filter", "Filter audit", key_display="/", show=False),
     ]
 
     def compose(self) -> ComposeResult:
         yield HeaderBar(id="header")
+        yield TooSmall(id="too-small")
         with Grid(id="grid"):
-            yield ReadPathPanel("read path (new/old/miss)", id="read")
-            yield ListPathPanel("list path", id="list")
-            yield DualWritePanel("dual-write", id="dual")
-            yield BackfillPanel("backfill", id="backfill")
-            yield FlagsPanel("flags", id="flags")
-            yield KeyspacePanel("keyspace", id="keyspace")
-            yield GatesPanel("gates", id="gates")
-            yield AuditPanel("audit log (newest first)", id="audit")
+            yield ReadPathPanel("read path (new/old/miss)", 1, id="read")
+            yield ListPathPanel("list path", 2, id="list")
+            yield DualWritePanel("dual-write", 3, id="dual")
+            yield BackfillPanel("backfill", 4, id="backfill")
+            yield FlagsPanel("flags", 5, id="flags")
+            yield KeyspacePanel("keyspace", 6, id="keyspace")
+            yield GatesPanel("gates", 7, id="gates")
+            yield AuditPanel("audit log (newest first)", 8, id="audit")
         yield Footer()
 
     def on_mount(self) -> None:
+        self._layout()
+        self.focus_panel_widget("read")
         self.app._redraw()  # type: ignore[attr-defined]
 
     def on_screen_resume(self) -> None:
         self.app._redraw()  # type: ignore[attr-defined]
 
     def on_resize(self) -> None:
+        self._layout()
+        self.app._redraw()  # type: ignore[attr-defined]
+
+    def _layout(self) -> None:
         grid = self.query_one("#grid")
         grid.set_class(self.size.width >= 140, "wide")
         grid.set_class(self.size.width < 100, "narrow")
-        self.app._redraw()  # type: ignore[attr-defined]
+        fits(self)
+
+    def focus_panel_widget(self, panel_id: str) -> None:
+        panel = self.query_one(f"#{panel_id}", Panel)
+        target = panel.table if isinstance(panel, TablePanel) else panel
+        target.focus()
+        panel.scroll_visible(animate=False)
+
+    def action_focus_panel(self, panel_id: str) -> None:
+        self.focus_panel_widget(panel_id)
+
+    def focused_panel(self) -> Panel | None:
+        node = self.focused
+        while node is not None and not isinstance(node, Panel):
+            node = node.parent  # type: ignore[assignment]
+        return node
+
+    def action_zoom(self) -> None:
+        panel = self.focused_panel()
+        if panel is not None:
+            self.app.push_screen(ZoomScreen(panel.id or "", panel.title,
+                                            panel.zoomed(self.app.state)))  # type: ignore[attr-defined]
+
+    def action_open(self) -> None:
+        panel = self.focused_panel()
+        if isinstance(panel, TablePanel):
+            text = panel.row_text()
+            if text:
+                self.app.push_screen(TextScreen(panel.title, Text(text)))
+            return
+        self.action_zoom()
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        self.action_open()
+
+    def action_filter(self) -> None:
+        audit_panel = self.query_one("#audit", AuditPanel)
+
+        def done(text: str | None) -> None:
+            if text is not None:
+                audit_panel.filter_text = text
+                audit_panel.show(self.app.state)  # type: ignore[attr-defined]
+                self.focus_panel_widget("audit")
+        self.app.push_screen(FilterScreen(audit_panel.filter_text), done)
+
+
+class ZoomScreen(TextScreen):
+    """A panel full-screen, refreshed with the dashboard's data; Esc returns."""
+
+    def __init__(self, panel_id: str, title: str, body: RenderableType) -> None:
+        super().__init__(f"{title}  (zoomed)", body, full=True)
+        self.panel_id = panel_id
 
 
 class RelayApp(App[None]):
@@ -110,9 +198,9 @@ class RelayApp(App[None]):
     ENABLE_COMMAND_PALETTE = True
     BINDINGS = [
         Binding("question_mark", "help", "Help", key_display="?"),
-        Binding("p", "toggle_pause", "Pause"),
-        Binding("plus,equals_sign", "faster", "Faster", key_display="+"),
-        Binding("minus", "slower", "Slower", key_display="-"),
+        Binding("p", "toggle_pause", "Pause refresh", show=False),
+        Binding("plus,equals_sign", "faster", "Faster refresh", key_display="+", show=False),
+        Binding("minus", "slower", "Slower refresh", key_display="-", show=False),
         Binding("q", "quit", "Quit"),
     ]
 
@@ -132,6 +220,8 @@ class RelayApp(App[None]):
         thresholds: dict[str, float] | None = None,
         prometheus_url: str | None = None,
         config_path: str | None = None,
+        demo: bool = False,
+        links: list[tuple[str, str]] | None = None,
     ) -> None:
         super().__init__()
         self.redis_url = redis_url
@@ -152,6 +242,8 @@ class RelayApp(App[None]):
                                  redis_url=redis_url, metrics_urls=self.metrics_urls,
                                  prometheus_url=prometheus_url)
         self.config_path = config_path  # forwarded to the engines the console starts
+        self.demo = demo  # quitting ends the embedded Redis: ask while a backfill runs
+        self.links = list(links or [])
         self.paused = False
         self.state = ConsoleState()
         self._client: redis.Redis | None = None
@@ -167,22 +259,27 @@ class RelayApp(App[None]):
         self.set_interval(0.25, self._tick)
 
     def _tick(self) -> None:
-        """Only schedules; the fetch itself runs in a worker thread."""
+        """Only schedules (and redraws the reconnect countdown); the fetch runs in a worker."""
         now = time.monotonic()
+        if self.state.redis_status in ("DOWN", "RECONNECTING"):
+            self._redraw_header()
         if self.paused or self._fetching or now < self._next_due:
             return
         self._fetching = True
         self.fetch()
 
+    def _connect(self) -> redis.Redis:
+        if self._client is None:
+            self._client = connect(self.redis_url, allow_plaintext=self.allow_plaintext,
+                                   tls=self.tls_options, check=False,
+                                   socket_timeout=2.0, connect_timeout=1.0)
+        return self._client
+
     @work(thread=True, exclusive=True, group="fetch")
     def fetch(self) -> None:
         state = copy.deepcopy(self.state)
         try:
-            if self._client is None:
-                self._client = connect(self.redis_url, allow_plaintext=self.allow_plaintext,
-                                       tls=self.tls_options, check=False,
-                                       socket_timeout=2.0, connect_timeout=1.0)
-            refresh(state, self._client, self.metrics_urls, self.redis_url, now=self.clock(),
+            refresh(state, self._connect(), self.metrics_urls, self.redis_url, now=self.clock(),
                     gates=self.gates)
         except RelayError as exc:
             state.redis_status, state.redis_error = "DOWN", str(exc)
@@ -201,29 +298,46 @@ class RelayApp(App[None]):
         self._fetching = False
         self._redraw()
 
+    def retry_in(self) -> float | None:
+        if self.state.redis_status not in ("DOWN", "RECONNECTING") or self.source is not None:
+            return None
+        return max(self._next_due - time.monotonic(), 0.0)
+
+    def _redraw_header(self) -> None:
+        try:
+            screen = self.screen
+        except ScreenStackError:
+            return
+        for header in screen.query(HeaderBar):
+            header.show(self.state, redis_display=self.redis_display, tls=self.tls,
+                        paused=self.paused, interval=self.interval, read_only=self.read_only,
+                        retry_in=self.retry_in())
+
     def _redraw(self) -> None:
         try:
             screen = self.screen
         except ScreenStackError:  # quitting: a fetch finished after the last screen went
             return
-        for header in screen.query(HeaderBar):
-            header.show(self.state, redis_display=self.redis_display, tls=self.tls,
-                        paused=self.paused, interval=self.interval, read_only=self.read_only)
-        if isinstance(screen, Dashboard):
-            if self.state.ts == 0:
-                return
-            redis_stale = self.state.redis_status != "CONNECTED"
-            metrics_stale = self.state.metrics_status != "OK"
-            for panel_id in ("read", "list", "dual"):
-                panel = screen.query_one(f"#{panel_id}")
-                panel.show(self.state)
-                panel.mark_stale(metrics_stale)
-            for panel_id in ("backfill", "flags", "keyspace", "gates", "audit"):
-                panel = screen.query_one(f"#{panel_id}")
-                panel.show(self.state)
-                panel.mark_stale(redis_stale)
-        elif isinstance(screen, ChecklistScreen):
+        self._redraw_header()
+        for dash in self.screen_stack:
+            if isinstance(dash, Dashboard) and self.state.ts:
+                self._draw_dashboard(dash)
+        if isinstance(screen, ChecklistScreen):
             screen.refresh_state(self.state)
+        elif isinstance(screen, ZoomScreen) and self.state.ts:
+            dash = next(s for s in self.screen_stack if isinstance(s, Dashboard))
+            screen.update_body(dash.query_one(f"#{screen.panel_id}", Panel).zoomed(self.state))
+
+    def _draw_dashboard(self, screen: Dashboard) -> None:
+        if not fits(screen):
+            return
+        redis_stale = self.state.redis_status != "CONNECTED"
+        metrics_stale = self.state.metrics_status != "OK"
+        for panel_id in PANELS:
+            panel = screen.query_one(f"#{panel_id}", Panel)
+            panel.show(self.state)
+            panel.mark_stale(metrics_stale if panel_id in ("read", "list", "dual")
+                             else redis_stale)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Write actions are shown dimmed (disabled) in read-only mode."""
@@ -249,48 +363,81 @@ class RelayApp(App[None]):
         self.interval = min(MAX_INTERVAL, self.interval * 2)
         self._redraw()
 
+    def key_groups(self) -> list[tuple[str, list[tuple[str, str]]]]:
+        """Every screen's keys, from its bindings (so help cannot drift from them)."""
+        groups = []
+        for title, bindings in (("dashboard", Dashboard.BINDINGS),
+                                ("checklist (c)", ChecklistScreen.BINDINGS),
+                                ("everywhere", self.BINDINGS)):
+            rows, seen = [], set()
+            for b in bindings:
+                if not isinstance(b, Binding) or not b.description or b.description in seen:
+                    continue
+                if b.description.startswith("Panel "):
+                    continue
+                seen.add(b.description)
+                rows.append((b.key_display or b.key.replace("question_mark", "?")
+                             .replace("slash", "/").replace("shift+", "shift+"), b.description))
+            if title == "dashboard":
+                rows[2:2] = [("1-8", "focus a panel: " + ", ".join(
+                    f"{i + 1} {p}" for i, p in enumerate(PANELS))),
+                    ("j/k PgUp/PgDn g/G", "scroll the focused panel (arrows too)")]
+            groups.append((title, rows))
+        groups.append(("dialogs", [("Enter", "confirm (once the reason is typed)"),
+                                   ("Esc", "cancel / close"), ("ctrl+p", "command palette")]))
+        return groups
+
     def action_help(self) -> None:
-        rows: list[tuple[str, str]] = []
-        seen: set[str] = set()
-        for active in self.screen.active_bindings.values():
-            b = active.binding
-            if not b.description or b.description in seen:
-                continue
-            seen.add(b.description)
-            rows.append((b.key_display or self.get_key_display(b), b.description))
-        self.push_screen(HelpScreen(rows))
+        self.push_screen(HelpScreen(self.key_groups(), self.links))
 
     def action_checklist(self) -> None:
-        self.push_screen(ChecklistScreen())
+        if not isinstance(self.screen, ChecklistScreen):
+            self.push_screen(ChecklistScreen())
+
+    async def action_quit(self) -> None:
+        """In the demo, quitting ends the embedded Redis and its state: ask while a backfill
+        engine runs."""
+        if self.demo and backfill_health(self.state).live and \
+                not isinstance(self.screen, ChoiceScreen):
+            def done(choice: str | None) -> None:
+                if choice == "quit":
+                    self.exit()
+            self.push_screen(ChoiceScreen(
+                "Quit the demo?", [("stay", "Stay"), ("quit", "Quit: ends the embedded Redis")],
+                "A backfill is running; quitting stops the demo's Redis and loses its data."),
+                done)
+            return
+        self.exit()
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
-        for name, label in ((DUAL_WRITE, "dual-write"), (PREFERS_NEW, "read prefers new"),
-                            (FALLBACK_OLD, "read fallback old")):
-            yield SystemCommand(f"Toggle {name}", f"Flip {label} (asks for a reason)",
-                                lambda n=name: self.action_toggle_flag(n))
-        yield SystemCommand("Start backfill", "Open the backfill form", self.action_backfill_start)
-        for verb in ("pause", "resume", "stop"):
-            yield SystemCommand(f"Backfill {verb}", f"{verb.title()} the running backfill",
-                                lambda v=verb: self.action_backfill_control(v))
-        yield SystemCommand("Run census", "Count keys in the background", self.action_census)
-        yield SystemCommand("Run verify", "Check parity in the background", self.action_verify)
-        yield SystemCommand("Checklist", "The six-phase walkthrough", self.action_checklist)
-        yield SystemCommand("Apply phase", "Set the current phase's flags",
-                            self.action_apply_phase)
-        yield SystemCommand("Advance phase", "Move to the next phase", self.action_advance)
-        yield SystemCommand("Rollback", "Run a rollback procedure", self.action_rollback)
-        yield SystemCommand("Pause refresh", "Freeze the display", self.action_toggle_pause)
+        for title, help_text, key, action in (
+            ("Flip a flag", "Pick a flag; asks for a reason", "f", self.action_flags),
+            ("Start backfill", "Open the backfill form", "b", self.action_backfill_start),
+            ("Backfill pause", "Pause the running backfill", "P",
+             lambda: self.action_backfill_control("pause")),
+            ("Backfill resume", "Resume the paused backfill", "r",
+             lambda: self.action_backfill_control("resume")),
+            ("Backfill stop", "Stop the running backfill", "s",
+             lambda: self.action_backfill_control("stop")),
+            ("Retune backfill", "Change rps, batch, guards of the running engine", "t",
+             self.action_backfill_tune),
+            ("Run census", "Count keys in the background", "u", self.action_census),
+            ("Run verify", "Check parity in the background", "v", self.action_verify),
+            ("Checklist", "The six-phase walkthrough", "c", self.action_checklist),
+            ("Apply phase", "Set the current phase's flags (checklist)", "a",
+             self.action_apply_phase),
+            ("Advance phase", "Move to the next phase (checklist)", "A", self.action_advance),
+            ("Rollback", "Run a rollback procedure", "R", self.action_rollback),
+            ("Pause refresh", "Freeze the display", "p", self.action_toggle_pause),
+        ):
+            yield SystemCommand(f"{title}  [{key}]", help_text, action)
 
     @work(thread=True, group="write")
     def _write(self, what: str, fn: Callable[[redis.Redis], str]) -> None:
         """Run one write in a worker; report the result; refresh right after."""
         try:
-            if self._client is None:
-                self._client = connect(self.redis_url, allow_plaintext=self.allow_plaintext,
-                                       tls=self.tls_options, check=False,
-                                       socket_timeout=2.0, connect_timeout=1.0)
-            result = fn(self._client)
+            result = fn(self._connect())
             self.call_from_thread(self.notify, result or f"{what}: done")
         except RelayError as exc:
             self.call_from_thread(self.notify, f"{what}: {exc}", severity="error")
@@ -299,14 +446,31 @@ class RelayApp(App[None]):
                                   severity="error")
         self._next_due = 0.0
 
-    def _confirm(self, title: str, detail: str, then: Callable[[str], None]) -> None:
+    def _confirm(self, title: str, detail: str, then: Callable[[str], None],
+                 **options: object) -> None:
         if self._refuse_read_only():
             return
 
         def done(reason: str | None) -> None:
             if reason:
                 then(reason)
-        self.push_screen(ConfirmScreen(title, detail), done)
+        self.push_screen(ConfirmScreen(title, detail, **options), done)  # type: ignore[arg-type]
+
+    def action_flags(self) -> None:
+        if self._refuse_read_only():
+            return
+        rows = {r.name: r.value for r in self.state.flags}
+        options = []
+        for name in FLAG_NAMES:
+            current = rows.get(name)
+            target = not current if current is not None else True
+            options.append((name, f"{name}: {word(current) if current is not None else '?'}"
+                                  f" -> {word(target)}"))
+
+        def picked(name: str | None) -> None:
+            if name:
+                self.action_toggle_flag(name)
+        self.push_screen(ChoiceScreen("Flip which flag?", options), picked)
 
     def action_toggle_flag(self, name: str) -> None:
         if name not in FLAG_NAMES:
@@ -321,20 +485,37 @@ class RelayApp(App[None]):
 
         self._confirm(
             f"Set {name} = {word(target)}?",
-            f"Currently {word(current) if current is not None else 'unknown'}. Every instance "
-            "picks the change up within about a second.",
+            f"{name}: {word(current) if current is not None else 'unknown'} -> {word(target)}. "
+            "Every instance picks the change up within about a second.",
             lambda reason: self._write(f"{name}={word(target)}", lambda c: flip(c, reason)))
 
     def action_backfill_start(self) -> None:
         if self._refuse_read_only():
             return
+        health = backfill_health(self.state)
+        if self.state.engine_alive or health.health in ("running", "throttled", "paused",
+                                                         "stalled"):
+            self.notify(f"a backfill is already {health.health.upper()} (run "
+                        f"{self.state.backfill.get('run_id', '?')}): pause (P), stop (s) or "
+                        "retune (t) it instead", severity="error")
+            return
 
         def spawn(c: redis.Redis, req: BackfillRequest) -> str:
-            pid = spawn_engine(self.redis_url or "", req.options, actor=self.actor,
-                               reason=req.reason, client=c,
-                               allow_plaintext=self.allow_plaintext,
-                               tls=self.tls_options, config_path=self.config_path)
-            return f"backfill engine started (pid {pid})"
+            # the console audits the start; the engine must not audit it a second time (the
+            # child inherits the environment spawn_engine copies at this moment)
+            before = os.environ.get(SPAWNED_ENV)
+            os.environ[SPAWNED_ENV] = "1"
+            try:
+                pid = spawn_engine(self.redis_url or "", req.options, actor=self.actor,
+                                   reason=req.reason, client=c,
+                                   allow_plaintext=self.allow_plaintext,
+                                   tls=self.tls_options, config_path=self.config_path)
+            finally:
+                if before is None:
+                    os.environ.pop(SPAWNED_ENV, None)
+                else:
+                    os.environ[SPAWNED_ENV] = before
+            return watch_spawned(c, pid)
 
         def start(req: BackfillRequest | None) -> None:
             if req is not None:
@@ -343,10 +524,26 @@ class RelayApp(App[None]):
         self.push_screen(BackfillForm(), start)
 
     def action_backfill_control(self, verb: str) -> None:
+        # pausing is the safe action: a reason is welcome, not demanded
         self._confirm(f"{verb.title()} the backfill?", "Takes effect within one batch.",
                       lambda reason: self._write(f"backfill {verb}", lambda c: (
                           send_control(c, verb, actor=self.actor, reason=reason,
-                                       keys=BackfillKeys()) and f"backfill {verb} requested")))
+                                       keys=BackfillKeys()) and f"backfill {verb} requested")),
+                      reason_required=verb != "pause", default_reason="")
+
+    def action_backfill_tune(self) -> None:
+        if self._refuse_read_only():
+            return
+        if not self.state.engine_alive:
+            self.notify("no backfill engine is running: nothing to retune", severity="warning")
+            return
+
+        def tuned(req: TuneRequest | None) -> None:
+            if req is not None:
+                self._write("backfill retune", lambda c: "retuned: " + ", ".join(
+                    f"{k}={v}" for k, v in send_tune(c, req.changes, actor=self.actor,
+                                                     reason=req.reason).items()))
+        self.push_screen(TuneForm(self.state.backfill), tuned)
 
     def action_census(self) -> None:
         self._background("census", lambda c: run_census(
@@ -366,13 +563,17 @@ class RelayApp(App[None]):
 
     def action_apply_phase(self) -> None:
         p = phase(self.state.phase_number)
-        flags = ", ".join(f"{k}={word(v)}" for k, v in (p.target_flags or {}).items())
-        self._confirm(f"Apply phase {p.number}: {p.title}?",
-                      f"Sets {flags or 'no flags'} and records the gate baselines.",
-                      lambda reason: self._write("apply", lambda c: "applied: " + ", ".join(
+        current = {r.name: r.value for r in self.state.flags}
+        changing = [f"{k}: {word(current.get(k))} -> {word(v)}"
+                    for k, v in (p.target_flags or {}).items() if current.get(k) != v]
+        detail = ("Changes " + "; ".join(changing) if changing else
+                  "No flag changes") + ". Records the gate baselines (the metric gates count " \
+            "from now)."
+        self._confirm(f"Apply phase {p.number}: {p.title}?", detail,
+                      lambda reason: self._write("apply", lambda c: "applied: " + (", ".join(
                           f"{ch.name} {ch.before}->{ch.after}" for ch in checklist_core.apply(
                               c, actor=self.actor, reason=reason, metrics_urls=self.metrics_urls,
-                              now=self.clock())[1]) or "baseline recorded"))
+                              now=self.clock())[1]) or "baseline recorded")))
 
     def action_advance(self) -> None:
         number = self.state.phase_number
@@ -380,11 +581,15 @@ class RelayApp(App[None]):
         open_items = [i.id for i in phase(number).prerequisites + phase(number).validation
                       if i.manual and not self.state.checklist.done(i.id)]
         if open_items:
-            self.notify("check off first: " + ", ".join(open_items), severity="warning")
+            self.notify("check off first (x checks all): " + ", ".join(open_items),
+                        severity="warning")
             return
+        firing = [g.gate for g in self.state.triggers if g.status == "FAIL"]
         detail = ("All gates pass." if not blocking else
                   "Gates not passing: " + ", ".join(blocking) +
                   ". Confirming overrides them; the reason is recorded.")
+        if firing:
+            detail += " ROLLBACK TRIGGER FIRING: " + ", ".join(firing) + "."
 
         def go(reason: str) -> None:
             def run(c: redis.Redis) -> str:
@@ -392,13 +597,14 @@ class RelayApp(App[None]):
                                    now=self.clock)
                 result = checklist_core.advance(c, ctx, actor=self.actor,
                                                 overrides=dict.fromkeys(blocking, reason),
-                                                now=self.clock)
+                                                now=self.clock, reason=reason)
                 if not result.advanced:
                     raise RelayError("cannot advance: " + ", ".join(
                         result.blocking + result.open_items))
                 return f"advanced to phase {result.phase_to}"
             self._write("advance", run)
-        self._confirm(f"Advance from phase {number}?", detail, go)
+        self._confirm(f"Advance from phase {number}?", detail, go,
+                      require_typed=blocking[0] if blocking and firing else None)
 
     def action_rollback(self) -> None:
         if self._refuse_read_only():
@@ -418,8 +624,41 @@ class RelayApp(App[None]):
 
     def mark_item(self, item_id: str) -> None:
         done = self.state.checklist.done(item_id)
-        self._confirm(f"{'Re-open' if done else 'Check off'} {item_id}?",
-                      "Recorded with your name and the time.",
+        self._mark([item_id], undo=done)
+
+    def mark_items(self, item_ids: list[str]) -> None:
+        self._mark(item_ids, undo=False)
+
+    def _mark(self, item_ids: list[str], undo: bool) -> None:
+        what = item_ids[0] if len(item_ids) == 1 else f"{len(item_ids)} items"
+        self._confirm(f"{'Re-open' if undo else 'Check off'} {what}?",
+                      ", ".join(item_ids) + ". Recorded with your name and the time.",
                       lambda reason: self._write("mark", lambda c: ", ".join(checklist_core.mark(
-                          c, [item_id], actor=self.actor, reason=reason, undo=done,
-                          now=self.clock())) + (" re-opened" if done else " checked off")))
+                          c, item_ids, actor=self.actor, reason=reason, undo=undo,
+                          now=self.clock())) + (" re-opened" if undo else " checked off")))
+
+
+SPAWNED_ENV = "RELAYCTL_START_AUDITED"
+
+
+def watch_spawned(client: redis.Redis, pid: int, timeout: float = 5.0) -> str:
+    """After the spawn, wait until the engine holds its lease or exits: a refused engine is
+    reported (and reaped), never announced as started."""
+    from relayctl.core.backfill import lease_owner
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done, status = pid, 0
+        if done:
+            code = os.waitstatus_to_exitcode(status)
+            return (f"backfill engine (pid {pid}) exited with code {code}: refused or finished "
+                    "at once; see `relayctl backfill status`" if code else
+                    f"backfill engine (pid {pid}) finished")
+        owner = lease_owner(client) or ""
+        if owner.endswith(f":{pid}"):
+            return f"backfill engine started (pid {pid})"
+        time.sleep(0.1)
+    return f"backfill engine (pid {pid}) started; no lease yet after {timeout:g}s"

@@ -3,90 +3,122 @@
 from __future__ import annotations
 
 import asyncio
-import threading
+import json
+import os
+import signal
+import time
 from pathlib import Path
 
-from relayctl.core.backfill import Backfill, BackfillOptions
+from relayctl.core import audit
+from relayctl.core.backfill import BackfillOptions, spawn_engine
 from relayctl.core.census import run_census
 from relayctl.core.checklist import mark
 from relayctl.core.connection import connect
-from relayctl.core.demo import seed_pre_migration, start_embedded_redis
+from relayctl.core.demo import start_demo
 from relayctl.core.flags import set_flag
-from relayctl.core.jobs import JobStore
 from relayctl.core.keys import CHECKLIST_KEY, KeySchema
-from relayctl.core.metrics import Metrics
-from relayctl.core.simulate import Simulator, workspace_names
 from relayctl.tui.app import RelayApp
 
 SHOTS = ("dashboard-160x48.svg", "dashboard-80x24.svg", "checklist-160x48.svg",
-         "confirmation-160x48.svg", "help-160x48.svg", "disconnected-160x48.svg")
+         "checklist-80x24.svg", "confirmation-160x48.svg", "help-160x48.svg",
+         "backfill-form-80x24.svg", "audit-zoom-160x48.svg", "dead-backfill-160x48.svg",
+         "disconnected-160x48.svg")
+
+
+def _history(client: object) -> None:
+    """A realistic audit log: weeks of checklist, flag and backfill entries, long JSON."""
+    for i in range(12):
+        audit.record(client, "sre-bob" if i % 2 else "sre-alice", "checklist.apply",  # type: ignore[arg-type]
+                     f"phase {i % 4}", "", json.dumps(
+                         {"AI_JOBS_NEW_SCHEMA": i % 4 >= 3, "READ_PREFERS_NEW": True,
+                          "READ_FALLBACK_OLD": True, "baseline": "recorded", "window": "1h"}),
+                     "change CHG-4211 approved in the weekly review")
+
+
+async def _wait(pilot: object, predicate: object, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:  # type: ignore[operator]
+        await pilot.pause(0.2)  # type: ignore[attr-defined]
 
 
 async def _shoot(outdir: Path) -> list[Path]:
-    embedded = start_embedded_redis()
-    names = workspace_names(4)
-    metrics = Metrics(labelled_workspaces=names)
-    server = metrics.serve(0)
-    client = connect(embedded.url)
     schema = KeySchema()
-    summary = seed_pre_migration(client, schema, names, jobs=6000)
-    mark(client, ["env-dual-off", "env-prefers-on", "env-fallback-on"], actor="sre-alice",
-         reason="reviewed")
-    for flag, value, why in (("READ_PREFERS_NEW", True, "phase 1: read-routing"),
-                             ("AI_JOBS_NEW_SCHEMA", True, "phase 3: dual-write")):
-        set_flag(client, flag, value, actor="sre-alice", reason=why)
-    run_census(client, schema)
-    client.hset(CHECKLIST_KEY, "phase", "4")  # staged: the walkthrough is at the backfill
-    store = JobStore(client, schema=schema, metrics=metrics)
-    sim = Simulator(store, rate=60, workspaces=names, seed=5, known_jobs=summary.jobs[-3000:])
-    sim.start()
-    engine = Backfill(connect(embedded.url), BackfillOptions(execute=True, rps=250, batch=100),
-                      schema=schema)
-    worker = threading.Thread(target=engine.run, daemon=True)
-    worker.start()
+    stack = start_demo(schema, speed=1, jobs=6000)
+    client = connect(stack.url)
     written: list[Path] = []
     outdir.mkdir(parents=True, exist_ok=True)
+    pids: list[int] = []
 
     def save(app: RelayApp, name: str) -> None:
         written.append(Path(app.save_screenshot(name, str(outdir))))
 
     try:
-        app = RelayApp(redis_url=embedded.url, metrics_urls=[server.url], actor="sre-alice",
-                       refresh_s=0.5)
+        _history(client)
+        mark(client, ["env-dual-off", "env-prefers-on", "env-fallback-on"], actor="sre-alice",
+             reason="reviewed")
+        for flag, value, why in (("READ_PREFERS_NEW", True, "phase 1: read-routing"),
+                                 ("AI_JOBS_NEW_SCHEMA", True, "phase 3: dual-write")):
+            set_flag(client, flag, value, actor="sre-alice", reason=why)
+        run_census(client, schema)
+        client.hset(CHECKLIST_KEY, "phase", "4")  # staged: the walkthrough is at the backfill
+        os.environ["RELAYCTL_BACKFILL_LEASE_MS"] = "1500"  # the killed engine goes DEAD soon
+        pids.append(spawn_engine(stack.url, BackfillOptions(execute=True, rps=150, batch=50),
+                                 actor="sre-alice", reason="phase 4 campaign", client=client))
+        app = RelayApp(redis_url=stack.url, metrics_urls=[stack.metrics_url],
+                       actor="sre-alice", refresh_s=0.5, links=[("redis", stack.url),
+                                                                ("metrics", stack.metrics_url)])
         async with app.run_test(size=(160, 48)) as pilot:
-            await pilot.pause(6)
+            await _wait(pilot, lambda: app.state.engine_alive and app.state.rates.seconds)
+            await pilot.pause(4)
             save(app, "dashboard-160x48.svg")
             await pilot.press("c")
-            await pilot.pause(1.5)
+            await pilot.pause(1.0)
             save(app, "checklist-160x48.svg")
-            await pilot.press("escape")
-            await pilot.press("question_mark")
+            await pilot.press("escape", "question_mark")
             await pilot.pause(0.5)
             save(app, "help-160x48.svg")
-            await pilot.press("escape")
-            await pilot.press("2")
+            await pilot.press("escape", "f", "down", "enter")
             await pilot.pause(0.5)
             save(app, "confirmation-160x48.svg")
+            await pilot.press("escape", "8", "z")
+            await pilot.pause(0.5)
+            save(app, "audit-zoom-160x48.svg")
             await pilot.press("escape")
-            engine.request_stop()
-            worker.join(timeout=10)
-            sim.stop()
-            store.close()
-            embedded.close()
-            await pilot.pause(5)
+            os.kill(pids[0], signal.SIGKILL)  # an engine that dies mid-run: DEAD, no rate
+            await _wait(pilot, lambda: not app.state.engine_alive)
+            await pilot.press("4")
+            await pilot.pause(1.5)
+            save(app, "dead-backfill-160x48.svg")
+            stack.redis.close()
+            await pilot.pause(4)
             save(app, "disconnected-160x48.svg")
-        embedded = start_embedded_redis(embedded.port)
-        client = connect(embedded.url)
-        seed_pre_migration(client, schema, names, jobs=2000)
+    finally:
+        os.environ.pop("RELAYCTL_BACKFILL_LEASE_MS", None)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+        stack.close()
+    stack = start_demo(schema, speed=1, jobs=3000)
+    try:
+        client = connect(stack.url)
+        _history(client)
         run_census(client, schema)
-        small = RelayApp(redis_url=embedded.url, metrics_urls=[server.url], actor="sre-alice")
+        small = RelayApp(redis_url=stack.url, metrics_urls=[stack.metrics_url],
+                         actor="sre-alice", refresh_s=0.5)
         async with small.run_test(size=(80, 24)) as pilot:
             await pilot.pause(3)
             save(small, "dashboard-80x24.svg")
+            await pilot.press("c")
+            await pilot.pause(1)
+            save(small, "checklist-80x24.svg")
+            await pilot.press("escape", "b")
+            await pilot.pause(0.5)
+            save(small, "backfill-form-80x24.svg")
     finally:
-        sim.stop()
-        server.close()
-        embedded.close()
+        stack.close()
     return written
 
 

@@ -166,16 +166,28 @@ async def type_text(pilot: Pilot, text: str) -> None:
 
 
 async def confirm_with_reason(pilot: Pilot, reason: str) -> None:
-    """What an operator does in the confirmation: click the reason field, type, Enter moves to
-    Confirm, a second Enter confirms."""
+    """What an operator does in the confirmation: the reason field has the focus; type it,
+    Enter confirms."""
     screen = pilot.app.screen
     assert isinstance(screen, ConfirmScreen), f"expected the confirmation, got {screen!r}"
-    assert screen.focused is not None and screen.focused.id == "cancel", "Cancel has focus"
-    await pilot.click("#reason")
+    if screen.require_typed:  # an override while a rollback trigger fires: the gate's name
+        assert screen.focused is not None and screen.focused.id == "typed"
+        await type_text(pilot, screen.require_typed)
+        await pilot.press("enter")
+    assert screen.focused is not None and screen.focused.id == "reason", "the reason has focus"
     await type_text(pilot, reason)
     await pilot.press("enter")
-    assert screen.focused is not None and screen.focused.id == "confirm"
-    await pilot.press("enter")
+    await pilot.pause()
+
+
+FLAG_ORDER = (DUAL_WRITE, PREFERS_NEW, FALLBACK_OLD)
+
+
+async def open_flag(pilot: Pilot, name: str) -> None:
+    """`f`, then the flag's row in the picker, Enter: the flag's confirmation opens."""
+    await pilot.press("f")
+    await pilot.pause()
+    await pilot.press(*["down"] * FLAG_ORDER.index(name), "enter")
     await pilot.pause()
 
 
@@ -267,7 +279,8 @@ CLI_ACTOR = "pytest-cli"
 def cli_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("REDIS_URL", "AI_JOBS_NEW_SCHEMA", "READ_PREFERS_NEW",
-                        "READ_FALLBACK_OLD", "RELAYCTL_BACKFILL_LEASE_MS")}
+                        "READ_FALLBACK_OLD", "RELAYCTL_BACKFILL_LEASE_MS",
+                        "RELAYCTL_START_AUDITED")}
     env.update(PYTHONUNBUFFERED="1", RELAYCTL_ACTOR=CLI_ACTOR)
     return env
 
@@ -327,3 +340,44 @@ def rendered_text(renderable: object, width: int = 100) -> str:
     console = Console(width=width, record=True, file=io.StringIO(), color_system=None)
     console.print(renderable)
     return console.export_text()
+
+
+def long_audit_state() -> ConsoleState:
+    """A full audit log: entries whose change is long JSON (they shrank when/actor/action)."""
+    state = copy.deepcopy(mid_backfill_state())
+    big = json.dumps({"AI_JOBS_NEW_SCHEMA": True, "READ_PREFERS_NEW": True,
+                      "READ_FALLBACK_OLD": False, "note": "x" * 120})
+    state.audit = [
+        _audit(100 + i, 60 * i, f"sre-{'alice' if i % 2 else 'bob'}",
+               "checklist.apply" if i % 3 == 0 else "backfill.set" if i % 3 == 1
+               else "flag.set", f"phase {i % 7}", "{}" if i % 3 else "", big,
+               "reviewed in the change meeting " * 3)
+        for i in range(25)]
+    return state
+
+
+def backfill_state(health: str) -> ConsoleState:
+    """The mid-backfill state with the engine THROTTLED, DEAD, STALLED or finished."""
+    state = copy.deepcopy(mid_backfill_state())
+    bf = state.backfill
+    if health == "throttled":
+        bf.update(status="throttled", throttle_reason="memory 86% ≥ 85%",
+                  throttle_value="86.2%", throttle_limit="85%", throttled_s="42")
+    elif health == "dead":
+        state.engine_alive = False
+        bf.update(heartbeat=str(FIXED_TS - 300))
+    elif health == "stalled":
+        bf.update(heartbeat=str(FIXED_TS - 60))
+    elif health == "finished":
+        state.engine_alive = False
+        bf.update(status="completed", message="done", scanned="20000")
+    return state
+
+
+def cluster_backfill_state() -> ConsoleState:
+    """A cluster run: one lane per shard, two done."""
+    state = copy.deepcopy(mid_backfill_state())
+    for shard, done in (("0", True), ("5461", True), ("10923", False)):
+        state.backfill[f"cursor:{shard}"] = "0" if done else "1234"
+        state.backfill[f"done:{shard}"] = "1" if done else "0"
+    return state

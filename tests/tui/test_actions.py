@@ -32,6 +32,7 @@ from tests.tui.kit import (
     cancel_dialog,
     confirm_with_reason,
     live_app,
+    open_flag,
     rendered_text,
     run_pilot,
     seed_legacy,
@@ -78,7 +79,7 @@ def test_flag_key_confirmed_with_reason_flips_the_flag_and_audits_actor_and_reas
 
     async def scenario(pilot: Pilot) -> None:
         await wait_connected(pilot)
-        await pilot.press(key)
+        await open_flag(pilot, name)
         screen = pilot.app.screen
         assert isinstance(screen, ConfirmScreen)
         assert screen.title_text == f"Set {name} = {'on' if target else 'off'}?"
@@ -108,15 +109,17 @@ def test_flag_keys_cancelled_change_nothing_and_audit_nothing(redis_url, r):
     async def scenario(pilot: Pilot) -> None:
         await wait_connected(pilot)
         before = snapshot(r)
-        await pilot.press("1")
+        await open_flag(pilot, KEY_FLAG["1"])
         await cancel_dialog(pilot)              # Cancel button, a reason typed
-        await pilot.press("2")
+        await open_flag(pilot, KEY_FLAG["2"])
         assert isinstance(pilot.app.screen, ConfirmScreen)
         await pilot.press("escape")             # Escape
         assert not isinstance(pilot.app.screen, ConfirmScreen)
-        await pilot.press("3")
+        await open_flag(pilot, KEY_FLAG["3"])
         assert isinstance(pilot.app.screen, ConfirmScreen)
-        await pilot.press("enter")              # Enter on the focused Cancel
+        await pilot.press("enter")              # Enter without a reason: refused
+        assert isinstance(pilot.app.screen, ConfirmScreen)
+        await pilot.press("escape")
         assert not isinstance(pilot.app.screen, ConfirmScreen)
         await settle(pilot)
         assert snapshot(r) == before
@@ -130,7 +133,7 @@ def test_confirm_without_a_reason_is_refused_and_writes_nothing(redis_url, r):
     async def scenario(pilot: Pilot) -> None:
         await wait_connected(pilot)
         before = snapshot(r)
-        await pilot.press("1")
+        await open_flag(pilot, KEY_FLAG["1"])
         await pilot.click("#confirm")
         assert isinstance(pilot.app.screen, ConfirmScreen), "still asking"
         assert pilot.app.screen.focused.id == "reason"
@@ -268,9 +271,8 @@ def test_advance_with_an_open_manual_item_opens_no_dialog_and_writes_nothing(red
 
 async def highlight_first_item(pilot: Pilot, screen: ChecklistScreen) -> str:
     items = screen.query_one("#phase-items", OptionList)
-    items.focus()
-    await pilot.press("down")
-    assert items.highlighted == 0
+    assert screen.focused is items, "the focus lands on the items"
+    assert items.highlighted == 0, "the first item is highlighted: space works at once"
     await wait_refreshed(pilot)  # a refresh rebuilds the list and must keep the highlight
     assert items.highlighted == 0, "the refresh dropped the highlighted item"
     option_id = items.get_option_at_index(0).id
@@ -298,7 +300,7 @@ def test_space_on_a_checklist_item_confirmed_checks_it_off_with_actor_and_reason
         # the list shows it checked after the next refresh
         await wait_refreshed(pilot)
         items = screen.query_one("#phase-items", OptionList)
-        assert str(items.get_option_at_index(0).prompt).startswith("[x] ")
+        assert str(items.get_option_at_index(0).prompt).startswith("[✓] ")
 
     run_pilot(app, scenario)
 
@@ -326,9 +328,8 @@ def test_space_on_a_checklist_item_cancelled_leaves_it_open(redis_url, r):
 async def pick_procedure(pilot: Pilot, procedure_id: str) -> None:
     screen = pilot.app.screen
     assert isinstance(screen, RollbackPicker)
-    assert screen.focused is not None and screen.focused.id == "cancel"
     procs = screen.query_one("#procedures", OptionList)
-    procs.focus()
+    assert screen.focused is procs
     procs.highlighted = procs.get_option_index(procedure_id)
     await pilot.press("enter")
     assert isinstance(pilot.app.screen, ConfirmScreen)
@@ -370,7 +371,7 @@ def test_rollback_cancelled_in_the_picker_or_the_confirmation_changes_nothing(re
         before = snapshot(r)
         await pilot.press("R")
         assert isinstance(pilot.app.screen, RollbackPicker)
-        await pilot.press("enter")  # on the focused Cancel
+        await pilot.press("escape")
         assert not isinstance(pilot.app.screen, RollbackPicker)
         await pilot.press("R")
         await pick_procedure(pilot, "emergency")
@@ -403,13 +404,13 @@ def test_backfill_keys_pause_resume_and_stop_a_running_engine_with_audit(
                          "the console to see the running engine", timeout=15)
         # Cancel first: nothing reaches the engine
         before = r.xlen(AUDIT_KEY)
-        await pilot.press("z")
+        await pilot.press("P")
         await cancel_dialog(pilot)
         await settle(pilot)
         assert r.get(KEYS.control) is None and r.xlen(AUDIT_KEY) == before
         assert status() == "running"
 
-        for key, verb, control, want in (("z", "pause", "pause", "paused"),
+        for key, verb, control, want in (("P", "pause", "pause", "paused"),
                                          ("r", "resume", "run", "running"),
                                          ("s", "stop", "stop", "stopped")):
             before = r.xlen(AUDIT_KEY)
@@ -432,11 +433,11 @@ def test_backfill_keys_pause_resume_and_stop_a_running_engine_with_audit(
 # read-only: every write refused, nothing written
 # ---------------------------------------------------------------------------------------------
 
-DASHBOARD_WRITES = {"1": "toggle_flag", "2": "toggle_flag", "3": "toggle_flag",
-                    "b": "backfill_start", "z": "backfill_control", "r": "backfill_control",
-                    "s": "backfill_control", "R": "rollback"}
+DASHBOARD_WRITES = {"f": "flags", "b": "backfill_start", "P": "backfill_control",
+                    "r": "backfill_control", "s": "backfill_control", "t": "backfill_tune",
+                    "u": "census", "v": "verify", "R": "rollback"}
 CHECKLIST_WRITES = {"a": "apply_phase", "A": "advance", "R": "rollback", "space": "mark",
-                    "m": "mark"}
+                    "x": "mark_all"}
 
 
 def test_read_only_console_dims_and_refuses_every_write_action_and_writes_nothing(
@@ -478,9 +479,7 @@ def test_read_only_console_dims_and_refuses_every_write_action_and_writes_nothin
 
         screen = await open_checklist(pilot)
         items = screen.query_one("#phase-items", OptionList)
-        items.focus()
-        await pilot.press("down")
-        assert items.highlighted == 0
+        assert screen.focused is items and items.highlighted == 0
         bindings = screen.active_bindings
         for key in CHECKLIST_WRITES:
             assert not bindings[key].enabled, f"{key} is shown dimmed on the checklist"

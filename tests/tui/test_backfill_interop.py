@@ -63,7 +63,7 @@ def test_backfill_form_cancelled_starts_nothing(redis_url, r):
         await pilot.press("b")
         screen = pilot.app.screen
         assert isinstance(screen, BackfillForm)
-        assert screen.focused is not None and screen.focused.id == "cancel"
+        assert screen.focused is not None and screen.focused.id == "execute"
         await fill(pilot, "#reason", "nope")
         await pilot.click("#cancel")
         await pilot.pause(0.6)
@@ -147,7 +147,7 @@ def test_backfill_started_from_the_cli_is_paused_from_the_console(redis_url, r, 
         await wait_until(pilot, lambda: pilot.app.state.engine_alive
                          and pilot.app.state.backfill.get("status") == "running",
                          "the console to see the CLI's engine", timeout=15)
-        await pilot.press("z")
+        await pilot.press("P")
         await confirm_with_reason(pilot, "from tui")
         await wait_until(pilot, lambda: read_state(r).get("status") == "paused", "paused", 10)
         code, data = cli_status(redis_url)

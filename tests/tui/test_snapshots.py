@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import pytest
 from textual.pilot import Pilot
-from textual.widgets import Button, Input
+from textual.widgets import Input
 
 from relayctl.tui.screens import ChecklistScreen, ConfirmScreen, HelpScreen
 from tests.tui.kit import (
+    backfill_state,
+    cluster_backfill_state,
     disconnected_state,
     fixed_app,
+    long_audit_state,
     mid_backfill_state,
     rendered_text,
     run_pilot,
@@ -54,9 +57,39 @@ def test_snapshot_help_generated_from_the_bindings(snap_compare, size):
 
 
 @pytest.mark.parametrize("size", SIZES)
-def test_snapshot_confirmation_with_cancel_focused_and_a_reason_field(snap_compare, size):
+def test_snapshot_confirmation_with_the_reason_focused(snap_compare, size):
     assert snap_compare(fixed_app(mid_backfill_state()), terminal_size=size,
-                        run_before=press_then_freeze("2"))
+                        run_before=press_then_freeze("f", "down", "enter"))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_snapshot_full_audit_log_with_long_json_changes(snap_compare, size):
+    assert snap_compare(fixed_app(long_audit_state()), terminal_size=size,
+                        run_before=press_then_freeze("8"))
+
+
+@pytest.mark.parametrize("health", ["throttled", "dead"])
+@pytest.mark.parametrize("size", SIZES)
+def test_snapshot_backfill_throttled_or_dead(snap_compare, size, health):
+    assert snap_compare(fixed_app(backfill_state(health)), terminal_size=size,
+                        run_before=press_then_freeze("4"))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_snapshot_cluster_backfill_lanes(snap_compare, size):
+    assert snap_compare(fixed_app(cluster_backfill_state()), terminal_size=size,
+                        run_before=press_then_freeze("4"))
+
+
+def test_snapshot_too_small_notice_at_40x12(snap_compare):
+    assert snap_compare(fixed_app(mid_backfill_state()), terminal_size=(40, 12))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_snapshot_backfill_form(snap_compare, size):
+    state = backfill_state("finished")
+    assert snap_compare(fixed_app(state), terminal_size=size,
+                        run_before=press_then_freeze("b"))
 
 
 @pytest.mark.parametrize("status", ["DOWN", "RECONNECTING"])
@@ -77,10 +110,10 @@ def test_the_snapshot_screens_are_what_they_claim_to_be():
         assert isinstance(pilot.app.screen, ChecklistScreen)
         await pilot.press("escape", "question_mark")
         assert isinstance(pilot.app.screen, HelpScreen)
-        await pilot.press("escape", "2")
+        await pilot.press("escape", "f", "down", "enter")
         screen = pilot.app.screen
         assert isinstance(screen, ConfirmScreen)
-        assert isinstance(screen.focused, Button) and screen.focused.id == "cancel"
+        assert isinstance(screen.focused, Input) and screen.focused.id == "reason"
         assert screen.title_text == "Set READ_PREFERS_NEW = off?"
 
     run_pilot(app, scenario, size=(80, 24))

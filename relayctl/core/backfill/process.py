@@ -68,6 +68,7 @@ def spawn_engine(redis_url: str, options: BackfillOptions, *, actor: str, reason
     env = {k: v for k, v in os.environ.items() if k not in TLS_ENV.values()}
     env.update((tls if tls is not None else TLSOptions.from_env()).env())
     env["REDIS_URL"] = redis_url
+    env["RELAYCTL_START_AUDITED"] = "1"  # audited here, with the reason; not again by the child
     proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     audit.record(client, actor, "backfill.start", "backfill", "",

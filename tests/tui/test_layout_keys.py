@@ -1,0 +1,183 @@
+"""Layout and keyboard at 80x24 (fixed data, no clock): every panel reachable, the columns
+that matter never vanish, a small terminal shows a notice instead of crashing."""
+
+from __future__ import annotations
+
+import pytest
+from textual.pilot import Pilot
+
+from relayctl.tui.app import PANELS, Dashboard, ZoomScreen
+from relayctl.tui.screens import ChecklistScreen, HelpScreen, TextScreen
+from relayctl.tui.widgets import Panel, TablePanel
+from tests.tui.kit import (
+    backfill_state,
+    fixed_app,
+    long_audit_state,
+    mid_backfill_state,
+    rendered_text,
+    run_pilot,
+)
+
+
+def table_text(panel: TablePanel) -> str:
+    """What the panel's row table shows: header and every visible cell."""
+    table = panel.table
+    lines = [" ".join(str(c.label) for c in table.columns.values())]
+    for row in range(table.row_count):
+        lines.append(" ".join(str(cell) for cell in table.get_row_at(row)))
+    return "\n".join(lines)
+
+
+def test_at_80x24_the_gates_show_pass_and_fail_and_the_audit_when_actor_action():
+    """Defect 1: no status column at 80 columns; when/actor/action shrank to `…`."""
+    app = fixed_app(long_audit_state())
+
+    async def scenario(pilot: Pilot) -> None:
+        await pilot.pause(0.3)
+        gates = app.screen.query_one("#gates", TablePanel)
+        widths = {str(c.label): c.width for c in gates.table.columns.values()}
+        assert widths["status"] >= 7 and widths["gate"] >= 20, widths
+        text = table_text(gates)
+        assert "PASS" in text and "FAIL" in text
+        audit = app.screen.query_one("#audit", TablePanel)
+        widths = {str(c.label): c.width for c in audit.table.columns.values()}
+        assert widths["when (UTC)"] >= 20 and widths["actor"] >= 9 and widths["action"] >= 15
+        first = audit.table.get_row_at(0)
+        assert str(first[0]) == "2026-01-01T00:00:00Z"  # ISO with date and zone
+        assert str(first[1]) == "sre-bob" and str(first[2]) == "checklist.apply"
+        assert sum(c.width for c in audit.table.columns.values()) <= 80
+
+    run_pilot(app, scenario, size=(80, 24))
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40), (160, 48)])
+def test_the_audit_key_columns_keep_their_width_with_long_json_changes(size):
+    app = fixed_app(long_audit_state())
+
+    async def scenario(pilot: Pilot) -> None:
+        await pilot.pause(0.3)
+        audit = app.screen.query_one("#audit", TablePanel)
+        for row in range(audit.table.row_count):
+            when, actor, action = (str(c) for c in audit.table.get_row_at(row)[:3])
+            assert "…" not in when + actor + action, (when, actor, action)
+
+    run_pilot(app, scenario, size=size)
+
+
+def test_every_panel_is_reachable_by_number_and_by_tab_and_scrolled_into_view():
+    """Defect 6: PageDown, Down, End and Tab did not scroll the 80x24 dashboard."""
+    app = fixed_app(mid_backfill_state())
+
+    async def scenario(pilot: Pilot) -> None:
+        await pilot.pause(0.3)
+        screen = app.screen
+        assert isinstance(screen, Dashboard)
+        grid = screen.query_one("#grid")
+        for number, panel_id in enumerate(PANELS, start=1):
+            await pilot.press(str(number))
+            await pilot.pause(0.1)
+            panel = screen.focused_panel()
+            assert panel is not None and panel.id == panel_id
+            top = panel.region.y
+            assert 0 < top < 23 and panel.region.height > 2, (panel_id, panel.region)
+        await pilot.press("1")
+        seen = []
+        for _ in range(len(PANELS)):
+            seen.append(screen.focused_panel().id)  # type: ignore[union-attr]
+            await pilot.press("tab")
+        assert sorted(seen) == sorted(PANELS)
+        assert grid.max_scroll_y > 0, "at 80x24 the dashboard is taller than the screen"
+
+    run_pilot(app, scenario, size=(80, 24))
+
+
+def test_the_footer_always_shows_help_and_quit_at_80_columns():
+    app = fixed_app(mid_backfill_state())
+
+    async def scenario(pilot: Pilot) -> None:
+        for keys in ((), ("c",)):
+            await pilot.press(*keys)
+            await pilot.pause(0.3)
+            footer = [b for b in app.screen.active_bindings.values() if b.binding.show]
+            shown = [b.binding.key for b in footer][:3]
+            assert "question_mark" in shown and "q" in shown, shown
+
+    run_pilot(app, scenario, size=(80, 24))
+
+
+def test_zoom_and_enter_open_the_full_text_and_escape_returns():
+    app = fixed_app(long_audit_state())
+
+    async def scenario(pilot: Pilot) -> None:
+        await pilot.pause(0.3)
+        await pilot.press("8", "enter")
+        assert isinstance(app.screen, TextScreen)
+        body = rendered_text(app.screen.body, width=200)
+        assert "reviewed in the change meeting reviewed in the change meeting" in body
+        await pilot.press("escape", "7", "z")
+        assert isinstance(app.screen, ZoomScreen)
+        await pilot.press("escape")
+        assert isinstance(app.screen, Dashboard)
+
+    run_pilot(app, scenario, size=(80, 24))
+
+
+def test_a_40x12_terminal_shows_the_size_notice_and_resizing_back_restores_the_layout():
+    """Defect 3: the checklist at 40x12 crashed (an OptionList of width 0)."""
+    app = fixed_app(mid_backfill_state())
+
+    async def scenario(pilot: Pilot) -> None:
+        await pilot.pause(0.3)
+        await pilot.press("c")
+        assert isinstance(app.screen, ChecklistScreen)
+        for screen_keys in ((), ("escape",)):
+            await pilot.press(*screen_keys)
+            await pilot.resize_terminal(40, 12)
+            await pilot.pause(0.3)
+            assert app.screen.has_class("too-small")
+            app._redraw()
+            await pilot.pause(0.1)
+            await pilot.resize_terminal(80, 24)
+            await pilot.pause(0.3)
+            assert not app.screen.has_class("too-small")
+        assert app.is_running
+
+    run_pilot(app, scenario, size=(80, 24))
+
+
+@pytest.mark.parametrize(("health", "shown", "absent"), [
+    ("throttled", ["THROTTLED", "memory 86% ≥ 85%", "86.2% vs limit 85%", "42s"], []),
+    ("dead", ["DEAD", "relayctl backfill --execute --resume", "no rate"], ["keys/s", "ETA"]),
+    ("stalled", ["STALLED", "no heartbeat"], ["keys/s", "ETA"]),
+    ("finished", ["COMPLETED", "done"], ["keys/s", "ETA"]),
+])
+def test_the_backfill_panel_says_why_and_shows_no_rate_when_no_engine_works(
+        health, shown, absent):
+    app = fixed_app(backfill_state(health))
+
+    async def scenario(pilot: Pilot) -> None:
+        await pilot.pause(0.3)
+        panel = app.screen.query_one("#backfill", Panel)
+        text = " ".join(rendered_text(panel.last, width=120).split())
+        for want in shown:
+            assert want in text, (want, text)
+        for not_want in absent:
+            assert not_want not in text, (not_want, text)
+
+    run_pilot(app, scenario, size=(160, 48))
+
+
+def test_help_groups_keys_by_screen_and_explains_every_badge():
+    app = fixed_app(mid_backfill_state(), links=[("redis", "redis://127.0.0.1:1/0")])
+
+    async def scenario(pilot: Pilot) -> None:
+        await pilot.pause(0.2)
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        text = "\n".join(rendered_text(s.content, width=120) for s in app.screen.query("Static"))
+        for word in ("dashboard", "checklist (c)", "CONNECTED", "RECONNECTING", "DOWN", "STALE",
+                     "PASS", "FAIL", "WAIT", "UNKNOWN", "THROTTLED", "DEAD", "STALLED",
+                     "redis://127.0.0.1:1/0", "Retune backfill", "Check all"):
+            assert word in text, word
+
+    run_pilot(app, scenario, size=(160, 48))

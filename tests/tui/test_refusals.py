@@ -1,0 +1,78 @@
+"""What the console refuses, on a real redis-server: a second backfill from the form, and
+quitting the demo mid-backfill without asking."""
+
+from __future__ import annotations
+
+from textual.pilot import Pilot
+
+from relayctl.core.flags import DUAL_WRITE, set_flag
+from relayctl.core.keys import AUDIT_KEY
+from relayctl.tui.screens import BackfillForm, ChoiceScreen
+from tests.tui.kit import (
+    audit_entries,
+    live_app,
+    run_pilot,
+    seed_legacy,
+    spawn_cli_engine,
+    wait_connected,
+    wait_until,
+)
+
+
+def test_the_backfill_form_is_refused_with_the_runs_health_while_a_run_is_active(
+        redis_url, r, engine_pids):
+    """Defects 2 and 10: the form opened and claimed a start while a run was active."""
+    seed_legacy(r, 20_000)
+    set_flag(r, DUAL_WRITE, True, actor="pytest", reason="backfill needs dual-write")
+    engine = spawn_cli_engine(redis_url, "--execute", "--rps", "500", "--batch", "50")
+    engine_pids.append(engine.pid)
+    app = live_app(redis_url)
+
+    async def scenario(pilot: Pilot) -> None:
+        await wait_connected(pilot)
+        await wait_until(pilot, lambda: app.state.engine_alive, "the engine", 15)
+        before = r.xlen(AUDIT_KEY)
+        await pilot.press("b")
+        await pilot.pause(0.3)
+        assert not isinstance(app.screen, BackfillForm)
+        messages = [n.message for n in app._notifications]
+        assert any("already RUNNING" in m for m in messages), messages
+        assert r.xlen(AUDIT_KEY) == before
+
+    run_pilot(app, scenario)
+
+
+def test_a_backfill_started_from_the_cli_is_audited_once_it_holds_the_lease(
+        redis_url, r, engine_pids):
+    seed_legacy(r, 2_000)
+    set_flag(r, DUAL_WRITE, True, actor="pytest", reason="backfill needs dual-write")
+    engine = spawn_cli_engine(redis_url, "--execute", "--reason", "week 4 from a shell")
+    engine_pids.append(engine.pid)
+    assert engine.wait(timeout=60) == 0
+    second = spawn_cli_engine(redis_url, "--execute", "--resume")
+    second.wait(timeout=60)  # refused: nothing unfinished to resume
+    starts = [e for e in audit_entries(r) if e["action"] == "backfill.start"]
+    assert [(e["actor"], e["reason"]) for e in starts] == [("pytest-cli", "week 4 from a shell")]
+    assert f"pid {engine.pid} execute (cli" in starts[0]["after"]
+
+
+def test_q_in_the_demo_asks_while_a_backfill_runs(redis_url, r, engine_pids):
+    """Defect 3: `q` quit the demo (and its embedded Redis) at once, even mid-backfill."""
+    seed_legacy(r, 20_000)
+    set_flag(r, DUAL_WRITE, True, actor="pytest", reason="backfill needs dual-write")
+    engine = spawn_cli_engine(redis_url, "--execute", "--rps", "500", "--batch", "50")
+    engine_pids.append(engine.pid)
+    app = live_app(redis_url, demo=True)
+
+    async def scenario(pilot: Pilot) -> None:
+        await wait_connected(pilot)
+        await wait_until(pilot, lambda: app.state.engine_alive
+                         and app.state.backfill.get("status") == "running", "the engine", 15)
+        await pilot.press("q")
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, ChoiceScreen) and app.is_running
+        await pilot.press("enter")  # "Stay" is highlighted first
+        await pilot.pause(0.2)
+        assert app.is_running and not isinstance(app.screen, ChoiceScreen)
+
+    run_pilot(app, scenario)
