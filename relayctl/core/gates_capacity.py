@@ -5,11 +5,13 @@ and replicas keeping up."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 
-from relayctl.core.backfill.capacity import EVICTING_ALWAYS, EVICTING_TTL, Projection, project
+from relayctl.core.backfill.capacity import EVICTING_ALWAYS, EVICTING_TTL
+from relayctl.core.census import last_census
 from relayctl.core.gates import (
     FAIL,
     PASS,
@@ -22,12 +24,48 @@ from relayctl.core.gates import (
     gate,
     pct,
 )
+from relayctl.core.replies import as_str
 from relayctl.core.serverinfo import memory_info
 
 
-def _projection(ctx: GateContext) -> Projection:
-    return ctx.redis_call("projection", lambda c: project(  # type: ignore[return-value]
-        c, ctx.schema, frozenset(), max_memory_pct=100 * ctx.t("memory_headroom")))
+@dataclass(frozen=True)
+class ServerMemory:
+    name: str
+    used: int
+    dataset: int
+    maxmemory: int
+    policy: str
+    keys: int
+    expires: int
+
+
+def _memories(client: redis.Redis) -> list[ServerMemory] | None:
+    """INFO memory + keyspace of the server, or of each primary: a fixed number of commands
+    whatever the keyspace holds (this runs on every console refresh)."""
+    from relayctl.core import cluster as clusterlib
+
+    def one(name: str, c: redis.Redis) -> ServerMemory:
+        pipe = c.pipeline(transaction=False)
+        pipe.info("memory")
+        pipe.info("keyspace")
+        mem, space = pipe.execute()
+        keys = sum(int(v.get("keys", 0)) for v in space.values() if isinstance(v, dict))
+        expires = sum(int(v.get("expires", 0)) for v in space.values() if isinstance(v, dict))
+        return ServerMemory(name, int(mem.get("used_memory", 0)),
+                            int(mem.get("used_memory_dataset", mem.get("used_memory", 0))),
+                            int(mem.get("maxmemory", 0)), as_str(mem.get("maxmemory_policy")),
+                            keys, expires)
+
+    try:
+        if not clusterlib.is_cluster(client):
+            return [one("server", client)]
+        found = clusterlib.shards(client)
+        try:
+            return [one(f"shard {sh.name}", sh.client) for sh in found]
+        finally:
+            clusterlib.close_shards(found, client)
+    except redis.ResponseError:  # no INFO (fakeredis without it, a strict ACL)
+        return None
 
 
 def _mib(n: float) -> str:
@@ -36,49 +74,59 @@ def _mib(n: float) -> str:
 
 @gate("memory_headroom", "Memory after the copy stays below 85% of maxmemory")
 def _memory_headroom(ctx: GateContext) -> GateResult:
+    """From the stored census (legacy records without a copy) and INFO's mean bytes per key:
+    what the rest of the copy adds, against maxmemory. `backfill --dry-run` samples
+    MEMORY USAGE for a closer projection."""
     limit = ctx.t("memory_headroom")
     threshold = f"used + projected copy < {pct(limit)} of maxmemory"
     try:
-        proj = _projection(ctx)
+        mems = ctx.redis_call("memories", _memories)
+        census = ctx.redis_call("census", last_census)
     except SourceError as exc:
         return _r("memory_headroom", UNKNOWN, "-", threshold, str(exc))
-    if not all(s.info for s in proj.servers):
+    if mems is None:
         return _r("memory_headroom", UNKNOWN, "-", threshold, "server reports no INFO memory")
-    unknown = [s for s in proj.servers if s.note]
-    if unknown:
-        return _r("memory_headroom", UNKNOWN, "-", threshold, f"{unknown[0].name}: "
-                  f"{unknown[0].note}")
-    limited = [s for s in proj.servers if s.maxmemory]
+    if census is None:
+        return _r("memory_headroom", WAIT, "no census", threshold,
+                  "run `relayctl census`: the projection needs the legacy count")
+    to_copy = max(census.old - census.new, 0)
+    keys = sum(m.keys for m in mems) or 1
+    per_key = sum(m.dataset for m in mems) / keys
+    projected = to_copy * per_key
+    limited = [m for m in mems if m.maxmemory]
     if not limited:
         return _r("memory_headroom", PASS, "no maxmemory", threshold,
-                  f"projected copy {_mib(sum(s.projected for s in proj.servers))}; "
-                  "the server has no memory limit to run into")
-    worst = max(limited, key=lambda s: s.after / s.maxmemory)
-    share = worst.after / worst.maxmemory
+                  f"projected copy {_mib(projected)} ({to_copy:,} records); the server has "
+                  "no memory limit to run into")
+    share_of = {m.name: m.keys / keys for m in mems}  # the copy spreads like the keys do
+    worst = max(limited, key=lambda m: (m.used + projected * share_of[m.name]) / m.maxmemory)
+    after = worst.used + projected * share_of[worst.name]
+    share = after / worst.maxmemory
     return _r("memory_headroom", PASS if share < limit else FAIL, pct(share), threshold,
-              f"{worst.name}: used {_mib(worst.used)} + projected {_mib(worst.projected)} "
-              f"of {_mib(worst.maxmemory)} (sample {worst.sampled})")
+              f"{worst.name}: used {_mib(worst.used)} + projected "
+              f"{_mib(projected * share_of[worst.name])} of {_mib(worst.maxmemory)} "
+              f"({to_copy:,} legacy records without a copy, ~{per_key:,.0f} B each)")
 
 
 @gate("eviction_policy_safe", "maxmemory-policy cannot evict a job")
 def _eviction_policy_safe(ctx: GateContext) -> GateResult:
-    threshold = "noeviction, or volatile-* while no job key has a TTL"
+    threshold = "noeviction, or volatile-* while no key has a TTL"
     try:
-        proj = _projection(ctx)
+        mems = ctx.redis_call("memories", _memories)
     except SourceError as exc:
         return _r("eviction_policy_safe", UNKNOWN, "-", threshold, str(exc))
-    if not all(s.info for s in proj.servers):
+    if mems is None:
         return _r("eviction_policy_safe", UNKNOWN, "-", threshold,
                   "server reports no INFO memory")
-    for s in proj.servers:
-        if s.policy in EVICTING_ALWAYS:
-            return _r("eviction_policy_safe", FAIL, s.policy, threshold,
-                      f"{s.name}: evicts any key, jobs included; set noeviction")
-        if s.policy in EVICTING_TTL and s.ttl_sampled:
-            return _r("eviction_policy_safe", FAIL, s.policy, threshold,
-                      f"{s.name}: {s.ttl_sampled} sampled job keys have a TTL and can be "
+    for m in mems:
+        if m.policy in EVICTING_ALWAYS:
+            return _r("eviction_policy_safe", FAIL, m.policy, threshold,
+                      f"{m.name}: evicts any key, jobs included; set noeviction")
+        if m.policy in EVICTING_TTL and m.expires:
+            return _r("eviction_policy_safe", FAIL, m.policy, threshold,
+                      f"{m.name}: {m.expires:,} keys have a TTL (jobs may) and can be "
                       "evicted; set noeviction")
-    return _r("eviction_policy_safe", PASS, ",".join(sorted({s.policy for s in proj.servers})),
+    return _r("eviction_policy_safe", PASS, ",".join(sorted({m.policy for m in mems})),
               threshold)
 
 

@@ -77,6 +77,7 @@ SUMMARY_ACTIONS = {
     "gate.override": "checklist.advance",  # the override rides on the advance's HSET phase
     "rollback": "flag.set",  # the rollback's summary after its audited flag changes
     "archive.export": None,  # exporting reads Redis; audited as an operator action
+    "backfill.start": None,  # the engine's own state and lease writes, started by this entry
 }
 
 

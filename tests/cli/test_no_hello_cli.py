@@ -45,6 +45,7 @@ def test_every_operator_command_works_without_hello(run_cli, redis_url, r, tmp_p
     ok("archive", "export", path, "--json")
     ok("flags", "set", "READ_PREFERS_NEW", "on", "--reason", "resp2", "--yes")
     ok("flags", "set", "READ_FALLBACK_OLD", "off", "--reason", "resp2", "--yes")
+    assert json.loads(ok("verify", "--json"))["clean"]  # delete needs a verify after the flags
     ok("archive", "delete", "--from", path, "--reason", "resp2", "--yes", "--json")
     ok("archive", "restore", path, "--reason", "resp2", "--yes", "--json")
     assert len(list(r.scan_iter(match="ai:jobs:*"))) == 60

@@ -317,8 +317,8 @@ def test_a_replica_stopped_for_10s_behind_a_1mb_buffer_keeps_its_link_only_when_
         redis_factory: Factory, guarded: bool) -> None:
     """The control run (guards effectively off) shows the hazard is real here: the kernel's
     socket buffers absorb 3 s of backfill traffic on loopback, 10 s overflow a 1 MB buffer."""
-    off = () if guarded else ("--max-replica-lag-s", "100000",
-                              "--max-replica-lag-bytes", "1000000000")
+    off = ("--max-replica-lag-bytes", "262144") if guarded else (
+        "--max-replica-lag-s", "100000", "--max-replica-lag-bytes", "1000000000")
     resyncs, _code, kinds, log = _stop_replica_mid_run(
         redis_factory, jobs=100_000, limit="2097152 1048576 1", stop_s=10.0, extra=off)
     if guarded:

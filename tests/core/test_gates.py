@@ -709,6 +709,9 @@ def test_memory_headroom_projects_the_copy_against_maxmemory(redis_factory):
     server = redis_factory("--maxmemory-policy", "noeviction")
     client, ctx = _server_ctx(server)
     seed_pre_migration(client, KeySchema(), ["ws-a", "ws-b"], jobs=3000, recent_share=0.0)
+    assert one(ctx, "memory_headroom").status == WAIT  # the projection needs a census
+    run_census(client, KeySchema())
+    ctx = GateContext(client=client)
     assert one(ctx, "memory_headroom").status == PASS  # maxmemory 0: no limit to run into
     used = int(client.info("memory")["used_memory"])
     client.config_set("maxmemory", int(used * 1.3))
@@ -784,3 +787,13 @@ def test_replicas_in_sync_fails_while_a_replica_is_stopped(redis_factory):
         assert result.status == FAIL and "last acked" in result.detail, result
     finally:
         os.kill(replica.proc.pid, signal.SIGCONT)
+
+
+@covers("verify_fresh", "index_orphans")
+def test_the_stored_verify_gates_wait_until_a_full_verify_ran(r):
+    """Their PASS/FAIL cases are in test_verify_gates.py; without any verify both WAIT."""
+    ctx = GateContext(client=r)
+    assert one(ctx, "verify_fresh").status == WAIT
+    assert one(ctx, "index_orphans").status == WAIT
+    run_verify(r, KeySchema())
+    assert one(GateContext(client=r), "index_orphans").status == PASS

@@ -274,6 +274,11 @@ class Backfill:
         self.on_event("start", p)
         try:
             return self._walk_all()
+        except LeaseLostError:
+            verdict = self._evictions_now()  # a volatile-* policy can evict the lease itself
+            if verdict is None:
+                raise
+            return self._stopped_by_guard(verdict)
         except RedisUnavailableError as exc:
             p.status, p.message = "lost", str(exc)
             self.on_event("lost", p)
