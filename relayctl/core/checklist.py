@@ -23,6 +23,7 @@ from relayctl.core.flags import FlagChange, set_flag
 from relayctl.core.gates import PASS, GateContext, GateResult, evaluate_phase
 from relayctl.core.keys import AUDIT_KEY, CHECKLIST_KEY
 from relayctl.core.phases import LAST_PHASE, PROCEDURES, Phase, find_item, phase
+from relayctl.core.replies import as_str_dict
 from relayctl.core.scrape import Snapshot, SourceError, scrape
 from relayctl.core.serverinfo import memory_info
 
@@ -80,7 +81,7 @@ class ChecklistState:
 
 
 def read_checklist(client: redis.Redis) -> ChecklistState:
-    return parse_checklist(client.hgetall(CHECKLIST_KEY))
+    return parse_checklist(as_str_dict(client.hgetall(CHECKLIST_KEY)))
 
 
 def parse_checklist(raw: dict[str, str]) -> ChecklistState:

@@ -15,6 +15,7 @@ from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 from redis.sentinel import MasterNotFoundError, Sentinel
 
+from relayctl.core.cluster import as_client
 from relayctl.core.engine_version import require_commands
 from relayctl.core.errors import RedisUnavailableError, UsageError
 
@@ -376,7 +377,7 @@ def connect(
         cclient = _connect_cluster(target, kwargs)
         if check:
             require_commands(cclient, target.display, cluster=True)
-        return cclient
+        return as_client(cclient)
     if check:
         ping(client, target.display)
         require_commands(client, target.display, cluster=False)

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 from redis.exceptions import AskError
 
 from relayctl.core import fleet
@@ -34,6 +35,7 @@ from relayctl.core.lua import (
     UPDATE_NEW,
 )
 from relayctl.core.metrics import Metrics
+from relayctl.core.replies import fields as hash_fields
 from relayctl.core.roundtrip import read_many
 from relayctl.core.timestamps import iso_to_ms as iso_to_ms  # re-exported: callers import it here
 from relayctl.core.validate import (
@@ -831,11 +833,12 @@ class JobStore:
     def _scan_target(self, shard: str) -> tuple[Any, str | None]:
         """The client that SCANs `shard` (its primary's pooled connection) and the next
         shard's name, None after the last one."""
-        if not self._cluster:
+        client = self.client
+        if not is_cluster(client):
             if shard != "0":
                 raise CursorError("invalid cursor: malformed payload")
             return self._raw, None
-        found = self._shards()
+        found = self._shards(client)
         names = [name for name, _ in found]
         if shard not in names:
             raise CursorError(
@@ -855,18 +858,18 @@ class JobStore:
             replies = read_many(self._raw, commands)
         return _raise_transport(replies)
 
-    def _shards(self) -> list[tuple[str, str]]:
+    def _shards(self, client: RedisCluster) -> list[tuple[str, str]]:
         """(name, primary address) of every shard in slot order. Computing it walks all
         16384 slots, so it is kept while the client's slot map still agrees with it."""
         known = self._shard_cache
-        slots = self.client.nodes_manager.slots_cache
-        if known and len(known) == len(self.client.get_primaries()) and all(
+        slots = client.nodes_manager.slots_cache
+        if known and len(known) == len(client.get_primaries()) and all(
             slots.get(int(name)) and slots[int(name)][0].name == address
             for name, address in known
         ):
             return known
-        found = shards(self.client)
-        close_shards(found, self.client)  # only names and addresses are needed
+        found = shards(client)
+        close_shards(found, client)  # only names and addresses are needed
         self._shard_cache = [(f.name, f.address) for f in found]
         return self._shard_cache
 
@@ -907,7 +910,7 @@ def seed_legacy(
     n = 0
     for record in records:
         key = schema.old_key(record["job_id"])
-        pipe.hset(key, mapping=dict(record))
+        pipe.hset(key, mapping=hash_fields(record))
         if ttl_ms and record["job_id"] in ttl_ms:
             pipe.pexpire(key, ttl_ms[record["job_id"]])
         n += 1

@@ -162,14 +162,14 @@ def slot_layout(schema: KeySchema, *, cluster: bool, sample: Sample | None = Non
         "old_job": schema.old_key(sample.job_id),
         "new_job": schema.new_key(sample.ws, sample.job_id),
         "index": schema.index_key(sample.ws),
-        "idempotency": (schema.idempotency_key(sample.ws, sample.request_id)
-                        if sample.request_id is not None else None),
         "queue": schema.queue,
     }
+    if sample.request_id is not None:
+        keys["idempotency"] = schema.idempotency_key(sample.ws, sample.request_id)
     records = tuple(
         LayoutRecord(name, getattr(schema, name), *hashed_part(getattr(schema, name)),
                      key=keys[name], slot=key_slot(keys[name]))
-        for name in RECORDS if keys[name] is not None)
+        for name in RECORDS if name in keys)
     pairs = tuple(LayoutPair(a.name, b.name, _relation(a, b), a.slot == b.slot)
                   for a, b in combinations(records, 2))
     groups: list[list[LayoutRecord]] = []
