@@ -649,15 +649,8 @@ def run_verify(
     """
     s = schema or KeySchema()
     wanted = frozenset(validate_workspace_id(w) for w in workspaces)
-    if sample is not None and sample < 1:
-        raise UsageError("--sample must be >= 1")
-    if prefer_legacy and not repair:
-        raise UsageError("--prefer legacy only applies to --repair")
-    if repair and not reason.strip():
-        raise UsageError("verify --repair needs a --reason")
-    if repair and not force and not stored_flags(client).get(FALLBACK_OLD, True):
-        raise UsageError("refusing --repair: READ_FALLBACK_OLD is off, so the legacy schema is "
-                         "no longer authoritative (pass --force to repair anyway)")
+    _check_options(client, sample=sample, repair=repair, force=force,
+                   prefer_legacy=prefer_legacy, reason=reason)
     started = now()
     t0 = time.perf_counter()
     bclient = binary_client(client)
@@ -700,17 +693,36 @@ def run_verify(
     report.duration_s = time.perf_counter() - t0
     report.ts = now()
     if store:
-        d = report.as_dict()
-        client.hset(VERIFY_KEY, mapping={
-            "ts": f"{report.ts:.3f}", "started": f"{report.started:.3f}", "mode": report.mode,
-            "checked": report.checked, "clean": "1" if report.clean else "0",
-            "counts": json.dumps(d["counts"]), "examples": json.dumps(d["examples"]),
-            "repaired": report.repaired, "workspaces": ",".join(report.workspaces),
-            "invalid_legacy": report.invalid_legacy, "invalid": json.dumps(d["invalid"]),
-            "conflicts": report.conflicts, "complete": "1", "restarts": report.restarts,
-            "servers": json.dumps(report.servers),
-        })
+        _store_report(client, report)
     return report
+
+
+def _check_options(client: redis.Redis, *, sample: int | None, repair: bool, force: bool,
+                   prefer_legacy: bool, reason: str) -> None:
+    """Refuse a bad combination before anything is read or written."""
+    if sample is not None and sample < 1:
+        raise UsageError("--sample must be >= 1")
+    if prefer_legacy and not repair:
+        raise UsageError("--prefer legacy only applies to --repair")
+    if repair and not reason.strip():
+        raise UsageError("verify --repair needs a --reason")
+    if repair and not force and not stored_flags(client).get(FALLBACK_OLD, True):
+        raise UsageError("refusing --repair: READ_FALLBACK_OLD is off, so the legacy schema is "
+                         "no longer authoritative (pass --force to repair anyway)")
+
+
+def _store_report(client: redis.Redis, report: VerifyReport) -> None:
+    """The completed report under VERIFY_KEY, where the gates and `last_verify` read it."""
+    d = report.as_dict()
+    client.hset(VERIFY_KEY, mapping={
+        "ts": f"{report.ts:.3f}", "started": f"{report.started:.3f}", "mode": report.mode,
+        "checked": report.checked, "clean": "1" if report.clean else "0",
+        "counts": json.dumps(d["counts"]), "examples": json.dumps(d["examples"]),
+        "repaired": report.repaired, "workspaces": ",".join(report.workspaces),
+        "invalid_legacy": report.invalid_legacy, "invalid": json.dumps(d["invalid"]),
+        "conflicts": report.conflicts, "complete": "1", "restarts": report.restarts,
+        "servers": json.dumps(report.servers),
+    })
 
 
 def _walk_all(run: _Run, found: list, sample: int | None, seed: int | None) -> None:
