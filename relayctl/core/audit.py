@@ -52,7 +52,7 @@ class AuditEntry:
             reason=fields.get("reason", ""),
         )
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "id": self.id, "ts": self.ts, "actor": self.actor, "action": self.action,
             "target": self.target, "before": self.before, "after": self.after,

@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -36,7 +36,7 @@ class BenchResult:
     targets: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"bench": self.name, "measurements": self.measurements,
                 "ratios": self.ratios, "targets": self.targets, "notes": self.notes}
 
@@ -219,7 +219,7 @@ def _seed_backfill_data(client: redis.Redis, schema: KeySchema, keys: int,
                         workspaces: list[str]) -> int:
     rng = random.Random(2)
     router = Router(client) if is_cluster(client) else None
-    items: list[tuple[str, tuple]] = []
+    items: list[tuple[str, tuple[Any, ...]]] = []
     invalid = 0
     start = time.time() - 30 * 86400
 

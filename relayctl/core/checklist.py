@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
@@ -62,7 +63,7 @@ return {1}
 @dataclass
 class ChecklistState:
     phase: int = 0
-    items: dict[str, dict] = field(default_factory=dict)
+    items: dict[str, dict[str, Any]] = field(default_factory=dict)
     applied: dict[int, float] = field(default_factory=dict)
     baselines: dict[int, Snapshot] = field(default_factory=dict)
     memory: dict[int, int] = field(default_factory=dict)
@@ -75,7 +76,7 @@ class ChecklistState:
     def done(self, item_id: str) -> bool:
         return self.items.get(item_id, {}).get("state") == "done"
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"phase": self.phase, "complete": self.complete, "items": self.items,
                 "applied": {str(k): v for k, v in self.applied.items()}}
 

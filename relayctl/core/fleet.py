@@ -7,6 +7,7 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -36,7 +37,7 @@ class Instance:
     started: float
     ts: float
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "instance": self.instance, "host": self.host, "pid": self.pid,
             "version": self.version, "flags": self.flags, "pinned": list(self.pinned),

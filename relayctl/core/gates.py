@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import redis
 
@@ -93,7 +93,7 @@ class GateResult:
     threshold: str
     detail: str = ""
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"gate": self.gate, "title": self.title, "status": self.status,
                 "value": self.value, "threshold": self.threshold, "detail": self.detail}
 
@@ -117,9 +117,9 @@ class GateContext:
     thresholds: dict[str, float] = field(default_factory=lambda: dict(THRESHOLDS))
     now: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
-    shared: dict = field(default_factory=dict)
+    shared: dict[str, Any] = field(default_factory=dict)
     audit_scan: int = 5000
-    _cache: dict = field(default_factory=dict)
+    _cache: dict[str, Any] = field(default_factory=dict)
 
     def t(self, name: str) -> float:
         return self.thresholds.get(name, THRESHOLDS[name])
@@ -251,7 +251,7 @@ class WindowTooShort(SourceError):
     """--window holds too few scrapes for a Prometheus increase to mean anything."""
 
 
-def _memo(store: dict, key: str, compute: Callable[[], Any]) -> Any:
+def _memo(store: dict[str, Any], key: str, compute: Callable[[], T]) -> T:
     """Compute once per store; a source failure is remembered and raised again too."""
     if key not in store:
         try:
@@ -261,7 +261,7 @@ def _memo(store: dict, key: str, compute: Callable[[], Any]) -> Any:
     value = store[key]
     if isinstance(value, SourceError):
         raise value
-    return value
+    return cast(T, value)  # what compute() returned under this key
 
 
 Gate = Callable[[GateContext], GateResult]

@@ -17,11 +17,11 @@ from relayctl.core.gates import (
     WAIT,
     GateContext,
     GateResult,
-    SourceError,
     _r,
     gate,
     pct,
 )
+from relayctl.core.scrape import SourceError
 from relayctl.core.serverinfo import memory_info
 
 

@@ -35,6 +35,7 @@ from relayctl.core.lua import (
     UPDATE_NEW,
 )
 from relayctl.core.metrics import Metrics
+from relayctl.core.replies import as_str
 from relayctl.core.replies import fields as hash_fields
 from relayctl.core.roundtrip import read_many
 from relayctl.core.timestamps import iso_to_ms as iso_to_ms  # re-exported: callers import it here
@@ -403,7 +404,7 @@ class JobStore:
                 return job_id
             winner = self.client.get(idem)
             if winner is not None:
-                return _text(winner)
+                return as_str(winner)
             # the owner expired or undid its claim in between: try to take it again
         raise redis.ResponseError(f"idempotency key {idem} keeps changing; retry the request")
 
@@ -532,7 +533,8 @@ class JobStore:
 
     def _update_legacy_step(self, old: str, ws: str, pairs: list[str]) -> list[Any]:
         """{1, record, pttl} after the HSET, or {0, reason} without writing."""
-        return self._update_legacy(keys=[old], args=[ws, *pairs])
+        reply: list[Any] = self._update_legacy(keys=[old], args=[ws, *pairs])
+        return reply
 
     def _update_new_step(
         self, new: str, index: str, ws: str, job_id: str, dual: bool, pairs: list[str],
@@ -545,7 +547,7 @@ class JobStore:
         args: list[Any] = ["1" if dual else "0", ws, job_id, new_score, created_score, pttl,
                            len(pairs) // 2, *pairs, *record]
         what, score = self._update_new(keys=[new, index] if together else [new], args=args)
-        what = _text(what)
+        what = as_str(what)
         if dual and not together and what in ("updated", "created"):
             self.client.zadd(index, {job_id: int(score)}, nx=what == "updated")
         return what

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from itertools import combinations
+from typing import Any
 
 from relayctl.core.cluster import key_slot
 from relayctl.core.keys import KeySchema
@@ -72,7 +73,7 @@ class LayoutRecord:
     def hashed_display(self) -> str:
         return f"{{{self.hashed}}}" if self.tagged else self.hashed
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"record": self.name, "title": RECORD_TITLES[self.name],
                 "template": self.template, "hashed": self.hashed, "tagged": self.tagged,
                 "key": self.key, "slot": self.slot}
@@ -88,7 +89,7 @@ class LayoutPair:
     relation: str
     sample_same_slot: bool
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"a": self.a, "b": self.b, "relation": self.relation,
                 "sample_same_slot": self.sample_same_slot}
 
@@ -134,7 +135,7 @@ class SlotLayout:
     def groups_text(self, groups: tuple[tuple[str, ...], ...] | None = None) -> str:
         return " | ".join("+".join(g) for g in (self.groups if groups is None else groups))
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "cluster": self.cluster, "atomic": self.atomic,
             "sample": {"ws": self.sample.ws, "job_id": self.sample.job_id,

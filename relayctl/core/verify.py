@@ -23,6 +23,7 @@ from relayctl.core import audit
 from relayctl.core.binary import binary_client
 from relayctl.core.cluster import (
     Router,
+    Shard,
     close_shards,
     is_cluster,
     key_slot,
@@ -163,7 +164,7 @@ class VerifyReport:
         if len(self.conflict_examples) < MAX_EXAMPLES:
             self.conflict_examples.append(key)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "mode": self.mode, "workspaces": list(self.workspaces), "checked": self.checked,
             "invalid_legacy": self.invalid_legacy, "invalid": dict(self.invalid),
@@ -725,7 +726,7 @@ def _store_report(client: redis.Redis, report: VerifyReport) -> None:
     })
 
 
-def _walk_all(run: _Run, found: list, sample: int | None, seed: int | None) -> None:
+def _walk_all(run: _Run, found: list[Shard], sample: int | None, seed: int | None) -> None:
     s, report = run.s, run.report
     walks: list[Walk] = []
 
@@ -805,12 +806,12 @@ def last_flag_change(client: redis.Redis, scan: int = 5000) -> float | None:
     return None
 
 
-def last_verify(client: redis.Redis) -> dict | None:
+def last_verify(client: redis.Redis) -> dict[str, Any] | None:
     raw: Any = client.hgetall(VERIFY_KEY)
     return parse_verify(raw)
 
 
-def parse_verify(raw: dict[str, str]) -> dict | None:
+def parse_verify(raw: dict[str, str]) -> dict[str, Any] | None:
     """The stored relay:verify:last hash, or None when absent or malformed."""
     if not raw:
         return None
