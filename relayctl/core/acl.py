@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from relayctl.core.engine_version import NEWEST, ServerIdentity
 from relayctl.core.errors import UsageError
@@ -90,7 +91,7 @@ class AclRule:
     def command(self) -> str:
         return f"ACL SETUSER {self.user} " + " ".join(self.rules)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"role": self.role, "user": self.user, "rules": list(self.rules),
                 "command": self.command}
 

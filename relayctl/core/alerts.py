@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from relayctl.core.gates import THRESHOLDS
 
@@ -182,7 +183,7 @@ def alert_rules_yaml(thresholds: dict[str, float] | None = None) -> str:
 
 
 def _panel(pid: int, title: str, exprs: list[tuple[str, str]], unit: str, x: int, y: int,
-           thresholds: list[tuple[str, float | None]] | None = None) -> dict:
+           thresholds: list[tuple[str, float | None]] | None = None) -> dict[str, Any]:
     steps = [{"color": c, "value": v} for c, v in (thresholds or [("green", None)])]
     return {
         "id": pid, "type": "timeseries", "title": title,
@@ -196,7 +197,7 @@ def _panel(pid: int, title: str, exprs: list[tuple[str, str]], unit: str, x: int
     }
 
 
-def grafana_dashboard(thresholds: dict[str, float] | None = None) -> dict:
+def grafana_dashboard(thresholds: dict[str, float] | None = None) -> dict[str, Any]:
     """A dashboard with the seed's queries and the gates' thresholds as colours; `$workspace`
     filters every panel whose series carry a workspace, the exporter's are migration-wide."""
     t = {**THRESHOLDS, **(thresholds or {})}

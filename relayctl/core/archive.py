@@ -133,7 +133,7 @@ class ArchiveSummary:
     excluded_examples: list[str] = field(default_factory=list)
     servers: list[dict[str, str]] = field(default_factory=list)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"action": self.action, "path": self.path, "count": self.count,
                 "counts": self.counts, "duration_s": round(self.duration_s, 3),
                 "sha256": self.sha256, "complete": self.complete, "restarts": self.restarts,
@@ -293,7 +293,7 @@ def export_audited(client: redis.Redis, schema: KeySchema, path: str | Path, *,
     return summary
 
 
-def _manifest(summary: ArchiveSummary, *, complete: bool) -> dict:
+def _manifest(summary: ArchiveSummary, *, complete: bool) -> dict[str, Any]:
     return {"count": summary.count, "sha256": summary.sha256, "complete": complete,
             "servers": summary.servers, "restarts": summary.restarts,
             "excluded": summary.excluded, "excluded_examples": summary.excluded_examples}
@@ -413,7 +413,7 @@ def read_archive(path: str | Path, schema: KeySchema) -> Iterator[ArchivedKey]:
     raise ArchiveError(f"archive {p} has no manifest (truncated)")
 
 
-def _parse_record(p: Path, n: int, obj: dict, version: int) -> tuple[ArchivedKey, bytes]:
+def _parse_record(p: Path, n: int, obj: dict[str, Any], version: int) -> tuple[ArchivedKey, bytes]:
     try:
         key, expire_at = obj["k"], int(obj["x"])
         dump = _unb64(obj["d"])
@@ -522,7 +522,7 @@ def _copy_reads(schema: KeySchema, pairs: list[_Pair]) -> list[Command]:
 
 
 def _delete_group(pinned: Pinned, schema: KeySchema, group: list[ArchivedKey],
-                  counts: Counter, now_ms: Callable[[], int], tolerance_s: float) -> None:
+                  counts: Counter[str], now_ms: Callable[[], int], tolerance_s: float) -> None:
     """WATCH the legacy keys, their copies and index keys; judge; UNLINK in MULTI/EXEC.
 
     A watched key that changes aborts the EXEC: the group is judged again from a fresh read
@@ -552,7 +552,7 @@ def _delete_group(pinned: Pinned, schema: KeySchema, group: list[ArchivedKey],
 
 
 def _delete_cluster(brouter: Router, schema: KeySchema, group: list[ArchivedKey],
-                    counts: Counter, now_ms: Callable[[], int], tolerance_s: float) -> None:
+                    counts: Counter[str], now_ms: Callable[[], int], tolerance_s: float) -> None:
     """Cluster: legacy key, copy and index entry live in different slots, so they are read,
     judged, and each legacy key is deleted by DELETE_IF_SAME only if it still holds the fields
     judged. A copy changed after its read held the legacy data when read, and the export
@@ -610,7 +610,7 @@ def delete_verified(client: redis.Redis, schema: KeySchema, path: str | Path, *,
     brouter = Router(bclient) if on_cluster else None
     pinned = None if on_cluster else Pinned(bclient)
     summary = ArchiveSummary(action="delete", path=str(path), count=total)
-    counts: Counter = Counter()
+    counts: Counter[str] = Counter()
     audit.record(client, actor, "archive.delete.start", str(path), "", f"{total} keys", reason)
     t0 = time.perf_counter()
     now_ms = lambda: server_ms(bclient)  # noqa: E731

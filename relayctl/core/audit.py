@@ -12,6 +12,7 @@ from typing import Any
 import redis
 
 from relayctl.core.keys import AUDIT_KEY
+from relayctl.core.replies import as_str, as_str_dict, stream_fields
 
 AUDIT_MAXLEN = 100_000
 
@@ -51,7 +52,7 @@ class AuditEntry:
             reason=fields.get("reason", ""),
         )
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "id": self.id, "ts": self.ts, "actor": self.actor, "action": self.action,
             "target": self.target, "before": self.before, "after": self.after,
@@ -79,16 +80,16 @@ def record(
     reason: str,
 ) -> str:
     """Append one audit entry (for actions that are not already a scripted write)."""
-    return client.xadd(
-        AUDIT_KEY, audit_fields(actor, action, target, before, after, reason),
+    return as_str(client.xadd(
+        AUDIT_KEY, stream_fields(audit_fields(actor, action, target, before, after, reason)),
         maxlen=AUDIT_MAXLEN, approximate=True,
-    )
+    ))
 
 
 def recent(client: redis.Redis, count: int = 50) -> list[AuditEntry]:
     """The newest entries first; one XREVRANGE, bounded by count."""
-    rows = client.xrevrange(AUDIT_KEY, count=count)
-    return [AuditEntry.from_stream(i, f) for i, f in rows]
+    rows = client.xrevrange(AUDIT_KEY, count=count) or []
+    return [AuditEntry.from_stream(as_str(i), as_str_dict(f)) for i, f in rows]
 
 
 def write_audited(
@@ -107,13 +108,13 @@ def write_audited(
         pipe = client.pipeline(transaction=True)
         write(pipe)
         for entry in entries:
-            pipe.xadd(AUDIT_KEY, entry, maxlen=AUDIT_MAXLEN, approximate=True)
+            pipe.xadd(AUDIT_KEY, stream_fields(entry), maxlen=AUDIT_MAXLEN, approximate=True)
         pipe.execute()
         return
     if entries:
         pipe = client.pipeline(transaction=False)
         for entry in entries:
-            pipe.xadd(AUDIT_KEY, entry, maxlen=AUDIT_MAXLEN, approximate=True)
+            pipe.xadd(AUDIT_KEY, stream_fields(entry), maxlen=AUDIT_MAXLEN, approximate=True)
         pipe.execute()
     pipe = client.pipeline(transaction=False)
     write(pipe)

@@ -9,10 +9,11 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import redis
 
-from relayctl.core.cluster import Router, is_cluster, shards
+from relayctl.core.cluster import Router, as_client, is_cluster, shards
 from relayctl.core.demo import legacy_record
 from relayctl.core.errors import UsageError
 from relayctl.core.flags import DUAL_WRITE, FALLBACK_OLD, PREFERS_NEW
@@ -20,17 +21,22 @@ from relayctl.core.jobs import JobStore, iso_to_ms
 from relayctl.core.keys import KeySchema
 from relayctl.core.lua import ISO_MS
 from relayctl.core.metrics import Metrics
+from relayctl.core.replies import as_str_dict
+from relayctl.core.replies import fields as hash_fields
+
+if TYPE_CHECKING:
+    from relayctl.core.backfill import BackfillKeys
 
 
 @dataclass
 class BenchResult:
     name: str
-    measurements: dict[str, float] = field(default_factory=dict)
+    measurements: dict[str, float | None] = field(default_factory=dict)
     ratios: dict[str, float] = field(default_factory=dict)
     targets: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"bench": self.name, "measurements": self.measurements,
                 "ratios": self.ratios, "targets": self.targets, "notes": self.notes}
 
@@ -98,9 +104,9 @@ def _seed_jobs(client: redis.Redis, schema: KeySchema, rng: random.Random, count
         ws = rng.choice(workspaces)
         job_id = f"{rng.getrandbits(64):016x}"
         record = legacy_record(rng, ws, job_id, start + i * 0.01)
-        pipe.hset(schema.old_key(job_id), mapping=record)
+        pipe.hset(schema.old_key(job_id), mapping=hash_fields(record))
         if rng.random() < both_share:
-            pipe.hset(schema.new_key(ws, job_id), mapping=record)
+            pipe.hset(schema.new_key(ws, job_id), mapping=hash_fields(record))
             pipe.zadd(schema.index_key(ws), {job_id: iso_to_ms(record["enqueued_at"])})
         made.append((ws, job_id))
         if i % 1000 == 999:
@@ -213,7 +219,7 @@ def _seed_backfill_data(client: redis.Redis, schema: KeySchema, keys: int,
                         workspaces: list[str]) -> int:
     rng = random.Random(2)
     router = Router(client) if is_cluster(client) else None
-    items: list[tuple[str, tuple]] = []
+    items: list[tuple[str, tuple[Any, ...]]] = []
     invalid = 0
     start = time.time() - 30 * 86400
 
@@ -277,7 +283,7 @@ def _naive_run(client: redis.Redis, schema: KeySchema, limit: int,
     t0 = time.perf_counter()
     for key in client.scan_iter(match=schema.old_pattern, count=1000):
         try:
-            record = client.hgetall(key)
+            record = as_str_dict(client.hgetall(key))
         except redis.ResponseError:
             done += 1
             continue
@@ -286,7 +292,7 @@ def _naive_run(client: redis.Redis, schema: KeySchema, limit: int,
             new = schema.new_key(ws, job_id)
             if not client.exists(new):
                 ttl = client.pttl(key)
-                client.hset(new, mapping=record)
+                client.hset(new, mapping=hash_fields(record))
                 if ttl > 0:
                     client.pexpire(new, ttl)
                 client.zadd(schema.index_key(ws), {job_id: iso_to_ms(record["enqueued_at"])})
@@ -305,12 +311,10 @@ def bench_backfill(client: redis.Redis, keys: int = 200_000, batch: int = 1000,
     and the ratios are to the first value and to the naive loop.
     """
     if is_cluster(client):
-        return _bench_backfill_cluster(client, keys, batch, workers, progress)
+        return _bench_backfill_cluster(as_client(client), keys, batch, workers, progress)
     if workers != (1,):
         raise UsageError("--workers applies to a Redis Cluster; this server is standalone")
-    import tracemalloc
-
-    from relayctl.core.backfill import Backfill, BackfillKeys, BackfillOptions
+    from relayctl.core.backfill import BackfillKeys
 
     say = progress or (lambda _m: None)
     run_id = uuid.uuid4().hex[:8]
@@ -321,31 +325,7 @@ def bench_backfill(client: redis.Redis, keys: int = 200_000, batch: int = 1000,
     try:
         say(f"seeding {keys} legacy jobs (a third with a TTL)")
         invalid = _seed_backfill_data(client, schema, keys, workspaces)
-
-        # best of two runs for the engine and for the probe alike: a shared machine's
-        # background load otherwise decides the ratio
-        probe_s, probe_copied, migrated = float("inf"), 0, 0
-        relay_s = {True: float("inf"), False: float("inf")}  # guards on / off
-        preflight_s = float("inf")
-        for attempt in (1, 2):
-            say(f"server-side Lua probe (run {attempt})")
-            took, probe_copied = _probe_run(client, schema, batch)
-            probe_s = min(probe_s, took)
-            _reset_new_schema(client, schema, bkeys.prefix)
-            for guards in (True, False):
-                say(f"relayctl backfill --execute, guards {'on' if guards else 'off'} "
-                    f"(run {attempt})")
-                engine = Backfill(
-                    client, BackfillOptions(execute=True, batch=batch, force=True,
-                                            guards=guards),
-                    schema=schema, metrics=Metrics(), keys=bkeys)
-                t0 = time.perf_counter()
-                engine.run()
-                relay_s[guards] = min(relay_s[guards], time.perf_counter() - t0)
-                if guards:
-                    preflight_s = min(preflight_s, engine.preflight_s)
-                migrated = engine.progress.migrated
-                _reset_new_schema(client, schema, bkeys.prefix)
+        runs = _best_runs(client, schema, bkeys, batch, say)
 
         say("naive per-key loop (bounded sample)")
         naive_limit = min(keys, 20_000)
@@ -353,49 +333,105 @@ def bench_backfill(client: redis.Redis, keys: int = 200_000, batch: int = 1000,
         _reset_new_schema(client, schema, bkeys.prefix)
 
         say("engine peak memory at N/10 and N keys (dry-run, tracemalloc)")
-        peaks = []
-        for limit in (max(keys // 10, batch), None):
-            tracemalloc.start()
-            Backfill(client, BackfillOptions(execute=False, batch=batch, max_keys=limit),
-                     schema=schema, metrics=Metrics(), keys=bkeys).run()
-            peaks.append(tracemalloc.get_traced_memory()[1])
-            tracemalloc.stop()
-
-        relay_rate = keys / relay_s[True]
-        unguarded_rate = keys / relay_s[False]
-        probe_rate = keys / probe_s
-        naive_rate = naive_n / naive_s
-        result.measurements = {
-            "keys": keys, "invalid_seeded": invalid, "batch": batch,
-            "relayctl_keys_per_s": relay_rate, "relayctl_migrated": migrated,
-            "relayctl_guards_off_keys_per_s": unguarded_rate,
-            "preflight_s": preflight_s if preflight_s != float("inf") else None,
-            "probe_keys_per_s": probe_rate, "probe_migrated": probe_copied,
-            "naive_keys_per_s": naive_rate, "naive_sample_keys": naive_n,
-            "engine_peak_kib_at_n_over_10": peaks[0] / 1024,
-            "engine_peak_kib_at_n": peaks[1] / 1024,
-        }
-        result.ratios = {
-            "relayctl_vs_server_probe": relay_rate / probe_rate,
-            "guards_on_vs_off": relay_rate / unguarded_rate,
-            "relayctl_vs_naive_loop": relay_rate / naive_rate,
-            "engine_peak_memory_n_vs_n_over_10": peaks[1] / peaks[0],
-        }
-        result.targets = {
-            "relayctl_vs_server_probe": ">= 0.9",
-            "guards_on_vs_off": ">= 0.9",
-            "relayctl_vs_naive_loop": ">= 20",
-            "engine_peak_memory_n_vs_n_over_10": "~ 1 (flat)",
-        }
-        result.notes.append("naive loop: SCAN, then HGETALL, EXISTS, PTTL, HSET, PEXPIRE, ZADD "
-                            "per key, one round trip each, measured on a bounded sample")
-        result.notes.append("engine (guards on and off) and probe: best of two runs each, on "
-                            "the same data; guards on = preflight projection + a full INFO "
-                            "and CLIENT LIST per 250 ms with the batch's own round trip")
+        peaks = _engine_peaks(client, schema, bkeys, keys, batch)
+        _report_backfill(result, keys, invalid, batch, runs, naive_s, naive_n, peaks)
     finally:
         say("cleaning up")
         cleanup(client, f"bench:{run_id}:")
     return result
+
+
+@dataclass
+class _BestRuns:
+    """Best-of-two timings of the server-side probe and the engine with guards on and off."""
+
+    probe_s: float = float("inf")
+    probe_copied: int = 0
+    migrated: int = 0
+    relay_s: dict[bool, float] = field(
+        default_factory=lambda: {True: float("inf"), False: float("inf")})
+    preflight_s: float = float("inf")
+
+
+def _best_runs(client: redis.Redis, schema: KeySchema, bkeys: BackfillKeys, batch: int,
+               say: Callable[[str], None]) -> _BestRuns:
+    """Best of two runs for the engine and for the probe alike: a shared machine's
+    background load otherwise decides the ratio."""
+    from relayctl.core.backfill import Backfill, BackfillOptions
+
+    runs = _BestRuns()
+    for attempt in (1, 2):
+        say(f"server-side Lua probe (run {attempt})")
+        took, runs.probe_copied = _probe_run(client, schema, batch)
+        runs.probe_s = min(runs.probe_s, took)
+        _reset_new_schema(client, schema, bkeys.prefix)
+        for guards in (True, False):
+            say(f"relayctl backfill --execute, guards {'on' if guards else 'off'} "
+                f"(run {attempt})")
+            engine = Backfill(
+                client, BackfillOptions(execute=True, batch=batch, force=True,
+                                        guards=guards),
+                schema=schema, metrics=Metrics(), keys=bkeys)
+            t0 = time.perf_counter()
+            engine.run()
+            runs.relay_s[guards] = min(runs.relay_s[guards], time.perf_counter() - t0)
+            if guards:
+                runs.preflight_s = min(runs.preflight_s, engine.preflight_s)
+            runs.migrated = engine.progress.migrated
+            _reset_new_schema(client, schema, bkeys.prefix)
+    return runs
+
+
+def _engine_peaks(client: redis.Redis, schema: KeySchema, bkeys: BackfillKeys, keys: int,
+                  batch: int) -> list[int]:
+    """The engine's peak traced memory on a dry run over N/10 keys, then over all N."""
+    import tracemalloc
+
+    from relayctl.core.backfill import Backfill, BackfillOptions
+
+    peaks = []
+    for limit in (max(keys // 10, batch), None):
+        tracemalloc.start()
+        Backfill(client, BackfillOptions(execute=False, batch=batch, max_keys=limit),
+                 schema=schema, metrics=Metrics(), keys=bkeys).run()
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    return peaks
+
+
+def _report_backfill(result: BenchResult, keys: int, invalid: int, batch: int, runs: _BestRuns,
+                     naive_s: float, naive_n: int, peaks: list[int]) -> None:
+    relay_rate = keys / runs.relay_s[True]
+    unguarded_rate = keys / runs.relay_s[False]
+    probe_rate = keys / runs.probe_s
+    naive_rate = naive_n / naive_s
+    result.measurements = {
+        "keys": keys, "invalid_seeded": invalid, "batch": batch,
+        "relayctl_keys_per_s": relay_rate, "relayctl_migrated": runs.migrated,
+        "relayctl_guards_off_keys_per_s": unguarded_rate,
+        "preflight_s": runs.preflight_s if runs.preflight_s != float("inf") else None,
+        "probe_keys_per_s": probe_rate, "probe_migrated": runs.probe_copied,
+        "naive_keys_per_s": naive_rate, "naive_sample_keys": naive_n,
+        "engine_peak_kib_at_n_over_10": peaks[0] / 1024,
+        "engine_peak_kib_at_n": peaks[1] / 1024,
+    }
+    result.ratios = {
+        "relayctl_vs_server_probe": relay_rate / probe_rate,
+        "guards_on_vs_off": relay_rate / unguarded_rate,
+        "relayctl_vs_naive_loop": relay_rate / naive_rate,
+        "engine_peak_memory_n_vs_n_over_10": peaks[1] / peaks[0],
+    }
+    result.targets = {
+        "relayctl_vs_server_probe": ">= 0.9",
+        "guards_on_vs_off": ">= 0.9",
+        "relayctl_vs_naive_loop": ">= 20",
+        "engine_peak_memory_n_vs_n_over_10": "~ 1 (flat)",
+    }
+    result.notes.append("naive loop: SCAN, then HGETALL, EXISTS, PTTL, HSET, PEXPIRE, ZADD "
+                        "per key, one round trip each, measured on a bounded sample")
+    result.notes.append("engine (guards on and off) and probe: best of two runs each, on "
+                        "the same data; guards on = preflight projection + a full INFO "
+                        "and CLIENT LIST per 250 ms with the batch's own round trip")
 
 
 def _bench_backfill_cluster(client: redis.Redis, keys: int, batch: int,

@@ -46,7 +46,7 @@ class Census:
     def keys_per_s(self) -> float:
         return self.scanned / self.duration_s if self.duration_s > 0 else 0.0
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "old": self.old, "new": self.new, "index_keys": self.index_keys,
             "index_entries": self.index_entries, "other": self.other,
@@ -77,7 +77,7 @@ def run_census(
     t0 = time.perf_counter()
     total = max(dbsize(client), 1)
     bclient = binary_client(client)
-    per_ws: dict[str, Counter] = {}
+    per_ws: dict[str, Counter[str]] = {}
 
     def attempt(n: int) -> Census:
         census = Census(restarts=n)
@@ -111,7 +111,7 @@ def run_census(
 
 
 def _census_shard(shard: redis.Redis, kc: KeyClassifier, census: Census,
-                  per_ws: dict[str, Counter], by_workspace: bool,
+                  per_ws: dict[str, Counter[str]], by_workspace: bool,
                   progress: Callable[[Census, float], None] | None, total: int) -> None:
     """SCAN one shard to its end; its index keys live there, so ZCARD goes to it too."""
     oh, ot, nh, nm, nt, ih, it = (x.encode() for x in (

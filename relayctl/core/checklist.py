@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
@@ -23,6 +24,7 @@ from relayctl.core.flags import FlagChange, set_flag
 from relayctl.core.gates import PASS, GateContext, GateResult, evaluate_phase
 from relayctl.core.keys import AUDIT_KEY, CHECKLIST_KEY
 from relayctl.core.phases import LAST_PHASE, PROCEDURES, Phase, find_item, phase
+from relayctl.core.replies import as_str_dict
 from relayctl.core.scrape import Snapshot, SourceError, scrape
 from relayctl.core.serverinfo import memory_info
 
@@ -61,7 +63,7 @@ return {1}
 @dataclass
 class ChecklistState:
     phase: int = 0
-    items: dict[str, dict] = field(default_factory=dict)
+    items: dict[str, dict[str, Any]] = field(default_factory=dict)
     applied: dict[int, float] = field(default_factory=dict)
     baselines: dict[int, Snapshot] = field(default_factory=dict)
     memory: dict[int, int] = field(default_factory=dict)
@@ -74,13 +76,13 @@ class ChecklistState:
     def done(self, item_id: str) -> bool:
         return self.items.get(item_id, {}).get("state") == "done"
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"phase": self.phase, "complete": self.complete, "items": self.items,
                 "applied": {str(k): v for k, v in self.applied.items()}}
 
 
 def read_checklist(client: redis.Redis) -> ChecklistState:
-    return parse_checklist(client.hgetall(CHECKLIST_KEY))
+    return parse_checklist(as_str_dict(client.hgetall(CHECKLIST_KEY)))
 
 
 def parse_checklist(raw: dict[str, str]) -> ChecklistState:

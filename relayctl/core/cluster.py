@@ -11,7 +11,7 @@ import contextlib
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard, cast
 
 import redis
 from redis.cluster import RedisCluster
@@ -24,11 +24,20 @@ from redis.exceptions import (
     TryAgainError,
 )
 
+from relayctl.core.replies import as_str
+
 SLOTS = 16384
 
 
-def is_cluster(client: Any) -> bool:
+def is_cluster(client: object) -> TypeGuard[RedisCluster]:
+    """Whether `client` is a cluster client (core types every client as redis.Redis)."""
     return isinstance(client, RedisCluster)
+
+
+def as_client(cluster: RedisCluster) -> redis.Redis:
+    """A cluster client where core takes a client: it sends the same commands, and
+    is_cluster tells the two apart where they differ."""
+    return cast(redis.Redis, cluster)
 
 
 def key_slot(key: str | bytes) -> int:
@@ -50,7 +59,8 @@ class Shard:
 
 def _ranges(slots: list[int]) -> str:
     out: list[str] = []
-    start = prev = None
+    start: int | None = None
+    prev = 0
     for s in sorted(slots):
         if start is None:
             start = prev = s
@@ -124,7 +134,8 @@ def close_shards(found: list[Shard], owner: Any) -> None:
 
 def scan_all(client: Any, match: str | None = None, count: int = 1000,
              _type: str | None = None) -> Iterator[list[str]]:
-    """SCAN every primary to its end, one batch at a time (one shard after the other)."""
+    """SCAN every primary to its end, one batch at a time (one shard after the other); keys
+    as text, whatever the client's decode_responses."""
     found = shards(client)
     try:
         for shard in found:
@@ -132,7 +143,7 @@ def scan_all(client: Any, match: str | None = None, count: int = 1000,
             while True:
                 cursor, keys = shard.client.scan(cursor, match=match, count=count, _type=_type)
                 if keys:
-                    yield keys
+                    yield [as_str(k) for k in keys]
                 if int(cursor) == 0:
                     break
     finally:
@@ -143,7 +154,8 @@ def dbsize(client: Any) -> int:
     """Keys in the whole keyspace: the sum of DBSIZE over every primary."""
     if not is_cluster(client):
         return int(client.dbsize())
-    replies = client.dbsize(target_nodes=RedisCluster.PRIMARIES)
+    # a dict of per-node counts, whatever the stubs say
+    replies: Any = client.dbsize(target_nodes=RedisCluster.PRIMARIES)
     if isinstance(replies, dict):
         return sum(int(v) for v in replies.values())
     return int(replies)

@@ -8,6 +8,7 @@ import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import SplitResult, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import redis
@@ -15,6 +16,7 @@ from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 from redis.sentinel import MasterNotFoundError, Sentinel
 
+from relayctl.core.cluster import as_client
 from relayctl.core.engine_version import require_commands
 from relayctl.core.errors import RedisUnavailableError, UsageError
 
@@ -115,9 +117,9 @@ class TLSOptions:
         if bool(self.cert) != bool(self.key):
             raise UsageError("--tls-cert and --tls-key must be given together")
 
-    def ssl_kwargs(self) -> dict:
+    def ssl_kwargs(self) -> dict[str, Any]:
         self.check()
-        kwargs: dict = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
+        kwargs: dict[str, Any] = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
         if self.ca:
             kwargs["ssl_ca_certs"] = self.ca
         if self.cert:
@@ -265,9 +267,9 @@ _CLUSTER_WORDS = {"yes": True, "true": True, "1": True, "on": True,
 _CERT_REQS = ("required", "optional", "none")
 
 
-def _query_options(url: str, query: str) -> dict:
+def _query_options(url: str, query: str) -> dict[str, Any]:
     """Every query parameter checked and parsed; an unknown one is a usage error naming it."""
-    options: dict = {}
+    options: dict[str, Any] = {}
     for key, value in parse_qsl(query, keep_blank_values=True):
         name = key.lower()
         if name not in QUERY_PARAMS:
@@ -327,7 +329,7 @@ def connect(
     target = parse_target(url, allow_plaintext)
     tls = TLSOptions.from_env() if tls is None else tls
     tls.check()
-    kwargs: dict = {
+    kwargs: dict[str, Any] = {
         "socket_timeout": socket_timeout,
         "socket_connect_timeout": connect_timeout,
         "decode_responses": decode_responses,
@@ -351,7 +353,7 @@ def connect(
     if target.sentinel:
         if sentinel_password is None:
             sentinel_password = os.environ.get(SENTINEL_PASSWORD_ENV) or None
-        def build_sentinel(kw: dict) -> redis.Redis:
+        def build_sentinel(kw: dict[str, Any]) -> redis.Redis:
             return _connect_sentinel(target, kw, sentinel_password)
 
         client = _negotiate(build_sentinel(kwargs), target, kwargs, build_sentinel,
@@ -376,7 +378,7 @@ def connect(
         cclient = _connect_cluster(target, kwargs)
         if check:
             require_commands(cclient, target.display, cluster=True)
-        return cclient
+        return as_client(cclient)
     if check:
         ping(client, target.display)
         require_commands(client, target.display, cluster=False)
@@ -396,14 +398,14 @@ def _bare_url(target: RedisTarget) -> str:
     return f"{target.scheme}://{host}{port}/{target.db}"
 
 
-def _plain_client(target: RedisTarget, kwargs: dict) -> redis.Redis:
+def _plain_client(target: RedisTarget, kwargs: dict[str, Any]) -> redis.Redis:
     """A standalone client from the checked target, built as redis-py builds one from a URL."""
     kw = dict(kwargs)
     kw.pop("ssl", None)  # rediss:// says it
     return redis.Redis.from_url(_bare_url(target), **kw)
 
 
-def _connect_sentinel(target: RedisTarget, kwargs: dict,
+def _connect_sentinel(target: RedisTarget, kwargs: dict[str, Any],
                       sentinel_password: str | None) -> redis.Redis:
     """The primary of the Sentinel service; the client follows it across failovers."""
     node = dict(kwargs)
@@ -414,11 +416,12 @@ def _connect_sentinel(target: RedisTarget, kwargs: dict,
     sentinel_kwargs["password"] = sentinel_password
     sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs, **node)
     assert target.service is not None
-    return sentinel.master_for(target.service, redis_class=redis.Redis)
+    client: redis.Redis = sentinel.master_for(target.service, redis_class=redis.Redis)
+    return client
 
 
-def _negotiate(client: redis.Redis, target: RedisTarget, kwargs: dict,
-               build: Callable[[dict], redis.Redis], *, strict: bool) -> redis.Redis:
+def _negotiate(client: redis.Redis, target: RedisTarget, kwargs: dict[str, Any],
+               build: Callable[[dict[str, Any]], redis.Redis], *, strict: bool) -> redis.Redis:
     """Speak RESP3 where the server offers HELLO, else RESP2 (older servers, some proxies):
     one probe per client, then a client built for RESP2 (its reply parsers differ);
     `?protocol=` in the URL skips it."""
@@ -451,7 +454,7 @@ def _cluster_enabled(client: redis.Redis, display: str, *, strict: bool) -> bool
         return False
 
 
-def _connect_cluster(target: RedisTarget, kwargs: dict) -> RedisCluster:
+def _connect_cluster(target: RedisTarget, kwargs: dict[str, Any]) -> RedisCluster:
     """The cluster client; it discovers every node from the one in the URL."""
     kwargs = dict(kwargs)
     kwargs.pop("health_check_interval", None)

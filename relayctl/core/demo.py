@@ -52,7 +52,7 @@ def _keepalive_handler() -> type:
                 except redis.ResponseError as exc:
                     return exc
 
-            client.read_response = read_response
+            client.read_response = read_response  # type: ignore[method-assign]
 
     return KeepAliveHandler
 
@@ -194,13 +194,13 @@ def seed_pre_migration(
         age = (jobs - i) / jobs * 60 * 86400
         record = legacy_record(rng, ws, job_id, now - age)
         old = schema.old_key(job_id)
-        pipe.hset(old, mapping=record)
+        pipe.hset(old, mapping=fields(record))
         ttl_ms = rng.randint(3, 30) * 86400 * 1000 if rng.random() < ttl_share else 0
         if ttl_ms:
             pipe.pexpire(old, ttl_ms)
         if i >= jobs * (1 - recent_share):
             new = schema.new_key(ws, job_id)
-            pipe.hset(new, mapping=record)
+            pipe.hset(new, mapping=fields(record))
             if ttl_ms:
                 pipe.pexpire(new, ttl_ms)
             pipe.zadd(schema.index_key(ws), {job_id: iso_to_ms(record["enqueued_at"])})

@@ -44,7 +44,7 @@ class ServerIdentity:
         """ACL read-only key patterns (`%R~`) and selectors came with Redis 7.0."""
         return self.at_least((7, 0))
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version_text}
 
 

@@ -8,12 +8,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import redis
+from redis.cluster import RedisCluster
 
 from relayctl.core.audit import AUDIT_MAXLEN, audit_fields
 from relayctl.core.cluster import is_cluster
 from relayctl.core.errors import UsageError
 from relayctl.core.keys import AUDIT_KEY, FLAGS_KEY
 from relayctl.core.lua import TYPE_OK
+from relayctl.core.replies import as_str_dict, stream_fields
 
 DUAL_WRITE = "AI_JOBS_NEW_SCHEMA"
 PREFERS_NEW = "READ_PREFERS_NEW"
@@ -93,7 +95,7 @@ def env_pins(environ: Mapping[str, str] | None = None) -> dict[str, bool]:
 
 def stored_flags(client: redis.Redis) -> dict[str, bool]:
     """The flags as stored in relay:flags (unset ones omitted; garbage values ignored)."""
-    raw = client.hgetall(FLAGS_KEY)
+    raw = as_str_dict(client.hgetall(FLAGS_KEY))
     out: dict[str, bool] = {}
     for name in FLAG_NAMES:
         value = raw.get(name)
@@ -161,7 +163,7 @@ def _text(value: str | bytes | None) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _set_flag_cluster(client: redis.Redis, name: str, after: str, actor: str, reason: str,
+def _set_flag_cluster(client: RedisCluster, name: str, after: str, actor: str, reason: str,
                       ts: float) -> tuple[str, str]:
     """The script's steps one by one, entry before change: a crash in between leaves an
     entry for a change that did not happen (visible, re-doable), never an unaudited change."""
@@ -172,8 +174,8 @@ def _set_flag_cluster(client: redis.Redis, name: str, after: str, actor: str, re
     before = _text(client.hget(FLAGS_KEY, name))
     if before is None:
         before = word(DEFAULTS[name])
-    audit_id = client.xadd(AUDIT_KEY, audit_fields(actor, "flag.set", name, before, after,
-                                                   reason, ts),
+    audit_id = client.xadd(AUDIT_KEY, stream_fields(audit_fields(actor, "flag.set", name, before,
+                                                                 after, reason, ts)),
                            maxlen=AUDIT_MAXLEN, approximate=True)
     client.hset(FLAGS_KEY, name, after)
     return before, _text(audit_id) or ""

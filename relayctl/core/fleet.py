@@ -7,12 +7,15 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
 from relayctl import __version__
 from relayctl.core.flags import FLAG_NAMES, FlagState, word
 from relayctl.core.keys import FLEET_INDEX_KEY, FLEET_PREFIX
+from relayctl.core.replies import as_str
+from relayctl.core.replies import fields as hash_fields
 
 HEARTBEAT_TTL_S = 10.0
 MAX_FLEET = 1000
@@ -34,7 +37,7 @@ class Instance:
     started: float
     ts: float
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "instance": self.instance, "host": self.host, "pid": self.pid,
             "version": self.version, "flags": self.flags, "pinned": list(self.pinned),
@@ -60,7 +63,7 @@ def publish(
     }
     fields.update({name: word(flags.value(name)) for name in FLAG_NAMES})
     pipe = client.pipeline(transaction=False)
-    pipe.hset(key, mapping=fields)
+    pipe.hset(key, mapping=hash_fields(fields))
     pipe.pexpire(key, int(ttl_s * 1000))
     pipe.zadd(FLEET_INDEX_KEY, {instance: now + ttl_s})
     pipe.zremrangebyscore(FLEET_INDEX_KEY, "-inf", now)
@@ -82,7 +85,7 @@ def live_instances(client: redis.Redis, now: float | None = None) -> list[Instan
         return []
     pipe = client.pipeline(transaction=False)
     for i in ids:
-        pipe.hgetall(FLEET_PREFIX + i)
+        pipe.hgetall(FLEET_PREFIX + as_str(i))
     out = []
     for raw in pipe.execute():
         if not raw:

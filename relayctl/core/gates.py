@@ -12,13 +12,13 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import redis
 
 from relayctl.core import fleet
 from relayctl.core.backfill import ACTIVE, lease_owner, read_state, run_health
-from relayctl.core.census import last_census
+from relayctl.core.census import Census, last_census
 from relayctl.core.cluster import is_cluster
 from relayctl.core.connection import is_loopback_host, parse_target
 from relayctl.core.exitcodes import ExitCode
@@ -33,9 +33,12 @@ from relayctl.core.flags import (
 from relayctl.core.keys import AUDIT_KEY, KeySchema
 from relayctl.core.layout import ALWAYS, hash_tagged, slot_layout
 from relayctl.core.phases import Phase
+from relayctl.core.replies import as_str_dict
 from relayctl.core.scrape import Prometheus, PromOptions, Snapshot, SourceError, scrape
 from relayctl.core.serverinfo import memory_info
 from relayctl.core.verify import last_verify
+
+T = TypeVar("T")
 
 PASS, FAIL, WAIT, UNKNOWN = "PASS", "FAIL", "WAIT", "UNKNOWN"
 DAY = 86400.0
@@ -90,7 +93,7 @@ class GateResult:
     threshold: str
     detail: str = ""
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"gate": self.gate, "title": self.title, "status": self.status,
                 "value": self.value, "threshold": self.threshold, "detail": self.detail}
 
@@ -114,9 +117,9 @@ class GateContext:
     thresholds: dict[str, float] = field(default_factory=lambda: dict(THRESHOLDS))
     now: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
-    shared: dict = field(default_factory=dict)
+    shared: dict[str, Any] = field(default_factory=dict)
     audit_scan: int = 5000
-    _cache: dict = field(default_factory=dict)
+    _cache: dict[str, Any] = field(default_factory=dict)
 
     def t(self, name: str) -> float:
         return self.thresholds.get(name, THRESHOLDS[name])
@@ -142,8 +145,9 @@ class GateContext:
             return first, scrape(self.metrics_urls)
         return _memo(self.shared, "raw", scrapes)
 
-    def redis_call(self, key: str, fn: Callable[[redis.Redis], object]) -> object:
-        def call() -> object:
+    def redis_call(self, key: str, fn: Callable[[redis.Redis], T]) -> T:
+        """fn(client) once per context under `key`; a Redis failure becomes a SourceError."""
+        def call() -> T:
             if self.client is None:
                 raise SourceError("Redis unreachable")
             try:
@@ -247,7 +251,7 @@ class WindowTooShort(SourceError):
     """--window holds too few scrapes for a Prometheus increase to mean anything."""
 
 
-def _memo(store: dict, key: str, compute: Callable[[], Any]) -> Any:
+def _memo(store: dict[str, Any], key: str, compute: Callable[[], T]) -> T:
     """Compute once per store; a source failure is remembered and raised again too."""
     if key not in store:
         try:
@@ -257,7 +261,7 @@ def _memo(store: dict, key: str, compute: Callable[[], Any]) -> Any:
     value = store[key]
     if isinstance(value, SourceError):
         raise value
-    return value
+    return cast(T, value)  # what compute() returned under this key
 
 
 Gate = Callable[[GateContext], GateResult]
@@ -444,7 +448,8 @@ gate("fallback_off_days_30", "1+ month since fallback disabled")(
 
 def flag_set_since(client: redis.Redis, flag: str, value: bool, scan: int = 5000) -> float | None:
     """When the flag last changed to `value`, from the audit stream (newest first, bounded)."""
-    for _id, fields in client.xrevrange(AUDIT_KEY, count=scan):
+    for _id, raw in client.xrevrange(AUDIT_KEY, count=scan) or []:
+        fields = as_str_dict(raw)
         if fields.get("action") == "flag.set" and fields.get("target") == flag:
             if fields.get("after") != word(value):
                 return None
@@ -507,7 +512,7 @@ def _silent_fleet(ctx: GateContext) -> int:
 
 
 def _census_gate(gid: str, title: str,
-                 judge: Callable[[GateContext, object], tuple[str, str, str]]) -> None:
+                 judge: Callable[[GateContext, Census], tuple[str, str, str]]) -> None:
     def check(ctx: GateContext) -> GateResult:
         try:
             census = ctx.redis_call("census", last_census)

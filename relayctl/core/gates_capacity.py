@@ -19,12 +19,12 @@ from relayctl.core.gates import (
     WAIT,
     GateContext,
     GateResult,
-    SourceError,
     _r,
     gate,
     pct,
 )
 from relayctl.core.replies import as_str
+from relayctl.core.scrape import SourceError
 from relayctl.core.serverinfo import memory_info
 
 
@@ -140,7 +140,7 @@ def _no_evictions_since_phase(ctx: GateContext) -> GateResult:
     if info is None:
         return _r("no_evictions_since_phase", UNKNOWN, "-", threshold,
                   "server reports no INFO stats")
-    evicted = info["evicted"]  # type: ignore[index]
+    evicted = info["evicted"]
     if ctx.baseline_evicted is None:
         return _r("no_evictions_since_phase", WAIT, f"{evicted} evicted", threshold,
                   "no baseline yet: `relayctl checklist apply` records one")
@@ -154,7 +154,7 @@ def _replication(client: redis.Redis) -> list[dict[str, Any]]:
     from relayctl.core import cluster as clusterlib
 
     if not clusterlib.is_cluster(client):
-        return [dict(client.info("replication"))]  # type: ignore[arg-type]
+        return [dict(client.info("replication"))]
     found = clusterlib.shards(client)
     try:
         return [{**sh.client.info("replication"), "_shard": sh.name} for sh in found]
@@ -171,7 +171,7 @@ def _replicas_in_sync(ctx: GateContext) -> GateResult:
     except SourceError as exc:
         return _r("replicas_in_sync", UNKNOWN, "-", threshold, str(exc))
     count = 0
-    for info in infos:  # type: ignore[attr-defined]
+    for info in infos:
         where = f"shard {info['_shard']}: " if "_shard" in info else ""
         replicas = [v for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
         for rep in replicas:

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 from redis.exceptions import AskError
 
 from relayctl.core import fleet
@@ -34,6 +35,8 @@ from relayctl.core.lua import (
     UPDATE_NEW,
 )
 from relayctl.core.metrics import Metrics
+from relayctl.core.replies import as_str
+from relayctl.core.replies import fields as hash_fields
 from relayctl.core.roundtrip import read_many
 from relayctl.core.timestamps import iso_to_ms as iso_to_ms  # re-exported: callers import it here
 from relayctl.core.validate import (
@@ -401,7 +404,7 @@ class JobStore:
                 return job_id
             winner = self.client.get(idem)
             if winner is not None:
-                return _text(winner)
+                return as_str(winner)
             # the owner expired or undid its claim in between: try to take it again
         raise redis.ResponseError(f"idempotency key {idem} keeps changing; retry the request")
 
@@ -530,7 +533,8 @@ class JobStore:
 
     def _update_legacy_step(self, old: str, ws: str, pairs: list[str]) -> list[Any]:
         """{1, record, pttl} after the HSET, or {0, reason} without writing."""
-        return self._update_legacy(keys=[old], args=[ws, *pairs])
+        reply: list[Any] = self._update_legacy(keys=[old], args=[ws, *pairs])
+        return reply
 
     def _update_new_step(
         self, new: str, index: str, ws: str, job_id: str, dual: bool, pairs: list[str],
@@ -543,7 +547,7 @@ class JobStore:
         args: list[Any] = ["1" if dual else "0", ws, job_id, new_score, created_score, pttl,
                            len(pairs) // 2, *pairs, *record]
         what, score = self._update_new(keys=[new, index] if together else [new], args=args)
-        what = _text(what)
+        what = as_str(what)
         if dual and not together and what in ("updated", "created"):
             self.client.zadd(index, {job_id: int(score)}, nx=what == "updated")
         return what
@@ -831,11 +835,12 @@ class JobStore:
     def _scan_target(self, shard: str) -> tuple[Any, str | None]:
         """The client that SCANs `shard` (its primary's pooled connection) and the next
         shard's name, None after the last one."""
-        if not self._cluster:
+        client = self.client
+        if not is_cluster(client):
             if shard != "0":
                 raise CursorError("invalid cursor: malformed payload")
             return self._raw, None
-        found = self._shards()
+        found = self._shards(client)
         names = [name for name, _ in found]
         if shard not in names:
             raise CursorError(
@@ -855,18 +860,18 @@ class JobStore:
             replies = read_many(self._raw, commands)
         return _raise_transport(replies)
 
-    def _shards(self) -> list[tuple[str, str]]:
+    def _shards(self, client: RedisCluster) -> list[tuple[str, str]]:
         """(name, primary address) of every shard in slot order. Computing it walks all
         16384 slots, so it is kept while the client's slot map still agrees with it."""
         known = self._shard_cache
-        slots = self.client.nodes_manager.slots_cache
-        if known and len(known) == len(self.client.get_primaries()) and all(
+        slots = client.nodes_manager.slots_cache
+        if known and len(known) == len(client.get_primaries()) and all(
             slots.get(int(name)) and slots[int(name)][0].name == address
             for name, address in known
         ):
             return known
-        found = shards(self.client)
-        close_shards(found, self.client)  # only names and addresses are needed
+        found = shards(client)
+        close_shards(found, client)  # only names and addresses are needed
         self._shard_cache = [(f.name, f.address) for f in found]
         return self._shard_cache
 
@@ -907,7 +912,7 @@ def seed_legacy(
     n = 0
     for record in records:
         key = schema.old_key(record["job_id"])
-        pipe.hset(key, mapping=dict(record))
+        pipe.hset(key, mapping=hash_fields(record))
         if ttl_ms and record["job_id"] in ttl_ms:
             pipe.pexpire(key, ttl_ms[record["job_id"]])
         n += 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from itertools import combinations
+from typing import Any
 
 from relayctl.core.cluster import key_slot
 from relayctl.core.keys import KeySchema
@@ -72,7 +73,7 @@ class LayoutRecord:
     def hashed_display(self) -> str:
         return f"{{{self.hashed}}}" if self.tagged else self.hashed
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"record": self.name, "title": RECORD_TITLES[self.name],
                 "template": self.template, "hashed": self.hashed, "tagged": self.tagged,
                 "key": self.key, "slot": self.slot}
@@ -88,7 +89,7 @@ class LayoutPair:
     relation: str
     sample_same_slot: bool
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"a": self.a, "b": self.b, "relation": self.relation,
                 "sample_same_slot": self.sample_same_slot}
 
@@ -134,7 +135,7 @@ class SlotLayout:
     def groups_text(self, groups: tuple[tuple[str, ...], ...] | None = None) -> str:
         return " | ".join("+".join(g) for g in (self.groups if groups is None else groups))
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "cluster": self.cluster, "atomic": self.atomic,
             "sample": {"ws": self.sample.ws, "job_id": self.sample.job_id,
@@ -162,14 +163,14 @@ def slot_layout(schema: KeySchema, *, cluster: bool, sample: Sample | None = Non
         "old_job": schema.old_key(sample.job_id),
         "new_job": schema.new_key(sample.ws, sample.job_id),
         "index": schema.index_key(sample.ws),
-        "idempotency": (schema.idempotency_key(sample.ws, sample.request_id)
-                        if sample.request_id is not None else None),
         "queue": schema.queue,
     }
+    if sample.request_id is not None:
+        keys["idempotency"] = schema.idempotency_key(sample.ws, sample.request_id)
     records = tuple(
         LayoutRecord(name, getattr(schema, name), *hashed_part(getattr(schema, name)),
                      key=keys[name], slot=key_slot(keys[name]))
-        for name in RECORDS if keys[name] is not None)
+        for name in RECORDS if name in keys)
     pairs = tuple(LayoutPair(a.name, b.name, _relation(a, b), a.slot == b.slot)
                   for a, b in combinations(records, 2))
     groups: list[list[LayoutRecord]] = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -43,6 +43,11 @@ class MetricsServer:
         self._server.server_close()  # type: ignore[attr-defined]
 
 
+def _counter(registry: CollectorRegistry, name: str, documentation: str,
+             *labels: str) -> Counter:
+    return Counter(name, documentation, labels, registry=registry)
+
+
 class Metrics:
     """All relayctl metrics on one registry; every update swallows its own failures.
 
@@ -60,73 +65,55 @@ class Metrics:
         self._warned_at = 0.0
         self._lock = threading.Lock()
         r = self.registry
-        self.read_path = Counter(
-            "relay_job_read_path_total", "get_job results by path",
-            ["path", "workspace_id"], registry=r,
-        )
-        self.list_read_path = Counter(
-            "relay_job_list_read_path_total", "list_jobs pages by source schema",
-            ["path", "workspace_id"], registry=r,
-        )
-        self.dual_write = Counter(
-            "relay_dual_write_attempt_total", "dual-write enqueue/update attempts",
-            ["result", "workspace_id"], registry=r,
-        )
+        self.read_path = _counter(r, "relay_job_read_path_total", "get_job results by path",
+                                  "path", "workspace_id")
+        self.list_read_path = _counter(r, "relay_job_list_read_path_total",
+                                       "list_jobs pages by source schema", "path", "workspace_id")
+        self.dual_write = _counter(r, "relay_dual_write_attempt_total",
+                                   "dual-write enqueue/update attempts", "result", "workspace_id")
         self.dual_write_seconds = Histogram(
             "relay_dual_write_duration_seconds", "dual-write latency",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
             registry=r,
         )
-        self.workspace_mismatch = Counter(
-            "relay_workspace_mismatch_total",
+        self.workspace_mismatch = _counter(
+            r, "relay_workspace_mismatch_total",
             "records rejected because their workspace_id differs from the caller's",
-            ["operation", "workspace_id"], registry=r,
-        )
-        self.deserialize_errors = Counter(
-            "relay_job_deserialize_errors_total",
+            "operation", "workspace_id")
+        self.deserialize_errors = _counter(
+            r, "relay_job_deserialize_errors_total",
             "job records that could not be decoded (not UTF-8) or whose JSON fields failed "
-            "to parse", registry=r,
-        )
-        self.index_orphans_removed = Counter(
-            "relay_index_orphans_removed_total",
-            "workspace-index entries of vanished jobs removed by list_jobs", registry=r,
-        )
-        self.requests = Counter(
-            "relay_job_requests_total", "job store calls by operation and outcome",
-            ["operation", "outcome"], registry=r,
-        )
-        self.backfill_scanned = Counter(
-            "relay_backfill_scanned_total", "legacy keys examined by the backfill",
-            ["workspace_id"], registry=r,
-        )
-        self.backfill_migrated = Counter(
-            "relay_backfill_migrated_total", "legacy records copied to the new schema",
-            ["workspace_id"], registry=r,
-        )
-        self.backfill_skipped = Counter(
-            "relay_backfill_skipped_total", "legacy keys skipped, by reason",
-            ["workspace_id", "reason"], registry=r,
-        )
-        self.backfill_errors = Counter(
-            "relay_backfill_errors_total", "backfill write failures",
-            ["workspace_id"], registry=r,
-        )
+            "to parse")
+        self.index_orphans_removed = _counter(
+            r, "relay_index_orphans_removed_total",
+            "workspace-index entries of vanished jobs removed by list_jobs")
+        self.requests = _counter(r, "relay_job_requests_total",
+                                 "job store calls by operation and outcome",
+                                 "operation", "outcome")
+        self.backfill_scanned = _counter(r, "relay_backfill_scanned_total",
+                                         "legacy keys examined by the backfill", "workspace_id")
+        self.backfill_migrated = _counter(r, "relay_backfill_migrated_total",
+                                          "legacy records copied to the new schema",
+                                          "workspace_id")
+        self.backfill_skipped = _counter(r, "relay_backfill_skipped_total",
+                                         "legacy keys skipped, by reason",
+                                         "workspace_id", "reason")
+        self.backfill_errors = _counter(r, "relay_backfill_errors_total",
+                                        "backfill write failures", "workspace_id")
         self.backfill_duration = Histogram(
             "relay_backfill_duration_seconds", "backfill batch duration",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=r,
         )
-        self.backfill_throttled = Counter(
-            "relay_backfill_throttled_seconds_total",
-            "seconds the backfill spent throttled by a guard, by reason", ["reason"], registry=r,
-        )
+        self.backfill_throttled = _counter(
+            r, "relay_backfill_throttled_seconds_total",
+            "seconds the backfill spent throttled by a guard, by reason", "reason")
         for reason in ("memory", "replica_lag", "replica_lost", "latency", "replica_wait"):
             self.backfill_throttled.labels(reason)
-        self.backfill_healed = Counter(
-            "relay_backfill_healed_total",
+        self.backfill_healed = _counter(
+            r, "relay_backfill_healed_total",
             "existing copies the backfill repaired: index entry added, partial record completed",
-            ["what"], registry=r,
-        )
+            "what")
         for what in ("indexed", "healed"):
             self.backfill_healed.labels(what)
         self.flag_state = Gauge(
@@ -159,7 +146,7 @@ class Metrics:
         """The bounded label value for a workspace."""
         return workspace_id if workspace_id in self.labelled else OTHER
 
-    def safely(self, fn, *args) -> None:
+    def safely(self, fn: Callable[..., object], *args: object) -> None:
         """Run one metric update; a metrics failure never breaks the request it describes."""
         try:
             fn(*args)
@@ -170,10 +157,10 @@ class Metrics:
                     self._warned_at = now
                     log.warning("metrics update failed: %s", type(exc).__name__)
 
-    def inc(self, counter, *labels: str, amount: float = 1.0) -> None:
+    def inc(self, counter: Counter, *labels: str, amount: float = 1.0) -> None:
         self.safely(lambda: counter.labels(*labels).inc(amount) if labels else counter.inc(amount))
 
-    def observe(self, histogram, value: float) -> None:
+    def observe(self, histogram: Histogram, value: float) -> None:
         self.safely(histogram.observe, value)
 
     def serve(self, port: int, host: str = "127.0.0.1") -> MetricsServer:

@@ -9,6 +9,7 @@ from typing import Any, cast
 from redis.typing import EncodableT, FieldT
 
 HashFields = Mapping[FieldT, EncodableT]
+StreamFields = dict[FieldT, EncodableT]
 
 
 def as_str(value: Any) -> str:
@@ -31,3 +32,8 @@ def as_str_dict(reply: Any) -> dict[str, str]:
 def fields(mapping: Mapping[str, Any]) -> HashFields:
     """A str-keyed dict as the mapping HSET takes (its key type is invariant in the stubs)."""
     return cast(HashFields, mapping)
+
+
+def stream_fields(entry: dict[str, str]) -> StreamFields:
+    """A str-keyed dict as the fields XADD takes (a dict, invariant in the stubs)."""
+    return cast(StreamFields, entry)

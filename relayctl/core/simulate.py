@@ -9,12 +9,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
 from relayctl.core.cluster import scan_all
 from relayctl.core.errors import JobNotFoundError, RelayError
 from relayctl.core.jobs import STATUSES, JobStore
+from relayctl.core.replies import as_str
 from relayctl.core.roundtrip import read_many
 
 log = logging.getLogger("relayctl.simulate")
@@ -44,7 +46,7 @@ class SimStats:
     errors: int = 0
     by_error: dict[str, int] = field(default_factory=dict)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items()}
 
 
@@ -138,19 +140,21 @@ class Simulator:
             )
             self.stats.finished += 1
             return
-        job_id = self.store.client.lpop(self.store.schema.queue)
-        if job_id is None:
+        popped = self.store.client.lpop(self.store.schema.queue)
+        if popped is None:
             return
-        ws = self._owner.pop(job_id, None)
-        if ws is None:
-            ws = self.store.client.hget(self.store.schema.old_key(job_id), "workspace_id")
-        if not ws:
+        job_id = as_str(popped)
+        owner = self._owner.pop(job_id, None)
+        if owner is None:
+            owner = as_str(self.store.client.hget(self.store.schema.old_key(job_id),
+                                                  "workspace_id"))
+        if not owner:
             return
         try:
-            self.store.update_status(ws, job_id, "running")
+            self.store.update_status(owner, job_id, "running")
         except JobNotFoundError:
             return
-        self._running.append((ws, job_id))
+        self._running.append((owner, job_id))
         self.stats.started += 1
 
     def load_existing(self, per_workspace: int = 1000, legacy_sample: int = 1000) -> int:
@@ -161,7 +165,7 @@ class Simulator:
         client = self.store.client
         for ws in self.workspaces:
             for job_id in reversed(client.zrevrange(s.index_key(ws), 0, per_workspace - 1)):
-                self._recent.append((ws, job_id))
+                self._recent.append((ws, as_str(job_id)))
         seen = 0
         for keys in scan_all(client, match=s.old_pattern, count=1000):
             heads = read_many(client, [("HMGET", key, "workspace_id", "job_id") for key in keys])

@@ -23,6 +23,7 @@ from relayctl.core import audit
 from relayctl.core.binary import binary_client
 from relayctl.core.cluster import (
     Router,
+    Shard,
     close_shards,
     is_cluster,
     key_slot,
@@ -163,7 +164,7 @@ class VerifyReport:
         if len(self.conflict_examples) < MAX_EXAMPLES:
             self.conflict_examples.append(key)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "mode": self.mode, "workspaces": list(self.workspaces), "checked": self.checked,
             "invalid_legacy": self.invalid_legacy, "invalid": dict(self.invalid),
@@ -649,15 +650,8 @@ def run_verify(
     """
     s = schema or KeySchema()
     wanted = frozenset(validate_workspace_id(w) for w in workspaces)
-    if sample is not None and sample < 1:
-        raise UsageError("--sample must be >= 1")
-    if prefer_legacy and not repair:
-        raise UsageError("--prefer legacy only applies to --repair")
-    if repair and not reason.strip():
-        raise UsageError("verify --repair needs a --reason")
-    if repair and not force and not stored_flags(client).get(FALLBACK_OLD, True):
-        raise UsageError("refusing --repair: READ_FALLBACK_OLD is off, so the legacy schema is "
-                         "no longer authoritative (pass --force to repair anyway)")
+    _check_options(client, sample=sample, repair=repair, force=force,
+                   prefer_legacy=prefer_legacy, reason=reason)
     started = now()
     t0 = time.perf_counter()
     bclient = binary_client(client)
@@ -700,20 +694,39 @@ def run_verify(
     report.duration_s = time.perf_counter() - t0
     report.ts = now()
     if store:
-        d = report.as_dict()
-        client.hset(VERIFY_KEY, mapping={
-            "ts": f"{report.ts:.3f}", "started": f"{report.started:.3f}", "mode": report.mode,
-            "checked": report.checked, "clean": "1" if report.clean else "0",
-            "counts": json.dumps(d["counts"]), "examples": json.dumps(d["examples"]),
-            "repaired": report.repaired, "workspaces": ",".join(report.workspaces),
-            "invalid_legacy": report.invalid_legacy, "invalid": json.dumps(d["invalid"]),
-            "conflicts": report.conflicts, "complete": "1", "restarts": report.restarts,
-            "servers": json.dumps(report.servers),
-        })
+        _store_report(client, report)
     return report
 
 
-def _walk_all(run: _Run, found: list, sample: int | None, seed: int | None) -> None:
+def _check_options(client: redis.Redis, *, sample: int | None, repair: bool, force: bool,
+                   prefer_legacy: bool, reason: str) -> None:
+    """Refuse a bad combination before anything is read or written."""
+    if sample is not None and sample < 1:
+        raise UsageError("--sample must be >= 1")
+    if prefer_legacy and not repair:
+        raise UsageError("--prefer legacy only applies to --repair")
+    if repair and not reason.strip():
+        raise UsageError("verify --repair needs a --reason")
+    if repair and not force and not stored_flags(client).get(FALLBACK_OLD, True):
+        raise UsageError("refusing --repair: READ_FALLBACK_OLD is off, so the legacy schema is "
+                         "no longer authoritative (pass --force to repair anyway)")
+
+
+def _store_report(client: redis.Redis, report: VerifyReport) -> None:
+    """The completed report under VERIFY_KEY, where the gates and `last_verify` read it."""
+    d = report.as_dict()
+    client.hset(VERIFY_KEY, mapping={
+        "ts": f"{report.ts:.3f}", "started": f"{report.started:.3f}", "mode": report.mode,
+        "checked": report.checked, "clean": "1" if report.clean else "0",
+        "counts": json.dumps(d["counts"]), "examples": json.dumps(d["examples"]),
+        "repaired": report.repaired, "workspaces": ",".join(report.workspaces),
+        "invalid_legacy": report.invalid_legacy, "invalid": json.dumps(d["invalid"]),
+        "conflicts": report.conflicts, "complete": "1", "restarts": report.restarts,
+        "servers": json.dumps(report.servers),
+    })
+
+
+def _walk_all(run: _Run, found: list[Shard], sample: int | None, seed: int | None) -> None:
     s, report = run.s, run.report
     walks: list[Walk] = []
 
@@ -793,12 +806,12 @@ def last_flag_change(client: redis.Redis, scan: int = 5000) -> float | None:
     return None
 
 
-def last_verify(client: redis.Redis) -> dict | None:
+def last_verify(client: redis.Redis) -> dict[str, Any] | None:
     raw: Any = client.hgetall(VERIFY_KEY)
     return parse_verify(raw)
 
 
-def parse_verify(raw: dict[str, str]) -> dict | None:
+def parse_verify(raw: dict[str, str]) -> dict[str, Any] | None:
     """The stored relay:verify:last hash, or None when absent or malformed."""
     if not raw:
         return None

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from relayctl.core.gates import FAIL, PASS, UNKNOWN, WAIT, GateContext, GateResult, _r, gate
 from relayctl.core.scrape import SourceError
 from relayctl.core.verify import VERIFY_MAX_AGE_S, fresh_verify, last_verify
@@ -15,7 +13,7 @@ def verify_fresh(ctx: GateContext) -> GateResult:
     max_age = ctx.thresholds.get("verify_max_age", VERIFY_MAX_AGE_S)
     threshold = f"full verify, clean, after the last flag change, < {max_age / 60:.0f} min old"
     try:
-        fresh: Any = ctx.redis_call(
+        fresh = ctx.redis_call(
             "verify_fresh", lambda c: fresh_verify(c, max_age_s=max_age, now=ctx.now,
                                                    audit_scan=ctx.audit_scan))
     except SourceError as exc:
@@ -23,7 +21,7 @@ def verify_fresh(ctx: GateContext) -> GateResult:
     ok, why = fresh
     if ok:
         return _r("verify_fresh", PASS, "fresh", threshold, why)
-    v: Any = ctx.redis_call("verify", last_verify)
+    v = ctx.redis_call("verify", last_verify)
     if v is not None and v["mode"] == "full" and not v["clean"]:
         return _r("verify_fresh", FAIL, "differences", threshold, why)
     return _r("verify_fresh", WAIT, "stale" if v else "no verify", threshold, why)
@@ -33,7 +31,7 @@ def verify_fresh(ctx: GateContext) -> GateResult:
 def index_orphans(ctx: GateContext) -> GateResult:
     threshold = "index_orphan == 0 in the latest full verify"
     try:
-        v: Any = ctx.redis_call("verify", last_verify)
+        v = ctx.redis_call("verify", last_verify)
     except SourceError as exc:
         return _r("index_orphans", UNKNOWN, "-", threshold, str(exc))
     if v is None or v["mode"] != "full" or "index_orphan" not in v["counts"]:

@@ -87,7 +87,7 @@ def project_server(name: str, client: redis.Redis, schema: KeySchema,
     """Sample one server (a standalone server, or one shard's primary) in three round trips."""
     out = ServerProjection(name)
     try:
-        info: dict[str, Any] = client.info("memory")  # type: ignore[assignment]
+        info: dict[str, Any] = client.info("memory")
     except redis.ResponseError:
         out.info = False
         return out
