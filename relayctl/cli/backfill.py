@@ -130,7 +130,9 @@ def backfill_status(c: Context, as_json: bool) -> None:
     state = read_state(client)
     owner = lease_owner(client)
     health = run_health(state, owner is not None, c.now())
-    data = {"state": state, "engine_alive": owner is not None,
+    # the lease token fences the engine's writes: never shown
+    data = {"state": {k: v for k, v in state.items() if k != "token"},
+            "engine_alive": owner is not None,
             "health": health.health, "detail": health.detail}
     if as_json:
         emit_json(data)

@@ -24,7 +24,7 @@ def tui(c: Context, read_only: bool, refresh_s: float) -> None:
              metrics_urls=c.metrics_urls, prometheus_url=c.prometheus_url,
              thresholds=c.config.thresholds, actor=c.actor, read_only=read_only,
              refresh_s=refresh_s, schema=c.config.schema, config_path=c.config_path,
-             clock=c.now).run()
+             clock=c.now, gates=c.gates()).run()
 
 
 @click.command()

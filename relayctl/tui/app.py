@@ -26,7 +26,7 @@ from relayctl.core.config import Config
 from relayctl.core.connection import TLSOptions, connect, describe_redis_error, parse_target
 from relayctl.core.console import ConsoleState, refresh
 from relayctl.core.errors import RelayError
-from relayctl.core.evaluation import gate_config, gate_context
+from relayctl.core.evaluation import GateConfig, gate_config, gate_context
 from relayctl.core.flags import FLAG_NAMES, set_flag, word
 from relayctl.core.keys import KeySchema
 from relayctl.core.phases import PROCEDURES, phase
@@ -222,6 +222,7 @@ class RelayApp(App[None]):
         config_path: str | None = None,
         demo: bool = False,
         links: list[tuple[str, str]] | None = None,
+        gates: GateConfig | None = None,
     ) -> None:
         super().__init__()
         self.redis_url = redis_url
@@ -237,10 +238,11 @@ class RelayApp(App[None]):
         self.schema = schema or KeySchema()
         self.clock = clock
         self.source = source
-        # merged and validated as `relayctl check` does: a bad threshold fails before the UI
-        self.gates = gate_config(Config(schema=self.schema, thresholds=dict(thresholds or {})),
-                                 redis_url=redis_url, metrics_urls=self.metrics_urls,
-                                 prometheus_url=prometheus_url)
+        # merged and validated as `relayctl check` does: a bad threshold fails before the UI;
+        # `relayctl tui` passes the CLI's own GateConfig (selector, auth, headers, names)
+        self.gates = gates if gates is not None else gate_config(
+            Config(schema=self.schema, thresholds=dict(thresholds or {})),
+            redis_url=redis_url, metrics_urls=self.metrics_urls, prometheus_url=prometheus_url)
         self.config_path = config_path  # forwarded to the engines the console starts
         self.demo = demo  # quitting ends the embedded Redis: ask while a backfill runs
         self.links = list(links or [])
