@@ -8,6 +8,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -34,11 +35,30 @@ class EmbeddedRedis:
         self._server.server_close()  # type: ignore[attr-defined]
 
 
+
+class _PollSelect:
+    """select() by poll() for the embedded server's handler: select() refuses descriptors
+    past FD_SETSIZE (1024), which a long-lived process with many connections reaches."""
+
+    @staticmethod
+    def select(rlist: list[Any], _w: list[Any], _x: list[Any],
+               timeout: float) -> tuple[list[Any], list[Any], list[Any]]:
+        import select as _select
+
+        poller = _select.poll()
+        for sock in rlist:
+            poller.register(sock, _select.POLLIN | _select.POLLHUP | _select.POLLERR)
+        ready = {fd for fd, _ in poller.poll(timeout * 1000)}
+        return [s for s in rlist if s.fileno() in ready], [], []
+
 def _keepalive_handler() -> type:
     """fakeredis' TCP handler closes the connection after any error reply; real Redis keeps
     it open (and redis-py relies on that, e.g. SCRIPT LOAD after NOSCRIPT on one connection).
     This handler sends the error reply and keeps serving."""
+    from fakeredis._clients import _tcp_server
     from fakeredis._clients._tcp_server import TCPFakeRequestHandler
+
+    _tcp_server.select = _PollSelect  # type: ignore[assignment,attr-defined]
 
     class KeepAliveHandler(TCPFakeRequestHandler):
         def setup(self) -> None:

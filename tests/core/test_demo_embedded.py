@@ -59,3 +59,28 @@ def test_info_memory_grows_with_the_data_so_the_memory_gate_has_a_value():
         assert memory_info(client)["used"] > empty["used"] + 500_000  # type: ignore[index]
     finally:
         embedded.close()
+
+
+def test_the_embedded_server_serves_connections_past_1024_descriptors():
+    """fakeredis' handler waits with select(), which refuses descriptors past FD_SETSIZE:
+    a long-lived console (or test process) with many files open reached it."""
+    import os
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
+    pipes = [os.pipe() for _ in range(600)]  # 1,200 descriptors in use
+    embedded = start_embedded_redis()
+    try:
+        client = connect(embedded.url)
+        client.set("k", "v")
+        time.sleep(0.3)  # the handler polls for the next command while idle
+        assert client.get("k") == "v"
+        client.close()
+    finally:
+        embedded.close()
+        for r, w in pipes:
+            os.close(r)
+            os.close(w)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
