@@ -54,6 +54,8 @@ async def until_pass(pilot: Pilot, app: RelayApp, number: int, timeout: float = 
 
 
 @pytest.mark.slow
+@pytest.mark.walkthrough
+@pytest.mark.timeout(900)
 def test_readme_walkthrough_passes_every_phase_without_an_override(engine_pids):
     schema = KeySchema()
     stack = start_demo(schema, speed=SPEED)
