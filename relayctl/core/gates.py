@@ -322,10 +322,29 @@ for _gid, _path, _above, _title in (
     gate(_gid, _title)(_share_gate(_gid, _path, _above))
 
 
+MISS_ALPHA = 1e-5  # chance of failing a window whose miss rate did not change
+
+
+def poisson_tail(k: int, lam: float) -> float:
+    """P(X >= k) for X ~ Poisson(lam); exact where it matters (k above lam), 1.0 below."""
+    if k <= 0:
+        return 1.0
+    if k <= lam:
+        return 1.0
+    term = math.exp(-lam + k * math.log(lam) - math.lgamma(k + 1))
+    total, i = 0.0, k
+    while term > total * 1e-16:
+        total += term
+        i += 1
+        term *= lam / i
+    return min(total, 1.0)
+
+
 @gate("miss_increase", "No increase in 404s (misses)")
 def _miss_increase(ctx: GateContext) -> GateResult:
     limit = ctx.t("miss_increase")
-    threshold = f"miss share increase < {pct(limit)} over the baseline (beyond 3 sigma)"
+    threshold = (f"miss share increase < {pct(limit)} over the baseline "
+                 f"(beyond chance, p < {MISS_ALPHA:g})")
     if ctx.baseline is None:
         return _r("miss_increase", WAIT, "-", threshold,
                   "no baseline yet: `relayctl checklist apply` records one")
@@ -343,14 +362,15 @@ def _miss_increase(ctx: GateContext) -> GateResult:
     base_share = base["miss"] / base_total if base_total else 0.0
     share = counts["miss"] / total
     increase = (share - base_share) / max(base_share, 0.001)
-    # Misses are rare events: only an increase beyond chance (3 sigma over the count the
-    # baseline predicts) fails, so a quiet window with one extra 404 does not flap the gate.
+    # Misses are rare events, so a short window's count is Poisson: only a count the baseline
+    # makes improbable (exact tail, not a normal approximation, which is far too eager for the
+    # handful of misses a few seconds hold) fails, so a quiet window never flaps the gate.
     expected = base_share * total
-    significant = counts["miss"] > expected + 3 * math.sqrt(max(expected, 1.0))
-    failed = increase > limit and significant
+    p_value = poisson_tail(int(counts["miss"]), max(expected, 1.0))
+    failed = increase > limit and p_value < MISS_ALPHA
     return _r("miss_increase", FAIL if failed else PASS, pct(max(increase, 0)), threshold,
               f"miss share {pct(share)} vs baseline {pct(base_share)} "
-              f"({int(counts['miss'])} misses, {expected:.1f} expected)")
+              f"({int(counts['miss'])} misses, {expected:.1f} expected, p={p_value:.1g})")
 
 
 def _counter_gate(gid: str, metric: str, per_hour: bool) -> Gate:

@@ -30,6 +30,7 @@ from relayctl.core.gates import (
     evaluate,
     evaluate_phase,
     overall,
+    poisson_tail,
 )
 from relayctl.core.jobs import JobStore, iso_to_ms
 from relayctl.core.keys import KeySchema
@@ -797,3 +798,25 @@ def test_the_stored_verify_gates_wait_until_a_full_verify_ran(r):
     assert one(ctx, "index_orphans").status == WAIT
     run_verify(r, KeySchema())
     assert one(GateContext(client=r), "index_orphans").status == PASS
+
+
+@covers("miss_increase")
+def test_miss_increase_ignores_a_chance_window_and_fails_a_real_spike(app):
+    """7 misses where 2 are expected is chance (p 0.005, a normal 3-sigma rule failed it);
+    30 is not."""
+    app.reads(new=990, miss=10)  # 1% misses before the phase
+    baseline = scrape([app.url])
+    app.reads(new=193, miss=7)
+    chance = one(app.ctx(baseline=baseline), "miss_increase")
+    assert chance.status == PASS, chance
+    app.reads(new=170, miss=30)  # 37 of 400 where 4 are expected
+    spike = one(app.ctx(baseline=baseline), "miss_increase")
+    assert spike.status == FAIL, spike
+
+
+def test_poisson_tail_matches_the_closed_form_and_sums_far_tails():
+    assert poisson_tail(0, 3.0) == 1.0
+    assert poisson_tail(2, 3.0) == 1.0  # at or below the mean: never significant
+    assert math.isclose(poisson_tail(7, 2.0), 1 - sum(
+        math.exp(-2.0) * 2.0 ** i / math.factorial(i) for i in range(7)), rel_tol=1e-9)
+    assert 0 < poisson_tail(3000, 2000.0) < 1e-90
