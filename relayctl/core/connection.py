@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import re
 import sys
@@ -420,6 +421,24 @@ def _connect_sentinel(target: RedisTarget, kwargs: dict[str, Any],
     return client
 
 
+class _QuietHelloFallback(logging.Filter):
+    """redis-py >= 8.2 falls back to RESP2 by itself and logs a warning on every connection;
+    relayctl detects that fallback and rebuilds the client for RESP2, so the warning is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "does not support HELLO" not in record.getMessage()
+
+
+def _fell_back_to_resp2(client: redis.Redis) -> bool:
+    """True when the probed connection speaks RESP2 although nobody asked for it."""
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        return str(getattr(conn, "protocol", "")) == "2"
+    finally:
+        pool.release(conn)
+
+
 def _negotiate(client: redis.Redis, target: RedisTarget, kwargs: dict[str, Any],
                build: Callable[[dict[str, Any]], redis.Redis], *, strict: bool) -> redis.Redis:
     """Speak RESP3 where the server offers HELLO, else RESP2 (older servers, some proxies):
@@ -427,19 +446,26 @@ def _negotiate(client: redis.Redis, target: RedisTarget, kwargs: dict[str, Any],
     `?protocol=` in the URL skips it."""
     if target.protocol is not None:
         return client
+    quiet = _QuietHelloFallback()
+    redis_log = logging.getLogger("redis.connection")
+    redis_log.addFilter(quiet)
     try:
         client.ping()
+        if not _fell_back_to_resp2(client):
+            return client
     except redis.ResponseError as exc:
         if "hello" not in str(exc).lower():
             return client
-        client.close()
-        kwargs["protocol"] = 2
-        return build(kwargs)
     except (redis.ConnectionError, redis.TimeoutError, OSError, redis.AuthenticationError,
             MasterNotFoundError):
         if strict:
             ping(client, target.display)  # raises the one-line unavailable/credentials error
-    return client
+        return client
+    finally:
+        redis_log.removeFilter(quiet)
+    client.close()
+    kwargs["protocol"] = 2
+    return build(kwargs)
 
 
 def _cluster_enabled(client: redis.Redis, display: str, *, strict: bool) -> bool:

@@ -34,6 +34,7 @@ class Relay:
     offset_s: float = 0.0
     log: list[str] = field(default_factory=list)
     traffic: subprocess.Popen | None = None
+    last_check: list[dict] = field(default_factory=list)
 
     def stop_traffic(self) -> None:
         if self.traffic is not None and self.traffic.poll() is None:
@@ -66,8 +67,12 @@ class Relay:
             args += ["--window", str(window)]
         proc = self(*args, expect=None)
         data = json.loads(proc.stdout)
-        return proc.returncode, {g["gate"]: g["status"]
-                                 for p in data["phases"] for g in p["gates"]}
+        self.last_check = [g for p in data["phases"] for g in p["gates"]]
+        return proc.returncode, {g["gate"]: g["status"] for g in self.last_check}
+
+    def not_passing(self) -> list[dict]:
+        """The last check's gates that did not PASS, with their value and detail."""
+        return [g for g in self.last_check if g["status"] != "PASS"]
 
 
 def _digest(url: str, pattern: str) -> dict[bytes, bytes]:
@@ -79,7 +84,7 @@ def _digest(url: str, pattern: str) -> dict[bytes, bytes]:
 
 
 @pytest.fixture
-def rollout(redis_url):
+def rollout(redis_url, tmp_path):
     port = free_port()
     relay = Relay(redis_url=redis_url, metrics_url=f"http://127.0.0.1:{port}/metrics")
     # history: legacy-only jobs, then recent jobs written by an earlier dual-write release
@@ -91,7 +96,8 @@ def rollout(redis_url):
         [sys.executable, "-m", "relayctl", "--redis-url", redis_url, "simulate", "--rate",
          "150", "--workspaces", "3", "--seed", "3", "--write-share", "0.03",
          "--metrics-port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=relay.env())
+        # stderr to a file, not a pipe nobody drains for minutes (a full pipe stalls traffic)
+        stdout=subprocess.DEVNULL, stderr=(tmp_path / "sim.err").open("w"), env=relay.env())
     deadline = time.monotonic() + 20
     import urllib.request
     while True:
@@ -99,7 +105,7 @@ def rollout(redis_url):
             urllib.request.urlopen(relay.metrics_url, timeout=1).read()
             break
         except OSError:
-            assert sim.poll() is None, sim.stderr.read()
+            assert sim.poll() is None, (tmp_path / "sim.err").read_text()
             assert time.monotonic() < deadline, "simulator never served /metrics"
             time.sleep(0.2)
     relay.traffic = sim
@@ -130,7 +136,7 @@ def test_whole_rollout_gates_fail_before_and_pass_after_with_every_action_audite
     relay("checklist", "apply", "--reason", "step 1: read-routing", "--yes")
     time.sleep(2)
     code, gates = relay.gates(1)
-    assert code == 0, gates
+    assert code == 0, relay.not_passing()
     relay("checklist", "mark", "p1-old-schema", "p1-old-share", "p1-list-path",
           "--reason", "dashboards checked")
     relay("checklist", "advance", "--window", "2")
@@ -140,7 +146,7 @@ def test_whole_rollout_gates_fail_before_and_pass_after_with_every_action_audite
     relay("census")
     time.sleep(2)
     code, gates = relay.gates(2)
-    assert code == 0, gates
+    assert code == 0, relay.not_passing()
     relay("checklist", "mark", "p2-latency", "--reason", "latency flat")
     relay("checklist", "advance", "--window", "2")
 
@@ -155,7 +161,7 @@ def test_whole_rollout_gates_fail_before_and_pass_after_with_every_action_audite
     time.sleep(2)
     relay("census")
     code, gates = relay.gates(3)
-    assert code == 0, gates
+    assert code == 0, relay.not_passing()
     relay("checklist", "mark", "p3-both", "--reason", "spot-checked")
     relay("checklist", "advance", "--window", "2")
 
@@ -172,7 +178,7 @@ def test_whole_rollout_gates_fail_before_and_pass_after_with_every_action_audite
     relay("census")
     time.sleep(2)
     code, gates = relay.gates(4)
-    assert code == 0, gates
+    assert code == 0, relay.not_passing()
     relay("checklist", "mark", "p4-implement", "p4-low-traffic", "--reason", "ran off-peak")
     relay("checklist", "advance", "--window", "2")
 
@@ -186,7 +192,7 @@ def test_whole_rollout_gates_fail_before_and_pass_after_with_every_action_audite
     relay("checklist", "apply", "--reason", "step 5: fallback off", "--yes")
     time.sleep(2)
     code, gates = relay.gates(5)
-    assert code == 0, gates
+    assert code == 0, relay.not_passing()
     relay("verify")  # every legacy job still has its equal new copy: all readable
     relay("checklist", "mark", "p5-perf", "--reason", "p99 down")
     relay("checklist", "advance", "--window", "2")
@@ -218,7 +224,7 @@ def test_whole_rollout_gates_fail_before_and_pass_after_with_every_action_audite
         assert len(deleted) > 0.9 * len(before)
         relay("census")
         code, gates = relay.gates(6)
-        assert code == 0, gates
+        assert code == 0, relay.not_passing()
         relay("checklist", "mark", "p6-retention", "p6-export", "p6-delete",
               "--reason", "archived")
         relay("checklist", "advance", "--window", "2")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import random
 import signal
+import subprocess
 import threading
 import time
 
@@ -226,12 +227,15 @@ def test_a_primary_killed_mid_backfill_fails_over_and_the_run_completes_clean(tm
         cluster.node(victim).stop(kill=True)
         wait_for(lambda: len(set(cluster.primaries()) - before) == 1 and cluster.healthy(),
                  60, "a replica to be promoted", 0.2)
-        try:
-            code = proc.wait(180)
-        except Exception:
+        try:  # communicate, not wait: an engine blocked on a full stderr pipe never exits
+            _out, err = proc.communicate(timeout=180)
+        except subprocess.TimeoutExpired:
             proc.kill()
-            raise
-        _out, err = proc.communicate()
+            _out, err = proc.communicate()
+            state = read_state(connect(cluster.url))
+            raise AssertionError(f"engine still running after 180 s: {state}\n"
+                                 f"{err[-2000:]}") from None
+        code = proc.returncode
         attempts = [code]
         if code == 4:  # Redis lost for longer than --retry-for: the documented way on
             rerun = run_relayctl(cluster.url, "backfill", "--execute", "--resume",
@@ -343,7 +347,8 @@ def test_a_failover_under_live_dual_writes_leaves_only_what_repair_fixes(tmp_pat
         cluster.node(victim).stop(kill=True)
         wait_for(lambda: len(set(cluster.primaries()) - before) == 1 and cluster.healthy(),
                  60, "a replica to be promoted", 0.2)
-        assert proc.wait(180) == 0, proc.communicate()[1][-2000:]
+        _out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err[-2000:]
         time.sleep(1.0)  # writes go on against the promoted replica
         stop.set()
         thread.join(10)
