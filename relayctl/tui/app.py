@@ -564,7 +564,8 @@ class RelayApp(App[None]):
         self._write(what, fn)
 
     def action_apply_phase(self) -> None:
-        p = phase(self.state.phase_number)
+        seen = self.state.phase_number  # what the operator confirms: refused once it moved
+        p = phase(seen)
         current = {r.name: r.value for r in self.state.flags}
         changing = [f"{k}: {word(current.get(k))} -> {word(v)}"
                     for k, v in (p.target_flags or {}).items() if current.get(k) != v]
@@ -575,7 +576,7 @@ class RelayApp(App[None]):
                       lambda reason: self._write("apply", lambda c: "applied: " + (", ".join(
                           f"{ch.name} {ch.before}->{ch.after}" for ch in checklist_core.apply(
                               c, actor=self.actor, reason=reason, metrics_urls=self.metrics_urls,
-                              now=self.clock())[1]) or "baseline recorded")))
+                              now=self.clock(), seen_phase=seen)[1]) or "baseline recorded")))
 
     def action_advance(self) -> None:
         number = self.state.phase_number
@@ -599,7 +600,7 @@ class RelayApp(App[None]):
                                    now=self.clock)
                 result = checklist_core.advance(c, ctx, actor=self.actor,
                                                 overrides=dict.fromkeys(blocking, reason),
-                                                now=self.clock, reason=reason)
+                                                now=self.clock, reason=reason, seen_phase=number)
                 if not result.advanced:
                     raise RelayError("cannot advance: " + ", ".join(
                         result.blocking + result.open_items))
@@ -611,6 +612,7 @@ class RelayApp(App[None]):
     def action_rollback(self) -> None:
         if self._refuse_read_only():
             return
+        seen = self.state.phase_number
 
         def picked(proc_id: str | None) -> None:
             if proc_id is None:
@@ -621,7 +623,8 @@ class RelayApp(App[None]):
                 " Stops the running backfill." if proc.stop_backfill else ""),
                 lambda reason: self._write("rollback", lambda c: "rollback applied: " + ", ".join(
                     f"{ch.name}->{ch.after}" for ch in checklist_core.rollback(
-                        c, proc_id, actor=self.actor, reason=reason, now=self.clock()).changes)))
+                        c, proc_id, actor=self.actor, reason=reason, now=self.clock(),
+                        seen_phase=seen).changes)))
         self.push_screen(RollbackPicker(), picked)
 
     def mark_item(self, item_id: str) -> None:
@@ -633,11 +636,13 @@ class RelayApp(App[None]):
 
     def _mark(self, item_ids: list[str], undo: bool) -> None:
         what = item_ids[0] if len(item_ids) == 1 else f"{len(item_ids)} items"
+        seen = self.state.phase_number
         self._confirm(f"{'Re-open' if undo else 'Check off'} {what}?",
                       ", ".join(item_ids) + ". Recorded with your name and the time.",
                       lambda reason: self._write("mark", lambda c: ", ".join(checklist_core.mark(
                           c, item_ids, actor=self.actor, reason=reason, undo=undo,
-                          now=self.clock())) + (" re-opened" if undo else " checked off")))
+                          now=self.clock(), seen_phase=seen)) + (" re-opened" if undo else
+                                                                 " checked off")))
 
 
 SPAWNED_ENV = "RELAYCTL_START_AUDITED"

@@ -15,6 +15,7 @@ from textual.widgets import OptionList
 
 from relayctl.core import checklist as checklist_core
 from relayctl.core.backfill import EXIT_STOPPED, BackfillKeys, read_state, send_control
+from relayctl.core.evaluation import GateConfig, gate_context
 from relayctl.core.flags import (
     DEFAULTS,
     DUAL_WRITE,
@@ -24,6 +25,7 @@ from relayctl.core.flags import (
     stored_flags,
 )
 from relayctl.core.keys import AUDIT_KEY, CHECKLIST_KEY, FLAGS_KEY
+from relayctl.core.phases import phase
 from relayctl.tui.app import WRITE_ACTIONS
 from relayctl.tui.screens import ChecklistScreen, ConfirmScreen, RollbackPicker
 from tests.tui.kit import (
@@ -518,5 +520,64 @@ def test_census_and_verify_keys_run_in_the_background_and_show_on_the_keyspace_p
         await wait_until(pilot, lambda: pilot.app.state.verify is not None, "verify shown", 10)
         text = rendered_text(pilot.app.screen.query_one("#keyspace-body").content)
         assert "old 300" in text and "verify" in text
+
+    run_pilot(app, scenario)
+
+
+def _advance_as_another_operator(url: str, r: redis.Redis) -> None:
+    state = checklist_core.read_checklist(r)
+    ctx = gate_context(GateConfig(redis_url=url), r, state, state.phase)
+    result = checklist_core.advance(r, ctx, actor="sre-bob", seen_phase=state.phase,
+                                    overrides=dict.fromkeys(phase(state.phase).gates, "bob"))
+    assert result.advanced, result
+
+
+def test_a_confirmation_that_lands_after_another_operator_advanced_is_refused(redis_url, r):
+    """Two operators: the console's Advance dialog is open at phase 2 when someone else
+    advances to 3; confirming it must not advance again (to 4): refused, naming who moved it."""
+    r.hset(CHECKLIST_KEY, "phase", "2")
+    checklist_core.mark(r, ["p2-latency"], actor="pytest", reason="setup")
+    app = live_app(redis_url)
+
+    async def scenario(pilot: Pilot) -> None:
+        await wait_connected(pilot)
+        await wait_until(pilot, lambda: pilot.app.state.checklist.done("p2-latency"),
+                         "the checked-off item")
+        await open_checklist(pilot)
+        await pilot.press("A")
+        assert isinstance(pilot.app.screen, ConfirmScreen)
+        _advance_as_another_operator(redis_url, r)
+        advances = len([e for e in audit_entries(r) if e["action"] == "checklist.advance"])
+        await confirm_with_reason(pilot, "late")
+        await wait_until(pilot, lambda: any("phase is now 3" in str(n.message)
+                                            for n in pilot.app._notifications), "the refusal")
+        assert r.hget(CHECKLIST_KEY, "phase") == "3"
+        assert len([e for e in audit_entries(r)
+                    if e["action"] == "checklist.advance"]) == advances
+        refusal = next(str(n.message) for n in pilot.app._notifications
+                       if "phase is now 3" in str(n.message))
+        assert "sre-bob" in refusal
+
+    run_pilot(app, scenario)
+
+
+@pytest.mark.parametrize("key", ["a", "space"])
+def test_apply_or_check_off_confirmed_after_the_phase_moved_writes_nothing(redis_url, r, key):
+    r.hset(CHECKLIST_KEY, "phase", "2")
+    checklist_core.mark(r, ["p2-latency"], actor="pytest", reason="setup", undo=True)
+    app = live_app(redis_url)
+
+    async def scenario(pilot: Pilot) -> None:
+        await wait_connected(pilot)
+        await open_checklist(pilot)
+        await pilot.press(key)
+        assert isinstance(pilot.app.screen, ConfirmScreen)
+        checklist_core.mark(r, ["p2-latency"], actor="sre-bob", reason="bob")
+        _advance_as_another_operator(redis_url, r)
+        before = snapshot(r)
+        await confirm_with_reason(pilot, "late")
+        await wait_until(pilot, lambda: any("phase is now 3" in str(n.message)
+                                            for n in pilot.app._notifications), "the refusal")
+        assert snapshot(r) == before
 
     run_pilot(app, scenario)
