@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 
 import click
 
@@ -129,7 +130,7 @@ def backfill_status(c: Context, as_json: bool) -> None:
     client = c.client()
     state = read_state(client)
     owner = lease_owner(client)
-    health = run_health(state, owner is not None, c.now())
+    health = run_health(state, owner is not None, time.time())  # heartbeats: wall clock
     # the lease token fences the engine's writes: never shown
     data = {"state": {k: v for k, v in state.items() if k != "token"},
             "engine_alive": owner is not None,
@@ -143,12 +144,25 @@ def backfill_status(c: Context, as_json: bool) -> None:
         for name, value in iter_status_fields(state):
             if name in ("rate", "eta_s") and not health.live:
                 continue
+            if name in ("started", "heartbeat", "updated", "finished"):
+                value = _when(value)
             click.echo(f"{name:>18}: {value}")
         click.echo(f"{'engine':>18}: {'alive' if owner else 'not running'}")
     if health.dead:
         sys.exit(ExitCode.ERRORS)
     if state.get("status") in ("paused", "stopped", "partial"):
         sys.exit(ExitCode.STOPPED)
+
+
+def _when(epoch: str) -> str:
+    """A saved epoch as UTC ISO and its age on the wall clock (the engines' clock)."""
+    from relayctl.core import formatting as fmt
+
+    try:
+        ts = float(epoch)
+    except ValueError:
+        return epoch
+    return f"{fmt.iso(ts)} ({fmt.ago(ts, time.time())})"
 
 
 def _control(c: Context, action: str, reason: str) -> None:

@@ -46,6 +46,7 @@ class Context:
     config_path: str | None = None
     prometheus: PromFlags = field(default_factory=PromFlags)
     _client: redis.Redis | None = field(default=None, repr=False)
+    _demo: Any = field(default=False, repr=False)  # False: not looked up yet
 
     def client(self) -> redis.Redis:
         if self._client is None:
@@ -57,24 +58,47 @@ class Context:
     def redis_display(self) -> str:
         return parse_target(self.redis_url, self.allow_plaintext).display
 
+    def demo_clock(self) -> Any:
+        """The embedded demo's scaled clock when this Redis is the demo's (one HGETALL, once
+        per process, only once connected), so the CLI reads time as the demo's console does."""
+        if self._demo is False and self._client is not None:
+            from relayctl.core.demo import stored_clock
+
+            try:
+                self._demo = stored_clock(self._client)
+            except Exception:  # no such key, or no permission: the wall clock
+                self._demo = None
+        return self._demo or None
+
     def now(self) -> float:
-        """Wall clock, shifted by RELAYCTL_CLOCK_OFFSET_S (tests and demos of time gates)."""
+        """Wall clock (the demo's scaled clock on the demo), shifted by
+        RELAYCTL_CLOCK_OFFSET_S (tests and demos of time gates)."""
         try:
             offset = float(os.environ.get("RELAYCTL_CLOCK_OFFSET_S", "0") or 0)
         except ValueError:
             raise UsageError("RELAYCTL_CLOCK_OFFSET_S must be a number of seconds") from None
-        return time.time() + offset
+        demo = self.demo_clock()
+        return (demo() if demo else time.time()) + offset
 
     def gates(self, window: float | None = None) -> GateConfig:
         """The gates' thresholds and sources, merged and validated by core (as the console)."""
         from relayctl.core.evaluation import gate_config
 
         p = self.prometheus
-        return gate_config(self.config, redis_url=self.redis_url, metrics_urls=self.metrics_urls,
-                           prometheus_url=self.prometheus_url, window_s=window,
-                           prometheus_selector=p.selector,
-                           prometheus_bearer_token_file=p.bearer_token_file,
-                           prometheus_ca=p.ca, prometheus_headers=p.headers)
+        config = gate_config(self.config, redis_url=self.redis_url,
+                             metrics_urls=self.metrics_urls,
+                             prometheus_url=self.prometheus_url, window_s=window,
+                             prometheus_selector=p.selector,
+                             prometheus_bearer_token_file=p.bearer_token_file,
+                             prometheus_ca=p.ca, prometheus_headers=p.headers)
+        demo = self.demo_clock()
+        if demo is None:
+            return config
+        from dataclasses import replace
+
+        from relayctl.core.demo import scaled_thresholds
+
+        return replace(config, thresholds=scaled_thresholds(dict(config.thresholds), demo.speed))
 
 
 def emit_json(data: Any) -> None:

@@ -73,4 +73,5 @@ class BackfillView:
         else:
             skipped = ", ".join(f"{k}={v:,}" for k, v in p.skipped.items())
             click.echo(f"{p.mode} {p.status}: scanned {p.scanned:,}, migrated {p.migrated:,}, "
+                       f"indexed {p.indexed:,}, healed {p.healed:,}, "
                        f"skipped {skipped}; {p.rate:,.0f} keys/s; run {p.run_id}")

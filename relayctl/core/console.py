@@ -17,6 +17,7 @@ from relayctl.core.backfill import BackfillKeys
 from relayctl.core.census import Census
 from relayctl.core.checklist import ChecklistState
 from relayctl.core.connection import describe_redis_error
+from relayctl.core.engine_version import server_identity
 from relayctl.core.evaluation import GateConfig
 from relayctl.core.gates import GateResult
 from relayctl.core.overview import FlagRow, read_overview
@@ -82,6 +83,10 @@ class ConsoleState:
     new_share_history: list[float] = field(default_factory=list)
     redis_updated: float = 0.0
     metrics_updated: float = 0.0
+    server: str = ""  # "Redis 7.0.15" / "Valkey 9.1.2": read once per client
+    # wall-clock time of the last good Redis read: an engine's heartbeat is wall-clock time,
+    # while `ts` may run on the demo's scaled clock (or a test's offset)
+    read_wall: float = 0.0
     last_scrape: Snapshot | None = None
 
     @property
@@ -141,6 +146,7 @@ def refresh(state: ConsoleState, client: redis.Redis | None, metrics_urls: list[
     try:
         view = read_overview(client, gates, now=lambda: state.ts, shared=shared,
                              backfill_keys=backfill_keys)
+        ident = server_identity(client)
     except (redis.RedisError, OSError) as exc:
         state.redis_status = "RECONNECTING" if state.redis_updated else "DOWN"
         state.redis_error = describe_redis_error(exc)
@@ -152,4 +158,6 @@ def refresh(state: ConsoleState, client: redis.Redis | None, metrics_urls: list[
     state.gates, state.triggers = view.gates, view.triggers
     state.redis_status, state.redis_error = "CONNECTED", ""
     state.redis_updated = state.ts
+    state.server = ident.label if ident else ""
+    state.read_wall = time.time()
     return state

@@ -290,7 +290,6 @@ def start_demo(schema: KeySchema, *, speed: float = 1.0, thresholds: dict[str, f
     census taken a real minute ago is as fresh to the gates as it is to the operator; the
     scaled clock is stored in Redis (`relay:demo:clock`) for other processes to read."""
     from relayctl.core.connection import connect
-    from relayctl.core.gates import THRESHOLDS
     from relayctl.core.jobs import JobStore
     from relayctl.core.metrics import Metrics
     from relayctl.core.simulate import Simulator, workspace_names
@@ -319,12 +318,20 @@ def start_demo(schema: KeySchema, *, speed: float = 1.0, thresholds: dict[str, f
         for closer in closers:
             closer()  # type: ignore[operator]
         raise
-    merged = dict(thresholds or {})
-    merged["max_age_s"] = merged.get("max_age_s", THRESHOLDS["max_age_s"]) * speed
+    merged = scaled_thresholds(dict(thresholds or {}), speed)
     stack = DemoStack(redis=embedded, metrics_url=server.url, clock=clock, thresholds=merged,
                       summary=summary, rate=ops, workspaces=names, simulator=sim,
                       _closers=closers)
     return stack
+
+
+def scaled_thresholds(thresholds: dict[str, float], speed: float) -> dict[str, float]:
+    """The freshness window on the demo's clock: a census a real minute old is as fresh to
+    the gates as it is to the operator, for the console and a CLI pointed at the demo alike."""
+    from relayctl.core.gates import THRESHOLDS
+
+    base = thresholds.get("max_age_s", THRESHOLDS["max_age_s"])
+    return {**thresholds, "max_age_s": base * speed}
 
 
 def stored_clock(client: redis.Redis) -> ScaledClock | None:

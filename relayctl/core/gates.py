@@ -602,7 +602,8 @@ def _backfill_complete(ctx: GateContext) -> GateResult:
             alive = ctx.redis_call("backfill_lease", lambda c: lease_owner(c) is not None)
         except SourceError as exc:
             return _r("backfill_complete", UNKNOWN, status, "status completed", str(exc))
-        health = run_health(state, bool(alive), ctx.now())
+        # heartbeats are wall-clock time, not the gates' (possibly shifted or scaled) clock
+        health = run_health(state, bool(alive), time.time())
         if health.dead:
             return _r("backfill_complete", FAIL, "dead", "status completed", health.detail)
     return _r("backfill_complete", WAIT, status or "never run", "status completed",

@@ -73,6 +73,8 @@ class HeaderBar(Static):
             t.append(" relayctl ", style="bold reverse")
             t.append(" ")
         t.append(f"{redis_display}{' TLS' if tls else ''} ", style="bold")
+        if state.server and not compact:
+            t.append(f"{state.server} ", style="dim")
         t.append(f" {state.redis_status} ", style=f"bold white {BADGE[state.redis_status]}")
         if retry_in is not None and state.redis_status in ("DOWN", "RECONNECTING"):
             t.append(f" retry {retry_in:.0f}s", style="bold")
@@ -220,9 +222,14 @@ class DualWritePanel(Panel):
         self.update_body(t)
 
 
+def heartbeat_now(state: ConsoleState) -> float:
+    """The last good read on the engines' (wall) clock: with Redis down the saved state is not
+    news of a stall, and the demo's scaled clock would age a live heartbeat by days."""
+    return state.read_wall or state.redis_updated or state.ts
+
+
 def backfill_health(state: ConsoleState) -> RunHealth:
-    """As of the last good read: with Redis down the saved state is not news of a stall."""
-    return run_health(state.backfill, state.engine_alive, state.redis_updated or state.ts)
+    return run_health(state.backfill, state.engine_alive, heartbeat_now(state))
 
 
 def _throttle_line(bf: dict[str, str]) -> Text:
@@ -275,11 +282,12 @@ class BackfillPanel(Panel):
         bar.add_row(ProgressBar(total=max(total, 1), completed=completed), right)
         parts.append(bar)
         parts.append(Text(
-            f"scanned {scanned:,}  migrated {int(bf.get('migrated', 0) or 0):,}\n"
+            f"scanned {scanned:,}  migrated {int(bf.get('migrated', 0) or 0):,}  "
+            f"indexed {bf.get('indexed', 0)}  healed {bf.get('healed', 0)}\n"
             f"exists {bf.get('skipped_exists', 0)}  invalid {bf.get('skipped_invalid', 0)}  "
             f"filtered {bf.get('skipped_filtered', 0)}  errors {bf.get('errors', 0)}\n"
             f"owner {bf.get('owner', '-')}  heartbeat "
-            f"{fmt.ago(float(bf.get('heartbeat', 0) or 0), state.ts)}"))
+            f"{fmt.ago(float(bf.get('heartbeat', 0) or 0), heartbeat_now(state))}"))
         lanes = sorted((f for f in bf if f.startswith("cursor:")),
                        key=lambda f: int(f.partition(":")[2] or 0))
         if lanes:

@@ -18,6 +18,7 @@ from relayctl.core.checklist import rollback
 from relayctl.core.flags import DUAL_WRITE, FALLBACK_OLD, PREFERS_NEW, set_flag
 from relayctl.core.jobs import JobStore, iso_to_ms
 from relayctl.core.keys import KeySchema
+from relayctl.core.metrics import Metrics
 from relayctl.core.verify import run_verify
 
 SCHEMA = KeySchema()
@@ -134,12 +135,15 @@ def test_seed_format_phase1_copies_are_healed_and_listed_once_read_whole(r):
     found = run_verify(r, SCHEMA)
     assert (found.counts["index_missing"], found.counts["partial"], found.counts["missing"]) \
         == (100, 100, 100), found.as_dict()
-    engine = Backfill(r, BackfillOptions(execute=True, force=True))
+    metrics = Metrics()
+    engine = Backfill(r, BackfillOptions(execute=True, force=True), metrics=metrics)
     assert engine.run() == 0
     # the backfill alone heals what Phase 1 left: index entries added, partial copies
     # completed from the legacy record, no verify --repair needed
     assert (engine.progress.migrated, engine.progress.indexed, engine.progress.healed) \
         == (100, 200, 100)
+    assert [metrics.registry.get_sample_value("relay_backfill_healed_total", {"what": w})
+            for w in ("indexed", "healed")] == [200.0, 100.0]
     assert run_verify(r, SCHEMA).clean
     flags(r, **{DUAL_WRITE: True, PREFERS_NEW: True, FALLBACK_OLD: False})
     s = store(r)

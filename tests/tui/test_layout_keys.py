@@ -12,10 +12,12 @@ from relayctl.tui.widgets import Panel, TablePanel
 from tests.tui.kit import (
     backfill_state,
     fixed_app,
+    live_app,
     long_audit_state,
     mid_backfill_state,
     rendered_text,
     run_pilot,
+    wait_connected,
 )
 
 
@@ -181,3 +183,16 @@ def test_help_groups_keys_by_screen_and_explains_every_badge():
             assert word in text, word
 
     run_pilot(app, scenario, size=(160, 48))
+
+
+def test_the_header_names_the_server_it_is_connected_to(redis_url, r):
+    """Issue 16: the console shows the server's name and version (read once per client)."""
+    version = r.info("server")["redis_version"]
+    app = live_app(redis_url)
+
+    async def scenario(pilot: Pilot) -> None:
+        await wait_connected(pilot)
+        header = str(pilot.app.screen.query_one("#header").render())
+        assert f"Redis {version}" in header, header
+
+    run_pilot(app, scenario)

@@ -96,8 +96,12 @@ class Tally:
             elif code in EXISTING:
                 p.skipped["exists"] += n
                 m.inc(m.backfill_skipped, lbl, "exists", amount=n)
-                p.indexed += n if code in ("i", "b") else 0
-                p.healed += n if code in ("h", "b") else 0
+                if code in ("i", "b"):
+                    p.indexed += n
+                    m.inc(m.backfill_healed, "indexed", amount=n)
+                if code in ("h", "b"):
+                    p.healed += n
+                    m.inc(m.backfill_healed, "healed", amount=n)
             elif code == "g":
                 p.skipped["invalid"] += n
                 m.inc(m.backfill_skipped, lbl, "invalid", amount=n)
