@@ -92,13 +92,13 @@ def backfill(ctx: click.Context, dry_run: bool, execute: bool, workspaces: tuple
     client = c.client()
 
     def on_event(kind: str, progress: object) -> None:
-        # audited once the engine holds the lease (a refused start is not a start); the
-        # console audits the starts it spawns itself (RELAYCTL_START_AUDITED=1)
-        if kind == "start" and execute and os.environ.get("RELAYCTL_START_AUDITED") != "1":
+        # audited once the engine holds the lease (a refused start is not a start), whoever
+        # started it: a shell, or the console (which passes its actor and reason)
+        if kind == "start" and execute:
             from relayctl.core import audit
 
             audit.record(client, c.actor, "backfill.start", "backfill", "",
-                         f"pid {os.getpid()} execute (cli, run "
+                         f"pid {os.getpid()} execute (run "
                          f"{getattr(progress, 'run_id', '?')})", reason)
         view.event(kind, progress)  # type: ignore[arg-type]
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
 import time
 from collections.abc import Callable, Iterable
 
@@ -503,20 +502,10 @@ class RelayApp(App[None]):
             return
 
         def spawn(c: redis.Redis, req: BackfillRequest) -> str:
-            # the console audits the start; the engine must not audit it a second time (the
-            # child inherits the environment spawn_engine copies at this moment)
-            before = os.environ.get(SPAWNED_ENV)
-            os.environ[SPAWNED_ENV] = "1"
-            try:
-                pid = spawn_engine(self.redis_url or "", req.options, actor=self.actor,
-                                   reason=req.reason, client=c,
-                                   allow_plaintext=self.allow_plaintext,
-                                   tls=self.tls_options, config_path=self.config_path)
-            finally:
-                if before is None:
-                    os.environ.pop(SPAWNED_ENV, None)
-                else:
-                    os.environ[SPAWNED_ENV] = before
+            pid = spawn_engine(self.redis_url or "", req.options, actor=self.actor,
+                               reason=req.reason, client=c,
+                               allow_plaintext=self.allow_plaintext,
+                               tls=self.tls_options, config_path=self.config_path)
             return watch_spawned(c, pid)
 
         def start(req: BackfillRequest | None) -> None:
@@ -645,25 +634,21 @@ class RelayApp(App[None]):
                                                                  " checked off")))
 
 
-SPAWNED_ENV = "RELAYCTL_START_AUDITED"
-
-
 def watch_spawned(client: redis.Redis, pid: int, timeout: float = 5.0) -> str:
     """After the spawn, wait until the engine holds its lease or exits: a refused engine is
-    reported (and reaped), never announced as started."""
+    reported with its own one-line reason, never announced as started."""
     from relayctl.core.backfill import lease_owner
+    from relayctl.core.backfill.process import engine_error, spawned_exit
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            done, status = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            done, status = pid, 0
-        if done:
-            code = os.waitstatus_to_exitcode(status)
-            return (f"backfill engine (pid {pid}) exited with code {code}: refused or finished "
-                    "at once; see `relayctl backfill status`" if code else
-                    f"backfill engine (pid {pid}) finished")
+        code = spawned_exit(pid)
+        if code is not None:
+            if code == 0:
+                return f"backfill engine (pid {pid}) finished"
+            why = engine_error(pid) or "see `relayctl backfill status`"
+            raise RelayError(f"backfill engine (pid {pid}) refused or failed (exit {code}): "
+                             f"{why}")
         owner = lease_owner(client) or ""
         if owner.endswith(f":{pid}"):
             return f"backfill engine started (pid {pid})"

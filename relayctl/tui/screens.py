@@ -175,7 +175,8 @@ class BackfillRequest:
 
 
 class BackfillForm(ModalScreen[BackfillRequest | None]):
-    """Start a backfill engine as its own process; Cancel has the focus."""
+    """Start a backfill engine as its own process. The common path is short: `space`
+    (execute), `Tab`, the reason, `Enter`; the tuning fields follow the reason."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
@@ -184,6 +185,7 @@ class BackfillForm(ModalScreen[BackfillRequest | None]):
         with VerticalScroll(id="dialog"):
             yield Label("Start a backfill", id="dialog-title")
             yield Checkbox("execute (unchecked = dry-run)", id="execute")
+            yield Input(placeholder="reason (required, recorded in the audit log)", id="reason")
             yield Input(placeholder="workspaces, comma separated (empty = all)", id="workspaces")
             with Horizontal(classes="fields field-labels"):
                 for text in ("rps (0: any)", "batch", "max keys", "workers"):
@@ -195,7 +197,6 @@ class BackfillForm(ModalScreen[BackfillRequest | None]):
                 yield Input(placeholder="workers (cluster shards at once)", id="workers",
                             value="1")
             yield Checkbox("resume the unfinished run", id="resume")
-            yield Input(placeholder="reason (required, recorded in the audit log)", id="reason")
             with Horizontal(id="dialog-buttons"):
                 yield Button("Cancel (Esc)", id="cancel")
                 yield Button("Start", id="confirm", variant="error")
@@ -463,7 +464,9 @@ class ChecklistScreen(Screen):
                 yield OptionList(id="phase-items")
                 yield Static(id="phase-gates")
                 yield Static(id="phase-triggers")
-        yield Footer()
+        # compact and without the palette key (ctrl+p still opens it; `?` lists it): every
+        # checklist key fits at 80 columns
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         self.selected = self.app.state.phase_number  # type: ignore[attr-defined]

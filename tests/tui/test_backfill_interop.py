@@ -94,7 +94,8 @@ def test_backfill_started_from_the_console_shows_in_cli_status_and_pauses_from_t
         engine_pids.append(pid)
         start = [e for e in audit_entries(r) if e["action"] == "backfill.start"]
         assert [(e["actor"], e["reason"]) for e in start] == [(ACTOR, "week 4")]
-        assert start[0]["after"] == f"pid {pid} execute"
+        # audited by the engine itself once it held the lease, with the console's actor
+        assert start[0]["after"] == f"pid {pid} execute (run {read_state(r)['run_id']})"
         await wait_until(pilot, lambda: int(read_state(r).get("scanned", 0)) >= 300,
                          "progress", timeout=20)
 

@@ -3,11 +3,15 @@ that matter never vanish, a small terminal shows a notice instead of crashing.""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from textual.pilot import Pilot
+from textual.widgets import Checkbox
+from textual.widgets._footer import FooterKey
 
 from relayctl.tui.app import PANELS, Dashboard, ZoomScreen
-from relayctl.tui.screens import ChecklistScreen, HelpScreen, TextScreen
+from relayctl.tui.screens import BackfillForm, ChecklistScreen, HelpScreen, TextScreen
 from relayctl.tui.widgets import Panel, TablePanel
 from tests.tui.kit import (
     backfill_state,
@@ -93,7 +97,7 @@ def test_every_panel_is_reachable_by_number_and_by_tab_and_scrolled_into_view():
     run_pilot(app, scenario, size=(80, 24))
 
 
-def test_the_footer_always_shows_help_and_quit_at_80_columns():
+def test_the_footer_always_shows_help_and_quit_and_every_key_whole_at_80_columns():
     app = fixed_app(mid_backfill_state())
 
     async def scenario(pilot: Pilot) -> None:
@@ -103,6 +107,11 @@ def test_the_footer_always_shows_help_and_quit_at_80_columns():
             footer = [b for b in app.screen.active_bindings.values() if b.binding.show]
             shown = [b.binding.key for b in footer][:3]
             assert "question_mark" in shown and "q" in shown, shown
+            # and no key is cut off or hidden under another (the checklist lost `R` so)
+            spans = sorted((k.region.x, k.region.right, k.description)
+                           for k in app.screen.query(FooterKey))
+            assert all(right <= 80 for _x, right, _d in spans), spans
+            assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans)), spans
 
     run_pilot(app, scenario, size=(80, 24))
 
@@ -196,3 +205,20 @@ def test_the_header_names_the_server_it_is_connected_to(redis_url, r):
         assert f"Redis {version}" in header, header
 
     run_pilot(app, scenario)
+
+
+def test_the_backfill_form_reaches_its_reason_in_one_tab_after_execute():
+    """Defect 7: `space` (execute), `Tab`, the reason, `Enter` — not seven Tabs."""
+    state = mid_backfill_state()
+    state.backfill, state.engine_alive = {}, False
+    app = fixed_app(state)
+
+    async def scenario(pilot: Pilot) -> None:
+        await pilot.pause(0.3)
+        await pilot.press("b")
+        assert isinstance(app.screen, BackfillForm)
+        await pilot.press("space", "tab")
+        assert app.screen.query_one("#execute", Checkbox).value is True
+        assert app.screen.focused is not None and app.screen.focused.id == "reason"
+
+    run_pilot(app, scenario, size=(80, 24))

@@ -3,6 +3,8 @@ quitting the demo mid-backfill without asking."""
 
 from __future__ import annotations
 
+import os
+
 from textual.pilot import Pilot
 
 from relayctl.core.flags import DUAL_WRITE, set_flag
@@ -14,6 +16,7 @@ from tests.tui.kit import (
     run_pilot,
     seed_legacy,
     spawn_cli_engine,
+    type_text,
     wait_connected,
     wait_until,
 )
@@ -53,7 +56,7 @@ def test_a_backfill_started_from_the_cli_is_audited_once_it_holds_the_lease(
     second.wait(timeout=60)  # refused: nothing unfinished to resume
     starts = [e for e in audit_entries(r) if e["action"] == "backfill.start"]
     assert [(e["actor"], e["reason"]) for e in starts] == [("pytest-cli", "week 4 from a shell")]
-    assert f"pid {engine.pid} execute (cli" in starts[0]["after"]
+    assert starts[0]["after"].startswith(f"pid {engine.pid} execute (run ")
 
 
 def test_q_in_the_demo_asks_while_a_backfill_runs(redis_url, r, engine_pids):
@@ -74,5 +77,32 @@ def test_q_in_the_demo_asks_while_a_backfill_runs(redis_url, r, engine_pids):
         await pilot.press("enter")  # "Stay" is highlighted first
         await pilot.pause(0.2)
         assert app.is_running and not isinstance(app.screen, ChoiceScreen)
+
+    run_pilot(app, scenario)
+
+
+def test_a_start_the_engine_refuses_shows_its_reason_audits_nothing_and_leaves_no_zombie(
+        redis_url, r, engine_pids):
+    """Defect 2: the form said `started` and audited `backfill.start` for an engine that was
+    refused; its stderr went nowhere and it stayed a zombie."""
+    seed_legacy(r, 200)  # dual-write is off: the engine refuses to run without --force
+    app = live_app(redis_url)
+
+    async def scenario(pilot: Pilot) -> None:
+        await wait_connected(pilot)
+        await pilot.press("b")
+        assert isinstance(app.screen, BackfillForm)
+        await pilot.press("space", "tab")
+        await type_text(pilot, "week 4")
+        await pilot.press("enter")
+        refusal = await wait_until(pilot, lambda: next(
+            (str(n.message) for n in app._notifications if "refused" in str(n.message)), None),
+            "the refusal", 20)
+        assert "exit 2" in refusal and "dual-write" in refusal.lower(), refusal
+        assert not any("started" in str(n.message) for n in app._notifications)
+        assert [e for e in audit_entries(r) if e["action"] == "backfill.start"] == []
+        pid = int(refusal.split("pid ")[1].split(")")[0])
+        engine_pids.append(pid)
+        await wait_until(pilot, lambda: not os.path.exists(f"/proc/{pid}"), "the reaping", 5)
 
     run_pilot(app, scenario)

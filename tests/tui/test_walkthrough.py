@@ -75,7 +75,7 @@ def test_readme_walkthrough_passes_every_phase_without_an_override(engine_pids):
                 await pilot.press("escape", "b")
                 await wait_until(pilot, lambda: isinstance(app.screen, BackfillForm), "form")
                 await pilot.press("space")  # execute (the focus starts there)
-                app.screen.query_one("#reason").focus()
+                await pilot.press("tab")  # the reason follows the execute box
                 await type_text(pilot, "phase 4 campaign")
                 await pilot.press("enter")
                 await wait_until(pilot, lambda: engine_pid_from_audit(client), "the spawn")

@@ -6,10 +6,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
+import threading
 
 import redis
 
-from relayctl.core import audit
 from relayctl.core.backfill.options import BackfillOptions
 from relayctl.core.connection import TLS_ENV, TLSOptions
 from relayctl.core.errors import UsageError
@@ -50,27 +51,58 @@ def engine_args(options: BackfillOptions) -> list[str]:
 def spawn_engine(redis_url: str, options: BackfillOptions, *, actor: str, reason: str,
                  client: redis.Redis, allow_plaintext: bool = False,
                  tls: TLSOptions | None = None, config_path: str | None = None) -> int:
-    """Start `relayctl backfill` as its own process (it outlives the console); audited.
+    """Start `relayctl backfill` as its own process (it outlives the console).
 
     Every option is forwarded, and the console's --config (key templates). The URL and the
     TLS files travel in the environment, never on the command line, so `ps` shows no
-    credentials.
+    credentials. The engine audits its own start with this actor and reason once it holds
+    the lease, as from the CLI, so a refused engine leaves no `backfill.start`. Its stderr
+    goes to `engine_log(pid)`; a thread reaps it whenever it exits (no zombie).
     """
     if not reason.strip():
         raise UsageError("a reason is required to start a backfill")
     options.validate()
+    del client  # the engine writes everything itself
     args = [sys.executable, "-m", "relayctl"]
     if allow_plaintext:
         args.append("--allow-plaintext")
     if config_path:
         args += ["--config", config_path]
-    args += ["--actor", actor, "backfill", *engine_args(options), "--json"]
+    args += ["--actor", actor, "backfill", *engine_args(options), "--reason", reason, "--json"]
     env = {k: v for k, v in os.environ.items() if k not in TLS_ENV.values()}
     env.update((tls if tls is not None else TLSOptions.from_env()).env())
     env["REDIS_URL"] = redis_url
-    env["RELAYCTL_START_AUDITED"] = "1"  # audited here, with the reason; not again by the child
-    proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    audit.record(client, actor, "backfill.start", "backfill", "",
-                 f"pid {proc.pid} {'execute' if options.execute else 'dry-run'}", reason)
+    fd, tmp = tempfile.mkstemp(prefix="relayctl-engine-", suffix=".err")
+    try:
+        proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=fd, start_new_session=True)
+    finally:
+        os.close(fd)
+    os.replace(tmp, engine_log(proc.pid))
+    _SPAWNED[proc.pid] = proc
+    threading.Thread(target=proc.wait, name=f"reap-engine-{proc.pid}", daemon=True).start()
     return proc.pid
+
+
+_SPAWNED: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def engine_log(pid: int) -> str:
+    """Where a spawned engine's stderr goes: its refusal, if it is refused."""
+    return os.path.join(tempfile.gettempdir(), f"relayctl-engine-{pid}.err")
+
+
+def spawned_exit(pid: int) -> int | None:
+    """The exit code of an engine this process spawned, None while it runs (or unknown)."""
+    proc = _SPAWNED.get(pid)
+    return None if proc is None else proc.poll()
+
+
+def engine_error(pid: int) -> str:
+    """The last line a spawned engine wrote to stderr (its one-line refusal), or ""."""
+    try:
+        with open(engine_log(pid), encoding="utf-8", errors="replace") as f:
+            lines = [line.strip() for line in f if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
