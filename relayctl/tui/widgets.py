@@ -282,10 +282,11 @@ class BackfillPanel(Panel):
         bar.add_row(ProgressBar(total=max(total, 1), completed=completed), right)
         parts.append(bar)
         parts.append(Text(
-            f"scanned {scanned:,}  migrated {int(bf.get('migrated', 0) or 0):,}  "
-            f"indexed {bf.get('indexed', 0)}  healed {bf.get('healed', 0)}\n"
-            f"exists {bf.get('skipped_exists', 0)}  invalid {bf.get('skipped_invalid', 0)}  "
-            f"filtered {bf.get('skipped_filtered', 0)}  errors {bf.get('errors', 0)}\n"
+            f"scanned {scanned:,}  migrated {int(bf.get('migrated', 0) or 0):,}\n"
+            f"exists {bf.get('skipped_exists', 0)}  indexed {bf.get('indexed', 0)}  "
+            f"healed {bf.get('healed', 0)}\n"
+            f"invalid {bf.get('skipped_invalid', 0)}  filtered {bf.get('skipped_filtered', 0)}  "
+            f"errors {bf.get('errors', 0)}\n"
             f"owner {bf.get('owner', '-')}  heartbeat "
             f"{fmt.ago(float(bf.get('heartbeat', 0) or 0), heartbeat_now(state))}"))
         lanes = sorted((f for f in bf if f.startswith("cursor:")),

@@ -126,6 +126,7 @@ class Backfill:
                                  emit=lambda e: self.on_event(e, self.progress), sleep=sleep)
         self.projection: Projection | None = None
         self.preflight_s = 0.0
+        self.evictions_seen = False  # keys were evicted during this run (a resumed one too)
         if self.cluster and options.wait_replicas:
             raise UsageError("--wait-replicas applies to a standalone server: on a cluster each "
                              "shard's replicas are watched by the replica-lag guard instead")
@@ -216,6 +217,7 @@ class Backfill:
         p.started = float(saved.get("started", time.time()))
         p.message = f"resumed at cursor {p.cursor}"
         self.throttle.total_s = float(saved.get("throttled_s", 0) or 0)
+        self.evictions_seen = saved.get("evictions_seen") == "1"
 
     def _start_state(self, saved: dict[str, str]) -> None:
         """Decide fresh vs resume, make the lanes, and write the run's starting state."""
@@ -515,7 +517,11 @@ class Backfill:
 
     def _stopped_by_guard(self, verdict: Verdict) -> int:
         status = "failed" if verdict.exit_code == ExitCode.ERRORS else "stopped"
-        self.record.status(status, verdict.message, stop_reason=verdict.reason)
+        if verdict.reason == "evictions":
+            self.record.status(status, verdict.message, stop_reason=verdict.reason,
+                               evictions_seen="1")
+        else:
+            self.record.status(status, verdict.message, stop_reason=verdict.reason)
         self.on_event("stopped", self.progress)
         return verdict.exit_code
 
@@ -608,7 +614,14 @@ class Backfill:
         p = self.progress
         p.fraction = 1.0
         errors = p.errors
-        self.record.status("completed" if not errors else "completed_with_errors",
-                         f"{errors} errors" if errors else "done", finished=True)
+        # a run resumed after its evictions stop is done, never clean: the evicted keys may
+        # have held jobs, which only `relayctl verify` can rule out
+        flawed = errors or self.evictions_seen
+        message = "; ".join(filter(None, (
+            f"{errors} errors" if errors else "",
+            "keys were evicted during this run: run `relayctl verify`"
+            if self.evictions_seen else ""))) or "done"
+        self.record.status("completed_with_errors" if flawed else "completed", message,
+                           finished=True)
         self.on_event("done", p)
-        return EXIT_ERRORS if errors else EXIT_DONE
+        return EXIT_ERRORS if flawed else EXIT_DONE
