@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from datetime import date
+from functools import lru_cache
 
 # Unparseable values sort as the oldest entries (last in newest-first pages).
 FALLBACK_SCORE = 0
@@ -39,6 +40,30 @@ _BASIC = re.compile(
 )
 
 
+# What the application writes (`datetime.isoformat()` in UTC): read by slicing, the same
+# numbers the general path computes (the property test holds both to the Lua fragment).
+_COMMON = re.compile(rb"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}"
+                     rb"(?:\.[0-9]{3,6})?(?:\+00:00|Z)?")
+
+
+@lru_cache(maxsize=4096)
+def _day_ms(y: int, mo: int, d: int) -> int | None:
+    """Epoch milliseconds of a date's midnight UTC, None for a date that does not exist."""
+    try:
+        return (date(y, mo, d).toordinal() - _EPOCH_DAYS) * 86_400_000
+    except ValueError:
+        return None
+
+
+def _common_to_ms(v: bytes) -> int:
+    day = _day_ms(int(v[0:4]), int(v[5:7]), int(v[8:10]))
+    hour, minute, second = int(v[11:13]), int(v[14:16]), int(v[17:19])
+    if day is None or hour > 23 or minute > 59 or second > 59:
+        return FALLBACK_SCORE
+    millis = int(v[20:23]) if len(v) > 19 and v[19:20] == b"." else 0
+    return day + hour * 3_600_000 + minute * 60_000 + second * 1000 + millis
+
+
 def iso_to_ms(value: str | bytes | None) -> int:
     """Index score of an `enqueued_at` value by the contract above; FALLBACK_SCORE if
     unparseable."""
@@ -48,6 +73,8 @@ def iso_to_ms(value: str | bytes | None) -> int:
         if not value.isascii():
             return FALLBACK_SCORE
         value = value.encode("ascii")
+    if _COMMON.fullmatch(value):
+        return _common_to_ms(value)
     found = _EXTENDED.fullmatch(value) or _BASIC.fullmatch(value)
     if found is None:
         return FALLBACK_SCORE
