@@ -43,6 +43,7 @@ from relayctl.core.cluster import (
     shards,
 )
 from relayctl.core.errors import RelayError, UsageError
+from relayctl.core.exitcodes import ExitCode
 from relayctl.core.flags import FALLBACK_OLD, stored_flags
 from relayctl.core.keys import KeySchema
 from relayctl.core.pinned import Pinned
@@ -116,7 +117,7 @@ class ArchiveError(RelayError):
     """The archive file is missing, truncated, incomplete, tampered with or of another
     version."""
 
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 @dataclass

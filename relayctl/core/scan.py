@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import redis
 
 from relayctl.core.errors import RelayError
+from relayctl.core.exitcodes import ExitCode
 
 RESTARTS = 3
 T = TypeVar("T")
@@ -39,7 +40,7 @@ UNKNOWN = ServerIdentity("", "")
 class ServerChangedError(RelayError):
     """The server answering changed during a walk; the walk's counts are not trustworthy."""
 
-    exit_code = 1
+    exit_code = ExitCode.ERRORS
 
 
 def _text(value: object) -> str:

@@ -105,7 +105,9 @@ Reader = Callable[[Sequence[Command]], list[Any]]
 
 
 @dataclass
-class Job:
+class LegacyJob:
+    """A legacy record under check, with where its copy must be (not `jobs.Job`)."""
+
     key: str
     ws: str
     job_id: str
@@ -238,7 +240,7 @@ class _Run:
 
     # legacy pass --------------------------------------------------------------------------
 
-    def legacy_jobs(self, keys: list[bytes]) -> list[Job]:
+    def legacy_jobs(self, keys: list[bytes]) -> list[LegacyJob]:
         """The valid legacy jobs among `keys`; every other name counted invalid by reason."""
         s, report = self.s, self.report
         names: list[str] = []
@@ -251,7 +253,7 @@ class _Run:
             else:
                 names.append(name)
         replies = self.read([c for k in names for c in (("HGETALL", k), ("PTTL", k))])
-        jobs: list[Job] = []
+        jobs: list[LegacyJob] = []
         for i, name in enumerate(names):
             record, pttl = replies[2 * i], replies[2 * i + 1]
             if isinstance(record, dict) and not record:
@@ -271,16 +273,16 @@ class _Run:
             assert ws is not None and job_id is not None
             if self.wanted and ws not in self.wanted:
                 continue
-            jobs.append(Job(name, ws, job_id, Record(record, _pttl(pttl))))
+            jobs.append(LegacyJob(name, ws, job_id, Record(record, _pttl(pttl))))
         return jobs
 
-    def _copy_reads(self, jobs: list[Job]) -> list[Command]:
+    def _copy_reads(self, jobs: list[LegacyJob]) -> list[Command]:
         s = self.s
         return [c for j in jobs for c in (("HGETALL", s.new_key(j.ws, j.job_id)),
                                           ("PTTL", s.new_key(j.ws, j.job_id)),
                                           ("ZSCORE", s.index_key(j.ws), j.job_id))]
 
-    def _judge(self, job: Job, copy: object, copy_ttl: object, score: object) -> str | None:
+    def _judge(self, job: LegacyJob, copy: object, copy_ttl: object, score: object) -> str | None:
         return verified(job.legacy, Record(_fields(copy), _pttl(copy_ttl)), _score(score),
                         workspace_id=job.wsb, tolerance_s=self.tolerance_s)
 
@@ -306,11 +308,11 @@ class _Run:
                         or rec.get(b"job_id") != j.job_id.encode():
                     gone.add(i)  # the legacy record expired or changed hands meanwhile
                     continue
-                jobs[i] = Job(j.key, j.ws, j.job_id, Record(rec, _pttl(ttl)))
+                jobs[i] = LegacyJob(j.key, j.ws, j.job_id, Record(rec, _pttl(ttl)))
                 replies[3 * i:3 * i + 3] = [new_rec, new_ttl, score]
             suspects = [i for i in suspects if i not in gone
                         and self._judge(jobs[i], *replies[3 * i:3 * i + 3]) is not None]
-        to_repair: list[Job] = []
+        to_repair: list[LegacyJob] = []
         for i, j in enumerate(jobs):
             if i in gone:
                 continue
@@ -334,7 +336,7 @@ class _Run:
                 _repair_cluster(self.router, self.read, s, to_repair, report,
                                 self.prefer_legacy, self.tolerance_s)
 
-    def _reread(self, jobs: list[Job]) -> list[Any]:
+    def _reread(self, jobs: list[LegacyJob]) -> list[Any]:
         """Legacy record, PTTL, new record, PTTL, index score per job, flat (5 per job).
 
         Standalone: one MULTI/EXEC, an atomic snapshot. Cluster: no transaction spans three
@@ -458,7 +460,7 @@ def _remove_orphans(run: _Run, index_key: str, ws: str, members: list[bytes]) ->
     return 0
 
 
-def _plan(s: KeySchema, job: Job, legacy: Record, copy: Record, score: float | None,
+def _plan(s: KeySchema, job: LegacyJob, legacy: Record, copy: Record, score: float | None,
           prefer_legacy: bool, tolerance_s: float) -> tuple[list[Command], list[str], bool]:
     """Writes that bring the copy to the legacy record without reverting it.
 
@@ -503,7 +505,7 @@ def _plan(s: KeySchema, job: Job, legacy: Record, copy: Record, score: float | N
     return writes, kinds, bool(differing)
 
 
-def _repair_standalone(pinned: Pinned, s: KeySchema, jobs: list[Job], report: VerifyReport,
+def _repair_standalone(pinned: Pinned, s: KeySchema, jobs: list[LegacyJob], report: VerifyReport,
                        prefer_legacy: bool, tolerance_s: float) -> None:
     """WATCH the three keys of each job, re-read, plan, MULTI/EXEC; redo if anything moved."""
     pending = jobs
@@ -517,7 +519,7 @@ def _repair_standalone(pinned: Pinned, s: KeySchema, jobs: list[Job], report: Ve
                       ("ZSCORE", idx, j.job_id)]
         snap = pinned.watch_read(watch, reads)
         writes: list[Command] = []
-        outcome: list[tuple[Job, list[str], bool]] = []
+        outcome: list[tuple[LegacyJob, list[str], bool]] = []
         for n, j in enumerate(pending):
             rec, ttl, new_rec, new_ttl, score = snap[5 * n:5 * n + 5]
             rec = _fields(rec)
@@ -546,7 +548,7 @@ def _repair_standalone(pinned: Pinned, s: KeySchema, jobs: list[Job], report: Ve
     report.raced += len(pending)
 
 
-def _repair_cluster(router: Router, read: Reader, s: KeySchema, jobs: list[Job],
+def _repair_cluster(router: Router, read: Reader, s: KeySchema, jobs: list[LegacyJob],
                     report: VerifyReport, prefer_legacy: bool, tolerance_s: float) -> None:
     """Cluster: no transaction spans the three slots. Copies and overwrites are DUMP/RESTORE
     guarded by the copy as judged (RESTORE_COPY); fields are filled with HSETNX, which never
