@@ -20,6 +20,7 @@ from redis.sentinel import MasterNotFoundError, Sentinel
 from relayctl.core.cluster import as_client
 from relayctl.core.engine_version import require_commands
 from relayctl.core.errors import RedisUnavailableError, UsageError
+from relayctl.core.packing import packer_kwargs
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 _SECRET_QUERY = {"password", "username", "user", "pass", "ssl_password", "token"}
@@ -401,7 +402,7 @@ def _bare_url(target: RedisTarget) -> str:
 
 def _plain_client(target: RedisTarget, kwargs: dict[str, Any]) -> redis.Redis:
     """A standalone client from the checked target, built as redis-py builds one from a URL."""
-    kw = dict(kwargs)
+    kw = packer_kwargs(dict(kwargs))
     kw.pop("ssl", None)  # rediss:// says it
     return redis.Redis.from_url(_bare_url(target), **kw)
 
