@@ -125,14 +125,20 @@ def backfill(ctx: click.Context, dry_run: bool, execute: bool, workspaces: tuple
 def backfill_status(c: Context, as_json: bool) -> None:
     """The saved state of the current or last run (exit 1 when its engine is dead, 3 while
     paused or stopped)."""
-    from relayctl.core.backfill import iter_status_fields, lease_owner, read_state, run_health
+    from relayctl.core.backfill import (
+        iter_status_fields,
+        lease_owner,
+        read_state,
+        run_health,
+        state_json,
+    )
 
     client = c.client()
     state = read_state(client)
     owner = lease_owner(client)
     health = run_health(state, owner is not None, time.time())  # heartbeats: wall clock
     # the lease token fences the engine's writes: never shown
-    data = {"state": {k: v for k, v in state.items() if k != "token"},
+    data = {"state": state_json(state),
             "engine_alive": owner is not None,
             "health": health.health, "detail": health.detail}
     if as_json:

@@ -52,6 +52,7 @@ def _echo_layout(layout) -> None:
 def status(c: Context, as_json: bool) -> None:
     """One screen: deployment and slot layout, flags, fleet, backfill, keyspace, current phase
     and its gates."""
+    from relayctl.core.backfill import state_json
     from relayctl.core.cluster import is_cluster
     from relayctl.core.engine_version import server_identity
     from relayctl.core.flags import word
@@ -75,8 +76,9 @@ def status(c: Context, as_json: bool) -> None:
         "layout": layout.as_dict(),
         "flags": flags_,
         "fleet": {"instances": len(view.instances), "pinned": pinned},
-        "backfill": {k: bf.get(k) for k in ("run_id", "status", "scanned", "migrated",
-                                            "errors", "cursor")} if bf else None,
+        "backfill": state_json({k: bf[k] for k in ("run_id", "status", "scanned", "migrated",
+                                                   "errors", "cursor") if k in bf})
+        if bf else None,
         "backfill_engine_alive": view.engine_alive,
         "census": census_.as_dict() if census_ else None,
         "memory": mem or None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -348,3 +349,19 @@ def test_backfill_usage_errors_exit_2_with_one_line(redis_url, r):
     assert not r.exists(KEYS.lease) and not r.exists(KEYS.state)
     both = relayctl(redis_url, "backfill", "--execute", "--fresh", "--resume", "--force")
     assert both.returncode == 2 and not r.exists(KEYS.state)
+
+
+def test_status_json_has_numbers_as_numbers_times_as_iso_and_no_lease_token(redis_url, r):
+    seed(r, 600, existing=100)
+    dual_write(r)
+    assert relayctl(redis_url, "backfill", "--execute", "--json").returncode == 0
+    code, data = status_json(redis_url)
+    state = data["state"]
+    assert code == 0 and state["status"] == "completed"
+    assert isinstance(state["scanned"], int) and state["scanned"] >= 600, state
+    assert isinstance(state["migrated"], int) and isinstance(state["rps"], (int, float))
+    for when in ("started", "heartbeat", "finished"):
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", state[when]), (when, state)
+    assert "token" not in state and isinstance(state["run_id"], str)
+    overview = json.loads(relayctl(redis_url, "status", "--json").stdout)["backfill"]
+    assert overview["scanned"] == state["scanned"] and overview["run_id"] == state["run_id"]

@@ -39,6 +39,7 @@ from relayctl.core.backfill.state import (
     run_health,
     send_control,
     send_tune,
+    state_json,
 )
 from relayctl.core.errors import UsageError
 
@@ -79,4 +80,5 @@ __all__ = [
     "send_control",
     "send_tune",
     "spawn_engine",
+    "state_json",
 ]

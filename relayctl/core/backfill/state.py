@@ -7,6 +7,7 @@ import os
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -154,6 +155,44 @@ def iter_status_fields(state: dict[str, str]) -> Iterable[tuple[str, str]]:
         shard = name.partition(":")[2]
         done = state.get(f"done:{shard}") == "1"
         yield f"shard {shard}", "done" if done else f"cursor {state[name]}"
+
+
+_TIMES = ("started", "heartbeat", "updated", "finished", "throttle_since", "last_start")
+_TEXT = ("run_id", "status", "mode", "owner", "workspaces", "message", "server",
+         "stop_reason", "throttle_reason", "throttle_kind")
+
+
+def state_json(state: dict[str, str]) -> dict[str, Any]:
+    """The run's saved state for `--json`: numbers as numbers, times as UTC ISO strings,
+    shard flags as booleans, empty as null, and never the lease token (it fences writes)."""
+    from relayctl.core.formatting import iso
+
+    out: dict[str, Any] = {}
+    for name, value in state.items():
+        if name == "token":
+            continue
+        if value == "":
+            out[name] = None
+        elif name in _TEXT or name.startswith("server"):
+            out[name] = value
+        elif name in _TIMES:
+            out[name] = iso(float(value)) if _is_number(value) else value
+        elif name.startswith("done:"):
+            out[name] = value == "1"
+        elif _is_number(value):
+            number = float(value)
+            out[name] = int(number) if number.is_integer() and "." not in value else number
+        else:
+            out[name] = value
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 FINISHED = ("completed", "completed_with_errors")
