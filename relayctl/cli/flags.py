@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import click
 
 from relayctl.cli.common import Context, confirm_dangerous, emit_json
@@ -32,14 +30,15 @@ def flags(ctx: click.Context, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from relayctl.core import formatting as fmt
+
     table = Table(title=f"Migration flags @ {c.redis_display}")
     table.add_column("flag", no_wrap=True)
     for col in ("stored", "here", "changed by", "when", "fleet"):
         table.add_column(col)
     for row in rows:
         stored = row["stored"] or f"{row['default']} (default)"
-        when = time.strftime("%m-%d %H:%M", time.gmtime(row["changed_at"])) + "Z" \
-            if row["changed_at"] else "-"
+        when = fmt.iso(row["changed_at"]) if row["changed_at"] else "-"
         pinned = f" pinned: {', '.join(row['fleet_pinned'])}" if row["fleet_pinned"] else ""
         table.add_row(row["flag"], stored,
                       row["effective_here"] + (" (pin)" if row["pinned_here"] else ""),

@@ -326,12 +326,13 @@ def start_demo(schema: KeySchema, *, speed: float = 1.0, thresholds: dict[str, f
 
 
 def scaled_thresholds(thresholds: dict[str, float], speed: float) -> dict[str, float]:
-    """The freshness window on the demo's clock: a census a real minute old is as fresh to
-    the gates as it is to the operator, for the console and a CLI pointed at the demo alike."""
+    """The freshness windows on the demo's clock (census and verify `max_age_s`, archive
+    delete's `verify_max_age`): a census a real minute old is as fresh to the gates as it is
+    to the operator, for the console and a CLI pointed at the demo alike."""
     from relayctl.core.gates import THRESHOLDS
 
-    base = thresholds.get("max_age_s", THRESHOLDS["max_age_s"])
-    return {**thresholds, "max_age_s": base * speed}
+    return {**thresholds, **{name: thresholds.get(name, THRESHOLDS[name]) * speed
+                             for name in ("max_age_s", "verify_max_age")}}
 
 
 def stored_clock(client: redis.Redis) -> ScaledClock | None:

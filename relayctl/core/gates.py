@@ -17,6 +17,7 @@ from typing import Any, TypeVar, cast
 import redis
 
 from relayctl.core import fleet
+from relayctl.core import formatting as fmt
 from relayctl.core.backfill import ACTIVE, lease_owner, read_state, run_health
 from relayctl.core.census import Census, last_census
 from relayctl.core.cluster import is_cluster
@@ -542,10 +543,10 @@ def _census_gate(gid: str, title: str,
             return _r(gid, WAIT, "no census", "", "run `relayctl census`")
         age = ctx.now() - census.ts
         if age > ctx.t("max_age_s"):
-            return _r(gid, WAIT, f"census {age / 3600:.1f} h old", "",
+            return _r(gid, WAIT, f"census {fmt.duration(age)} old", "",
                       "census older than a day: run `relayctl census`")
         status, value, threshold = judge(ctx, census)
-        return _r(gid, status, value, threshold, f"census {age / 60:.0f} min old")
+        return _r(gid, status, value, threshold, f"census {fmt.duration(age)} old")
     gate(gid, title)(check)
 
 
@@ -577,7 +578,7 @@ def _verify_clean(ctx: GateContext) -> GateResult:
         return _r("verify_clean", WAIT, "no verify", threshold, "run `relayctl verify`")
     age = ctx.now() - v["ts"]
     if age > ctx.t("max_age_s"):
-        return _r("verify_clean", WAIT, f"verify {age / 3600:.1f} h old", threshold,
+        return _r("verify_clean", WAIT, f"verify {fmt.duration(age)} old", threshold,
                   "run `relayctl verify` again")
     bad = sum(v["counts"].values())
     detail = ", ".join(f"{k} {n}" for k, n in v["counts"].items() if n)

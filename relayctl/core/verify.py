@@ -33,6 +33,7 @@ from relayctl.core.cluster import (
 )
 from relayctl.core.errors import UsageError
 from relayctl.core.flags import FALLBACK_OLD, stored_flags
+from relayctl.core.formatting import duration
 from relayctl.core.keys import AUDIT_KEY, VERIFY_KEY, KeySchema
 from relayctl.core.pinned import Pinned
 from relayctl.core.roundtrip import Command, read_many
@@ -785,14 +786,14 @@ def fresh_verify(client: redis.Redis, *, max_age_s: float = VERIFY_MAX_AGE_S,
         return False, f"the last verify found differences ({bad})"
     age = now() - v["ts"]
     if age > max_age_s:
-        return False, f"the last clean verify is {age / 60:.0f} min old (max " \
-                      f"{max_age_s / 60:.0f} min)"
+        return False, f"the last clean verify is {duration(age)} old (max " \
+                      f"{duration(max_age_s)})"
     changed = last_flag_change(client, audit_scan)
     # audit times carry milliseconds: a change within the verify's first one is ambiguous
     # only to rounding, since the verify reads after set_flag has returned
     if changed is not None and changed > v.get("started", v["ts"]) + 0.001:
         return False, "a flag changed after the last clean verify started"
-    return True, f"clean full verify {age / 60:.0f} min ago over {v['checked']} records"
+    return True, f"clean full verify {duration(age)} ago over {v['checked']} records"
 
 
 def last_flag_change(client: redis.Redis, scan: int = 5000) -> float | None:

@@ -24,6 +24,7 @@ from relayctl.core.jobs import JobStore, iso_to_ms
 from relayctl.core.keys import AUDIT_KEY, CENSUS_KEY, CHECKLIST_KEY, FLAGS_KEY, KeySchema
 from relayctl.core.metrics import Metrics
 from relayctl.core.phases import PHASES, PROCEDURES, phase
+from tests.conftest import free_port
 
 SCHEMA = KeySchema()
 ACTOR = ("--actor", "oncall")
@@ -522,3 +523,17 @@ def test_status_json_summarises_flags_backfill_census_and_the_current_phase(
     assert {g["gate"]: g["status"] for g in data["gates"]} == {"redis_tls": "PASS",
                                                                "new_keys_present": "PASS"}
     assert res.code == 0
+
+
+@pytest.mark.parametrize("args", [
+    ("check",), ("check", "--all"), ("status",), ("flags",), ("census",), ("verify",),
+    ("backfill", "status"), ("checklist", "show"), ("audit",),
+])
+def test_every_reading_command_exits_4_with_one_line_when_redis_is_down(run_cli, args):
+    """Defect 9: `check` with Redis down exited 3 and said nothing on stderr."""
+    down = f"redis://127.0.0.1:{free_port()}/0"
+    res = run_cli("--redis-url", down, *args)
+    assert res.code == 4, (args, res.code, res.out, res.err)
+    lines = [line for line in res.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("relayctl: error:"), (args, res.err)
+    assert "Traceback" not in res.err

@@ -11,7 +11,13 @@ from textual.widgets import Checkbox
 from textual.widgets._footer import FooterKey
 
 from relayctl.tui.app import PANELS, Dashboard, ZoomScreen
-from relayctl.tui.screens import BackfillForm, ChecklistScreen, HelpScreen, TextScreen
+from relayctl.tui.screens import (
+    BackfillForm,
+    ChecklistScreen,
+    ConfirmScreen,
+    HelpScreen,
+    TextScreen,
+)
 from relayctl.tui.widgets import Panel, TablePanel
 from tests.tui.kit import (
     backfill_state,
@@ -220,5 +226,45 @@ def test_the_backfill_form_reaches_its_reason_in_one_tab_after_execute():
         await pilot.press("space", "tab")
         assert app.screen.query_one("#execute", Checkbox).value is True
         assert app.screen.focused is not None and app.screen.focused.id == "reason"
+
+    run_pilot(app, scenario, size=(80, 24))
+
+
+def test_g_and_shift_g_scroll_the_focused_panel_and_pagedown_the_dashboard_at_80x24():
+    """Defect 6: at 80x24 most of the dashboard was unreachable from the keyboard."""
+    app = fixed_app(long_audit_state())
+
+    async def scenario(pilot: Pilot) -> None:
+        await pilot.pause(0.3)
+        await pilot.press("8")  # the audit log
+        table = app.screen.focused
+        assert table is not None and table.max_scroll_y > 0
+        await pilot.press("G")
+        await pilot.pause(0.2)
+        assert table.scroll_y == table.max_scroll_y
+        await pilot.press("g")
+        await pilot.pause(0.2)
+        assert table.scroll_y == 0
+        grid = app.screen.query_one("#grid")
+        await pilot.press("pagedown", "pagedown", "pagedown")
+        await pilot.pause(0.2)
+        assert grid.scroll_y > 0
+
+    run_pilot(app, scenario, size=(80, 24))
+
+
+def test_the_apply_dialog_lists_only_the_flags_that_change_before_and_after():
+    """Defect 7: the apply dialog listed all three flags instead of what changes."""
+    state = mid_backfill_state()
+    state.checklist.phase = 5  # disable fallback: only READ_FALLBACK_OLD changes
+    app = fixed_app(state)
+
+    async def scenario(pilot: Pilot) -> None:
+        await pilot.pause(0.3)
+        await pilot.press("c", "a")
+        assert isinstance(app.screen, ConfirmScreen)
+        detail = str(app.screen.detail)
+        assert "READ_FALLBACK_OLD: on -> off" in detail, detail
+        assert "AI_JOBS_NEW_SCHEMA" not in detail and "READ_PREFERS_NEW" not in detail
 
     run_pilot(app, scenario, size=(80, 24))

@@ -34,12 +34,16 @@ def gates_pass(app: RelayApp, number: int) -> bool:
 
 
 async def until_pass(pilot: Pilot, app: RelayApp, number: int, timeout: float = 90) -> None:
-    """Let the demo run; press `u` again when a census gate says the census is behind."""
+    """Let the demo run; press `u` again when a census gate says the census is behind, `v`
+    when the archive's fresh-verify gate says the verify is (the README's keys)."""
     async def census_when_needed() -> bool:
         stale = [g for g in app.state.gates if g.status != "PASS"
                  and g.gate.startswith(("census", "new_keys"))]
         if stale:
             await pilot.press("u")
+            await pilot.pause(1.0)
+        if any(g.gate == "verify_fresh" and g.status != "PASS" for g in app.state.gates):
+            await pilot.press("v")
             await pilot.pause(1.0)
         return gates_pass(app, number)
 

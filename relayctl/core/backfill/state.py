@@ -247,12 +247,9 @@ def _position(state: dict[str, str]) -> str:
 
 
 def _age(now: float, then: object) -> str:
+    from relayctl.core.formatting import duration
+
     try:
-        seconds = max(0.0, now - float(str(then)))
+        return duration(now - float(str(then)))
     except ValueError:
         return "?"
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds / 3600:.1f}h"
