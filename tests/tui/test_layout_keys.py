@@ -268,3 +268,19 @@ def test_the_apply_dialog_lists_only_the_flags_that_change_before_and_after():
         assert "AI_JOBS_NEW_SCHEMA" not in detail and "READ_PREFERS_NEW" not in detail
 
     run_pilot(app, scenario, size=(80, 24))
+
+
+def test_slash_filters_the_audit_log_to_matching_rows():
+    app = fixed_app(mid_backfill_state())
+
+    async def scenario(pilot: Pilot) -> None:
+        await pilot.pause(0.3)
+        table = app.screen.query_one("#audit-table")
+        before = table.row_count
+        await pilot.press("slash", "b", "o", "b", "enter")
+        await pilot.pause(0.3)
+        assert 0 < table.row_count < before  # bob's one advance of the five entries
+        assert all("bob" in " ".join(map(str, table.get_row_at(i)))
+                   for i in range(table.row_count))
+
+    run_pilot(app, scenario, size=(160, 48))
