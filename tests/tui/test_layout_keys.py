@@ -10,6 +10,8 @@ from textual.pilot import Pilot
 from textual.widgets import Checkbox
 from textual.widgets._footer import FooterKey
 
+from relayctl.core.gates import GateResult
+from relayctl.core.phases import phase
 from relayctl.tui.app import PANELS, Dashboard, ZoomScreen
 from relayctl.tui.screens import (
     BackfillForm,
@@ -282,5 +284,30 @@ def test_slash_filters_the_audit_log_to_matching_rows():
         assert 0 < table.row_count < before  # bob's one advance of the five entries
         assert all("bob" in " ".join(map(str, table.get_row_at(i)))
                    for i in range(table.row_count))
+
+    run_pilot(app, scenario, size=(160, 48))
+
+
+def test_an_override_while_a_rollback_trigger_fires_asks_for_the_gates_name():
+    """Defect 7: overriding a FAIL gate while a trigger fires was a one-key confirm."""
+    state = mid_backfill_state()
+    for item in phase(4).prerequisites + phase(4).validation:
+        if item.manual:
+            state.checklist.items[item.id] = {"state": "done", "actor": "alice", "ts": 0.0}
+    state.triggers = [GateResult("new_read_share_50", "new share 50%", "FAIL", "31.00%",
+                                 "new share of found reads >= 50.00%")]
+    app = fixed_app(state)
+
+    async def scenario(pilot: Pilot) -> None:
+        await pilot.pause(0.3)
+        await pilot.press("c", "A")
+        screen = app.screen
+        assert isinstance(screen, ConfirmScreen)
+        assert "ROLLBACK TRIGGER FIRING" in str(screen.detail)
+        assert screen.require_typed == "backfill_complete"  # the first gate not passing
+        assert screen.focused is not None and screen.focused.id == "typed"
+        await pilot.press("y", "e", "s", "enter")  # anything but the name does nothing
+        await pilot.pause(0.2)
+        assert app.screen is screen
 
     run_pilot(app, scenario, size=(160, 48))
