@@ -29,8 +29,15 @@ SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((160, 48), id="160x48"
 
 
 def press_then_freeze(*keys: str):
-    """A run_before that presses `keys`, then stops every Input cursor from blinking."""
+    """A run_before that waits for the fixed state to be drawn (a key pressed before it lands
+    scrolls to a panel whose height is not final yet), presses `keys`, then stops every Input
+    cursor from blinking."""
     async def run_before(pilot: Pilot) -> None:
+        for _ in range(100):
+            if pilot.app.state.ts:  # type: ignore[attr-defined]
+                break
+            await pilot.pause(0.02)
+        await pilot.pause()
         await pilot.press(*keys)
         await pilot.pause()
         for field in pilot.app.screen.query(Input):
