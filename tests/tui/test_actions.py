@@ -150,6 +150,18 @@ def test_confirm_without_a_reason_is_refused_and_writes_nothing(redis_url, r):
 # checklist screen: apply "a", advance "A", mark an item with space
 # ---------------------------------------------------------------------------------------------
 
+def phase_2_ready(r: redis.Redis) -> None:
+    """Phase 2 with its one manual item checked off: only the gates stand before Advance."""
+    r.hset(CHECKLIST_KEY, "phase", "2")
+    checklist_core.mark(r, ["p2-latency"], actor="pytest", reason="setup")
+
+
+async def until_phase_2_shows(pilot: Pilot) -> None:
+    await wait_connected(pilot)
+    await wait_until(pilot, lambda: pilot.app.state.checklist.done("p2-latency"),
+                     "the checked-off item")
+
+
 async def open_checklist(pilot: Pilot) -> ChecklistScreen:
     await pilot.press("c")
     screen = pilot.app.screen
@@ -203,14 +215,11 @@ def test_apply_phase_cancelled_changes_nothing(redis_url, r):
 
 def test_advance_confirmed_overrides_the_failing_gates_with_the_reason_and_moves_on(
         redis_url, r):
-    r.hset(CHECKLIST_KEY, "phase", "2")
-    checklist_core.mark(r, ["p2-latency"], actor="pytest", reason="setup")
+    phase_2_ready(r)
     app = live_app(redis_url)  # no /metrics: the phase 2 gates cannot pass
 
     async def scenario(pilot: Pilot) -> None:
-        await wait_connected(pilot)
-        await wait_until(pilot, lambda: pilot.app.state.checklist.done("p2-latency"),
-                         "the checked-off item")
+        await until_phase_2_shows(pilot)
         failing = [g.gate for g in pilot.app.state.gates if g.status != "PASS"]
         assert failing, "the override path is the one under test"
         await open_checklist(pilot)
@@ -237,14 +246,11 @@ def test_advance_confirmed_overrides_the_failing_gates_with_the_reason_and_moves
 
 
 def test_advance_cancelled_stays_on_the_phase_and_audits_nothing(redis_url, r):
-    r.hset(CHECKLIST_KEY, "phase", "2")
-    checklist_core.mark(r, ["p2-latency"], actor="pytest", reason="setup")
+    phase_2_ready(r)
     app = live_app(redis_url)
 
     async def scenario(pilot: Pilot) -> None:
-        await wait_connected(pilot)
-        await wait_until(pilot, lambda: pilot.app.state.checklist.done("p2-latency"),
-                         "the checked-off item")
+        await until_phase_2_shows(pilot)
         await open_checklist(pilot)
         before = snapshot(r)
         await pilot.press("A")
@@ -448,8 +454,7 @@ def test_read_only_console_dims_and_refuses_every_write_action_and_writes_nothin
     # phase 2 with its manual item done, an item highlighted on the checklist screen.
     seed_legacy(r, 20_000)
     set_flag(r, DUAL_WRITE, True, actor="pytest", reason="backfill needs dual-write")
-    r.hset(CHECKLIST_KEY, "phase", "2")
-    checklist_core.mark(r, ["p2-latency"], actor="pytest", reason="setup")
+    phase_2_ready(r)
     engine = spawn_cli_engine(redis_url, "--execute", "--rps", "2000", "--batch", "100")
     engine_pids.append(engine.pid)
     app = live_app(redis_url, read_only=True)
@@ -535,14 +540,11 @@ def _advance_as_another_operator(url: str, r: redis.Redis) -> None:
 def test_a_confirmation_that_lands_after_another_operator_advanced_is_refused(redis_url, r):
     """Two operators: the console's Advance dialog is open at phase 2 when someone else
     advances to 3; confirming it must not advance again (to 4): refused, naming who moved it."""
-    r.hset(CHECKLIST_KEY, "phase", "2")
-    checklist_core.mark(r, ["p2-latency"], actor="pytest", reason="setup")
+    phase_2_ready(r)
     app = live_app(redis_url)
 
     async def scenario(pilot: Pilot) -> None:
-        await wait_connected(pilot)
-        await wait_until(pilot, lambda: pilot.app.state.checklist.done("p2-latency"),
-                         "the checked-off item")
+        await until_phase_2_shows(pilot)
         await open_checklist(pilot)
         await pilot.press("A")
         assert isinstance(pilot.app.screen, ConfirmScreen)

@@ -71,6 +71,7 @@ def test_readme_walkthrough_passes_every_phase_without_an_override(engine_pids):
     passed: list[int] = []
 
     async def scenario(pilot: Pilot) -> None:
+        t0 = time.monotonic()
         await wait_until(pilot, lambda: app.state.redis_status == "CONNECTED", "connect")
         await pilot.press("c")
         assert isinstance(app.screen, ChecklistScreen)
@@ -105,8 +106,13 @@ def test_readme_walkthrough_passes_every_phase_without_an_override(engine_pids):
             await pilot.press("A")
             assert isinstance(app.screen, ConfirmScreen), [n.message for n in app._notifications]
             await reason_enter(pilot, f"p{number}")
-            await wait_until(pilot, lambda n=number: app.state.checklist.phase == n + 1,
-                             f"the advance from phase {number}", timeout=20)
+            try:
+                await wait_until(pilot, lambda n=number: app.state.checklist.phase == n + 1,
+                                 f"the advance from phase {number}", timeout=20)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; the console said: "
+                                     f"{[str(n.message) for n in app._notifications]}") from None
+            print(f"phase {number} advanced at {time.monotonic() - t0:.0f}s")
 
     try:
         run_pilot(app, scenario, size=(160, 48), timeout=600)
