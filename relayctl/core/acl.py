@@ -26,6 +26,7 @@ from relayctl.core.keys import (
     CENSUS_KEY,
     CHECKLIST_KEY,
     CURSOR_SECRET_KEY,
+    DEMO_CLOCK_KEY,
     FLAGS_KEY,
     FLEET_INDEX_KEY,
     FLEET_PREFIX,
@@ -119,11 +120,13 @@ def key_patterns(role: str, schema: KeySchema, backfill_prefix: str = BACKFILL_P
                 f"~{CURSOR_SECRET_KEY}", f"{ro}{FLAGS_KEY}"]
     relay = [FLAGS_KEY, AUDIT_KEY, FLEET_INDEX_KEY, f"{FLEET_PREFIX}*", CHECKLIST_KEY,
              CENSUS_KEY, VERIFY_KEY, f"{backfill_prefix}*"]
+    # every CLI process reads the demo's clock key once (absent outside the demo)
     if role == "console":
-        return [*(f"{ro}{p}" for p in relay), f"{ro}{schema.index_pattern}"]
+        return [*(f"{ro}{p}" for p in relay), f"{ro}{schema.index_pattern}",
+                f"{ro}{DEMO_CLOCK_KEY}"]
     if role == "operator":
         return [*(f"~{p}" for p in relay), *(f"~{p}" for p in jobs),
-                f"~{CURSOR_SECRET_KEY}"]
+                f"~{CURSOR_SECRET_KEY}", f"{ro}{DEMO_CLOCK_KEY}"]
     raise UsageError(f"unknown role {role!r}: expected one of {', '.join(ROLES)}")
 
 

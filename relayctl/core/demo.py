@@ -13,7 +13,7 @@ from typing import Any
 import redis
 
 from relayctl.core.jobs import JOB_FIELDS, iso_now, iso_to_ms
-from relayctl.core.keys import KeySchema
+from relayctl.core.keys import DEMO_CLOCK_KEY, KeySchema
 from relayctl.core.replies import as_str_dict, fields
 
 
@@ -242,7 +242,6 @@ def seed_pre_migration(
     return SeedSummary(legacy=jobs, in_both=both, invalid=bad, jobs=made)
 
 
-DEMO_CLOCK_KEY = "relay:demo:clock"
 
 
 class ScaledClock:

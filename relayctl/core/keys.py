@@ -18,6 +18,7 @@ CURSOR_SECRET_KEY = "relay:cursor:secret"
 CHECKLIST_KEY = "relay:checklist"
 CENSUS_KEY = "relay:census"
 VERIFY_KEY = "relay:verify:last"
+DEMO_CLOCK_KEY = "relay:demo:clock"  # the embedded demo's scaled clock (demo.py)
 BACKFILL_PREFIX = "relay:backfill:"
 
 _GLOB_CHARS = set("*?[]\\")
