@@ -59,7 +59,7 @@ async def until_pass(pilot: Pilot, app: RelayApp, number: int, timeout: float = 
 
 @pytest.mark.slow
 @pytest.mark.walkthrough
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1200)
 def test_readme_walkthrough_passes_every_phase_without_an_override(engine_pids):
     schema = KeySchema()
     stack = start_demo(schema, speed=SPEED)
@@ -115,7 +115,7 @@ def test_readme_walkthrough_passes_every_phase_without_an_override(engine_pids):
             print(f"phase {number} advanced at {time.monotonic() - t0:.0f}s")
 
     try:
-        run_pilot(app, scenario, size=(160, 48), timeout=600)
+        run_pilot(app, scenario, size=(160, 48), timeout=840)
         entries = audit_entries(client)
     finally:
         stack.close()
