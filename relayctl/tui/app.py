@@ -249,6 +249,7 @@ class RelayApp(App[None]):
         self.state = ConsoleState()
         self._client: redis.Redis | None = None
         self._next_due = 0.0
+        self._scanning: set[str] = set()  # census / verify running in a worker
         self._backoff = 0.0
         self._fetching = False
 
@@ -546,11 +547,23 @@ class RelayApp(App[None]):
             else "verify: DIFFERENCES FOUND"))
 
     def _background(self, what: str, fn: Callable[[redis.Redis], str]) -> None:
-        """census / verify store their summary for the gates: a write, so not read-only."""
+        """census / verify store their summary for the gates: a write, so not read-only.
+        One of each at a time: a second key press says so instead of starting a second full
+        scan that would only slow the first (and every other read) down."""
         if self._refuse_read_only():
             return
+        if what in self._scanning:
+            self.notify(f"{what} is already running", severity="warning")
+            return
+        self._scanning.add(what)
+
+        def run(c: redis.Redis) -> str:
+            try:
+                return fn(c)
+            finally:
+                self._scanning.discard(what)
         self.notify(f"{what} running in the background…")
-        self._write(what, fn)
+        self._write(what, run)
 
     def action_apply_phase(self) -> None:
         seen = self.state.phase_number  # what the operator confirms: refused once it moved
