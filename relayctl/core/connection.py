@@ -433,7 +433,10 @@ class _QuietHelloFallback(logging.Filter):
 def _fell_back_to_resp2(client: redis.Redis) -> bool:
     """True when the probed connection speaks RESP2 although nobody asked for it."""
     pool = client.connection_pool
-    conn = pool.get_connection()
+    try:
+        conn = pool.get_connection()
+    except TypeError:  # redis-py before 6 wants a command name
+        conn = pool.get_connection("PING")
     try:
         return str(getattr(conn, "protocol", "")) == "2"
     finally:
