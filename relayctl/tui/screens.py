@@ -55,7 +55,10 @@ class ConfirmScreen(ModalScreen[str | None]):
                 yield Button(f"{self.confirm_label} (Enter)", id="confirm", variant="error")
 
     def on_mount(self) -> None:
-        self.query_one("#typed" if self.require_typed else "#reason", Input).focus()
+        # a key pressed while the app is exiting can mount a dialog that is torn down before
+        # its children: then there is nothing to focus (and nothing to crash on)
+        for field in self.query("#typed" if self.require_typed else "#reason").results(Input):
+            field.focus()
 
     def action_cancel(self) -> None:
         self.dismiss(None)
