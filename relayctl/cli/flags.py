@@ -30,7 +30,6 @@ def flags(ctx: click.Context, as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from relayctl.core import formatting as fmt
 
     table = Table(title=f"Migration flags @ {c.redis_display}")
     table.add_column("flag", no_wrap=True)
@@ -38,7 +37,7 @@ def flags(ctx: click.Context, as_json: bool) -> None:
         table.add_column(col)
     for row in rows:
         stored = row["stored"] or f"{row['default']} (default)"
-        when = fmt.iso(row["changed_at"]) if row["changed_at"] else "-"
+        when = row["changed_at"] or "-"
         pinned = f" pinned: {', '.join(row['fleet_pinned'])}" if row["fleet_pinned"] else ""
         table.add_row(row["flag"], stored,
                       row["effective_here"] + (" (pin)" if row["pinned_here"] else ""),

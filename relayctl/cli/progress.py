@@ -10,6 +10,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
+from relayctl.core import formatting as fmt
 from relayctl.core.backfill import BackfillProgress
 
 
@@ -24,7 +25,7 @@ class BackfillView:
         self._console = Console(stderr=False)
 
     def _line(self, event: str, p: BackfillProgress) -> None:
-        click.echo(json.dumps({"event": event, "ts": round(time.time(), 3), **p.as_dict()},
+        click.echo(json.dumps({"event": event, "time": fmt.iso_ms(time.time()), **p.as_dict()},
                               sort_keys=True))
 
     def event(self, event: str, p: BackfillProgress) -> None:

@@ -52,6 +52,7 @@ def _echo_layout(layout) -> None:
 def status(c: Context, as_json: bool) -> None:
     """One screen: deployment and slot layout, flags, fleet, backfill, keyspace, current phase
     and its gates."""
+    from relayctl.core import formatting as fmt
     from relayctl.core.backfill import state_json
     from relayctl.core.cluster import is_cluster
     from relayctl.core.engine_version import server_identity
@@ -66,7 +67,6 @@ def status(c: Context, as_json: bool) -> None:
     layout = slot_layout(c.config.schema, cluster=is_cluster(client))
     view = read_overview(client, c.gates(), now=c.now)
     bf, census_, mem, state = view.backfill, view.census, view.memory, view.checklist
-    flags_ = {row.name: word(row.value) for row in view.flags}
     pinned = [i.instance for i in view.instances if i.pinned]
     server = server_identity(client)
     data = {
@@ -74,7 +74,7 @@ def status(c: Context, as_json: bool) -> None:
         "server": server.as_dict() if server else None,
         "deployment": deploy,
         "layout": layout.as_dict(),
-        "flags": flags_,
+        "flags": [row.as_dict() for row in view.flags],
         "fleet": {"instances": len(view.instances), "pinned": pinned},
         "backfill": state_json({k: bf[k] for k in ("run_id", "status", "scanned", "migrated",
                                                    "errors", "cursor") if k in bf})
@@ -93,7 +93,7 @@ def status(c: Context, as_json: bool) -> None:
                    f"  used {used}")
         _echo_deployment(deploy)
         _echo_layout(layout)
-        click.echo("flags    " + "  ".join(f"{k}={v}" for k, v in flags_.items()))
+        click.echo("flags    " + "  ".join(f"{row.name}={word(row.value)}" for row in view.flags))
         click.echo(f"fleet    {len(view.instances)} live instances"
                    + (f", pinned: {', '.join(pinned)}" if pinned else ""))
         if bf:
@@ -105,8 +105,7 @@ def status(c: Context, as_json: bool) -> None:
             click.echo("backfill never run")
         if census_:
             click.echo(f"keyspace old {census_.old:,}  new {census_.new:,}  index "
-                       f"{census_.index_entries:,}  (census "
-                       f"{(c.now() - census_.ts) / 60:.0f} min ago)")
+                       f"{census_.index_entries:,}  (census {fmt.ago(census_.ts, c.now())})")
         else:
             click.echo("keyspace no census yet (relayctl census)")
         click.echo(f"phase    {state.phase}: {phase(view.phase_number).title}"

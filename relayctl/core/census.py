@@ -18,6 +18,7 @@ import redis
 
 from relayctl.core.binary import binary_client
 from relayctl.core.cluster import close_shards, dbsize, refresh_topology, shards
+from relayctl.core.formatting import iso
 from relayctl.core.keys import CENSUS_KEY, KeyClassifier, KeySchema
 from relayctl.core.roundtrip import read_many
 from relayctl.core.scan import RESTARTS, Walk, restarting
@@ -51,7 +52,7 @@ class Census:
             "old": self.old, "new": self.new, "index_keys": self.index_keys,
             "index_entries": self.index_entries, "other": self.other,
             "scanned": self.scanned, "duration_s": round(self.duration_s, 3),
-            "keys_per_s": round(self.keys_per_s), "ts": self.ts,
+            "keys_per_s": round(self.keys_per_s), "finished": iso(self.ts),
             "by_workspace": self.by_workspace, "invalid": dict(self.invalid),
             "invalid_examples": list(self.invalid_examples), "restarts": self.restarts,
         }

@@ -100,20 +100,37 @@ def _support_restore_absttl() -> None:
     setattr(FakeSocket, "restore", restore)  # noqa: B010 - patching the command table
 
 
-def _estimated_used_memory(server: object) -> int:
-    """What real Redis reports as used_memory, estimated: the key count of every db times the
-    pickled size of a sample of 64 keys (fakeredis keeps no allocator figures)."""
+BIG_VALUE = 64  # a collection with more elements than this is measured, not sampled
+
+
+def _estimated_memory(server: object) -> tuple[int, dict[int, tuple[int, int]]]:
+    """What real Redis reports as used_memory, estimated (fakeredis keeps no allocator
+    figures), and each db's key and expiring-key counts for INFO keyspace.
+
+    The few large collections (the per-workspace indexes, the audit stream) are measured
+    whole; the job records are estimated from a fixed-seed sample of 256, so the figure moves
+    with the data and not with which keys a sample happened to draw."""
     import pickle
 
     total = 1 << 20  # a fresh redis-server's baseline
-    for db in server.dbs.values():  # type: ignore[attr-defined]  # fakeredis internals
+    keyspace: dict[int, tuple[int, int]] = {}
+    for number, db in server.dbs.items():  # type: ignore[attr-defined]  # fakeredis internals
         items = list(db._dict.values())
         if not items:
             continue
-        sample = random.Random(len(items)).sample(items, min(64, len(items)))
-        size = sum(len(pickle.dumps(getattr(i, "value", i))) + 96 for i in sample)
-        total += size * len(items) // len(sample)
-    return total
+        keyspace[number] = (len(items), sum(1 for i in items if getattr(i, "expireat", None)))
+        small = []
+        for item in items:
+            value = getattr(item, "value", item)
+            if not isinstance(value, bytes) and len(value) > BIG_VALUE:
+                total += len(pickle.dumps(value)) + 96
+            else:
+                small.append(value)
+        if small:
+            sample = random.Random(0).sample(small, min(256, len(small)))
+            size = sum(len(pickle.dumps(v)) + 96 for v in sample)
+            total += size * len(small) // len(sample)
+    return total, keyspace
 
 
 def _support_info() -> None:
@@ -129,13 +146,16 @@ def _support_info() -> None:
     @command(name="INFO", fixed=(), repeat=(bytes,))
     def _relayctl_info(self: object, *sections: bytes) -> bytes:
         wanted = {s.lower() for s in sections} or {b"default"}
-        used = _estimated_used_memory(self._server)  # type: ignore[attr-defined]
+        used, keyspace = _estimated_memory(self._server)  # type: ignore[attr-defined]
         parts: dict[bytes, dict[str, object]] = {
             b"server": {"redis_version": "7.2.0", "redis_mode": "standalone"},
             b"memory": {"used_memory": used, "used_memory_human": f"{used / 2**20:.2f}M",
+                        "used_memory_dataset": max(used - (1 << 20), 0),
                         "maxmemory": 0, "maxmemory_policy": "noeviction"},
             b"stats": {"evicted_keys": 0, "expired_keys": 0},
             b"replication": {"role": "master", "connected_slaves": 0},
+            b"keyspace": {f"db{n}": f"keys={k},expires={e},avg_ttl=0"
+                          for n, (k, e) in sorted(keyspace.items())},
         }
         out = []
         for name, section in parts.items():

@@ -35,6 +35,11 @@ def iso(ts: float | None) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(ts)))
 
 
+def iso_ms(ts: float) -> str:
+    """UTC ISO 8601 with milliseconds, for event streams several lines a second apart."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
+
+
 def clock(ts: float) -> str:
     """A time of day in UTC, for the header's "updated" stamp."""
     return time.strftime("%H:%M:%SZ", time.gmtime(ts))

@@ -90,8 +90,11 @@ def _memory_headroom(ctx: GateContext) -> GateResult:
         return _r("memory_headroom", WAIT, "no census", threshold,
                   "run `relayctl census`: the projection needs the legacy count")
     to_copy = max(census.old - census.new, 0)
-    keys = sum(m.keys for m in mems) or 1
-    per_key = sum(m.dataset for m in mems) / keys
+    keys = sum(m.keys for m in mems)
+    if not keys and to_copy:
+        return _r("memory_headroom", UNKNOWN, "-", threshold,
+                  "INFO keyspace reports no keys, so the bytes per record are unknown")
+    per_key = sum(m.dataset for m in mems) / (keys or 1)
     projected = to_copy * per_key
     limited = [m for m in mems if m.maxmemory]
     if not limited:

@@ -20,6 +20,7 @@ from relayctl.core.census import Census, parse_census
 from relayctl.core.checklist import ChecklistState, parse_checklist
 from relayctl.core.evaluation import GateConfig, gate_context
 from relayctl.core.flags import DEFAULTS, FLAG_NAMES, stored_flags, word
+from relayctl.core.formatting import iso
 from relayctl.core.gates import GateResult, evaluate
 from relayctl.core.keys import AUDIT_KEY, CENSUS_KEY, CHECKLIST_KEY, VERIFY_KEY
 from relayctl.core.phases import LAST_PHASE, phase
@@ -55,7 +56,7 @@ class FlagRow:
             "effective_here": word(self.value if self.here is None else self.here),
             "pinned_here": self.pinned_here,
             "changed_by": self.actor if changed else None,
-            "changed_at": self.ts if changed else None,
+            "changed_at": iso(self.ts) if changed else None,
             "reason": self.reason if changed else None,
             "fleet_agree": self.agree,
             "fleet_pinned": list(self.pinned),

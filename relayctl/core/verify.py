@@ -33,7 +33,7 @@ from relayctl.core.cluster import (
 )
 from relayctl.core.errors import UsageError
 from relayctl.core.flags import FALLBACK_OLD, stored_flags
-from relayctl.core.formatting import duration
+from relayctl.core.formatting import duration, iso
 from relayctl.core.keys import AUDIT_KEY, VERIFY_KEY, KeySchema
 from relayctl.core.pinned import Pinned
 from relayctl.core.roundtrip import Command, read_many
@@ -178,7 +178,8 @@ class VerifyReport:
             "raced": self.raced, "clean": self.clean, "complete": self.complete,
             "restarts": self.restarts, "servers": list(self.servers),
             "ttl_tolerance_s": self.ttl_tolerance_s,
-            "duration_s": round(self.duration_s, 3), "started": self.started, "ts": self.ts,
+            "duration_s": round(self.duration_s, 3), "started": iso(self.started),
+            "finished": iso(self.ts),
         }
 
 

@@ -69,12 +69,23 @@ class HeaderBar(Static):
              now: float = 0.0) -> None:
         compact = bool(self.size.width) and self.size.width < 120
         t = Text(no_wrap=True, overflow="ellipsis")
-        if not compact:
+        if state.checklist.complete:
+            phase_badge = (" DONE " if compact else " ROLLOUT COMPLETE ",
+                           "bold white on dark_green")
+        else:
+            p = phase(state.phase_number)
+            phase_badge = (f" phase {p.number} " if compact else f" phase {p.number}: {p.title} ",
+                           "bold white on grey23")
+        address = f"{redis_display}{' TLS' if tls else ''} "
+        if compact:  # one line at 80 columns: the phase and the badges first, the address last
+            t.append(*phase_badge)
+            t.append(" ")
+        else:
             t.append(" relayctl ", style="bold reverse")
             t.append(" ")
-        t.append(f"{redis_display}{' TLS' if tls else ''} ", style="bold")
-        if state.server and not compact:
-            t.append(f"{state.server} ", style="dim")
+            t.append(address, style="bold")
+            if state.server:
+                t.append(f"{state.server} ", style="dim")
         t.append(f" {state.redis_status} ", style=f"bold white {BADGE[state.redis_status]}")
         if retry_in is not None and state.redis_status in ("DOWN", "RECONNECTING"):
             t.append(f" retry {retry_in:.0f}s", style="bold")
@@ -91,13 +102,10 @@ class HeaderBar(Static):
         if read_only:
             t.append(" READ-ONLY ", style="bold white on blue")
             t.append(" ")
-        if state.checklist.complete:
-            t.append(" DONE " if compact else " ROLLOUT COMPLETE ",
-                     style="bold white on dark_green")
+        if compact:
+            t.append(address, style="bold")
         else:
-            p = phase(state.phase_number)
-            label = f" phase {p.number} " if compact else f" phase {p.number}: {p.title} "
-            t.append(label, style="bold white on grey23")
+            t.append(*phase_badge)
         error = ""
         if state.redis_status in ("DOWN", "RECONNECTING") and state.redis_error:
             error = state.redis_error

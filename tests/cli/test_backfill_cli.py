@@ -337,6 +337,7 @@ def test_non_tty_output_is_json_lines_with_a_checkpoint_every_5000_keys(redis_ur
     assert events[-1]["scanned"] == 11_000 + INVALID and events[-1]["status"] == "completed"
     for e in events:
         assert {"rate", "eta_s", "fraction", "skipped", "cursor"} <= e.keys()
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", e["time"]), e["time"]
 
 
 def test_backfill_usage_errors_exit_2_with_one_line(redis_url, r):

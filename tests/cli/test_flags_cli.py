@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import redis
 
@@ -49,6 +50,8 @@ def test_flags_show_reports_stored_value_who_and_defaults(run_cli, redis_url):
     rows = {row["flag"]: row for row in json.loads(res.out)["flags"]}
     assert rows["AI_JOBS_NEW_SCHEMA"]["stored"] == "on"
     assert rows["AI_JOBS_NEW_SCHEMA"]["changed_by"] == "bob"
+    assert time.strftime("%Y-%m-%dT", time.gmtime()) in rows["AI_JOBS_NEW_SCHEMA"]["changed_at"]
+    assert rows["AI_JOBS_NEW_SCHEMA"]["changed_at"].endswith("Z")
     assert rows["READ_FALLBACK_OLD"]["stored"] is None
     assert rows["READ_FALLBACK_OLD"]["effective_here"] == "on"
 

@@ -7,6 +7,7 @@ import gzip
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import threading
@@ -516,7 +517,12 @@ def test_status_json_summarises_flags_backfill_census_and_the_current_phase(
     run_cli("--redis-url", redis_url, "census")
     res = run_cli("--redis-url", redis_url, "status", "--json")
     data = json.loads(res.out)
-    assert data["flags"] == {DUAL_WRITE: "off", PREFERS_NEW: "off", FALLBACK_OLD: "on"}
+    assert {f["flag"]: f["effective_here"] for f in data["flags"]} == {
+        DUAL_WRITE: "off", PREFERS_NEW: "off", FALLBACK_OLD: "on"}
+    # one shape per object: status's flags are `flags --json`'s rows
+    assert data["flags"] == json.loads(run_cli("--redis-url", redis_url, "flags", "--json")
+                                       .out)["flags"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", data["census"]["finished"])
     assert data["backfill"]["status"] == "completed"
     assert data["census"]["old"] == 100 and data["census"]["new"] == 100
     assert data["phase"] == 0

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 from relayctl.core import archive
+from relayctl.core.census import run_census
 from relayctl.core.connection import connect
 from relayctl.core.demo import seed_pre_migration, start_embedded_redis
+from relayctl.core.gates import PASS, GateContext, evaluate
 from relayctl.core.keys import KeySchema
 from relayctl.core.serverinfo import memory_info
 
@@ -57,6 +60,32 @@ def test_info_memory_grows_with_the_data_so_the_memory_gate_has_a_value():
         assert empty is not None and empty["maxmemory"] == 0 and empty["evicted"] == 0
         seed_pre_migration(client, KeySchema(), ["acme"], jobs=2000)
         assert memory_info(client)["used"] > empty["used"] + 500_000  # type: ignore[index]
+    finally:
+        embedded.close()
+
+
+def test_the_memory_projection_on_the_embedded_server_is_steady_and_plausible():
+    """Issue 17: the embedded INFO had no keyspace section, so `memory_headroom` divided the
+    whole dataset by one key and projected 22,149 MiB for 4,207 records; and a 64-key sample
+    reseeded on every key count moved `used_memory` by 167% between two ticks."""
+    embedded = start_embedded_redis()
+    try:
+        client = connect(embedded.url)
+        seed_pre_migration(client, KeySchema(), ["acme", "globex"], jobs=2000)
+        space = client.info("keyspace")
+        assert space["db0"]["keys"] == client.dbsize()
+        used = [memory_info(client)["used"] for _ in range(3)]  # type: ignore[index]
+        assert used[0] == used[1] == used[2]
+        census = run_census(client, KeySchema())
+        assert census.old >= 1000
+        client.sadd("ai:jobs:index:acme", *[f"x{i}" for i in range(2000)])  # one big key
+        grown = memory_info(client)["used"]  # type: ignore[index]
+        assert used[0] < grown < used[0] * 1.5
+        [gate] = evaluate(GateContext(client=client), ["memory_headroom"])
+        assert gate.status == PASS and gate.value == "no maxmemory", gate
+        projected_mib = float(re.search(r"projected copy ([\d,.]+) MiB", gate.detail)
+                              .group(1).replace(",", ""))  # type: ignore[union-attr]
+        assert 0 < projected_mib * 2**20 < 2 * grown, gate.detail
     finally:
         embedded.close()
 

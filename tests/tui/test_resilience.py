@@ -4,6 +4,8 @@ when the source comes back (same port, same app, no restart)."""
 
 from __future__ import annotations
 
+import itertools
+import re
 import shutil
 import threading
 from collections.abc import Iterator
@@ -14,7 +16,7 @@ import redis
 from textual.pilot import Pilot
 
 from relayctl.core.flags import PREFERS_NEW, set_flag
-from relayctl.tui.app import StateUpdated
+from relayctl.tui.app import MAX_BACKOFF, StateUpdated
 from tests.conftest import RedisServer, free_port
 from tests.tui.kit import (
     disconnected_state,
@@ -84,6 +86,31 @@ def test_redis_stopped_under_the_console_shows_down_then_recovers_on_restart(own
         assert all(f.actor == "" for f in pilot.app.state.flags)
 
     run_pilot(app, scenario, timeout=60)
+
+
+def test_while_redis_is_down_the_header_counts_down_to_the_next_retry(own_redis):
+    """Defect 10: reconnecting took ~10 s with no countdown; the header says when it retries,
+    the number falls second by second, and the backoff never exceeds its cap."""
+    app = live_app(own_redis.url, refresh_s=0.5)
+    seen: list[int] = []
+
+    async def scenario(pilot: Pilot) -> None:
+        await wait_connected(pilot)
+        own_redis.stop()
+        await wait_until(pilot, lambda: "retry" in header(pilot), "the countdown", timeout=8)
+        for _ in range(40):  # 10 s of header redraws
+            found = re.search(r"retry (\d+)s", header(pilot))
+            if found:
+                seen.append(int(found.group(1)))
+            await pilot.pause(0.25)
+        own_redis.start()
+        await wait_until(pilot, lambda: "CONNECTED" in header(pilot), "recovery", timeout=20)
+        assert "retry" not in header(pilot)
+
+    run_pilot(app, scenario, timeout=60)
+    assert seen and max(seen) <= MAX_BACKOFF
+    assert any(later < earlier for earlier, later in itertools.pairwise(seen)), seen
+    assert len(set(seen)) >= 3, seen
 
 
 class _Metrics(BaseHTTPRequestHandler):
