@@ -70,7 +70,7 @@ def simulate(c: Context, rate: float, workspaces: int, duration: float | None,
             if server:
                 server.close()
     if as_json:
-        emit_json({"stats": sim.stats.as_dict(), "flags": store.flags.as_dict()})
+        emit_json({"stats": sim.stats.as_dict(), "effective_flags": store.flags.as_dict()})
     else:
         click.echo("stats: " + ", ".join(f"{k}={v}" for k, v in sim.stats.as_dict().items()
                                          if not isinstance(v, dict)))
