@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from textual.pilot import Pilot
 
+from relayctl.core.demo import ScaledClock, scaled_thresholds
 from relayctl.core.flags import DUAL_WRITE, set_flag
 from relayctl.core.keys import AUDIT_KEY
 from relayctl.tui.screens import BackfillForm, ChoiceScreen
@@ -59,18 +61,23 @@ def test_a_backfill_started_from_the_cli_is_audited_once_it_holds_the_lease(
     assert starts[0]["after"].startswith(f"pid {engine.pid} execute (run ")
 
 
-def test_q_in_the_demo_asks_while_a_backfill_runs(redis_url, r, engine_pids):
-    """Defect 3: `q` quit the demo (and its embedded Redis) at once, even mid-backfill."""
+@pytest.mark.parametrize("speed", [1, 100_000], ids=["wall-clock", "demo-clock-x100000"])
+def test_q_in_the_demo_asks_while_a_backfill_runs(redis_url, r, engine_pids, speed):
+    """Defect 3: `q` quit the demo (and its embedded Redis) at once, even mid-backfill; on
+    the demo's scaled clock a live engine's heartbeat looked days old, so `q` did not ask."""
     seed_legacy(r, 20_000)
     set_flag(r, DUAL_WRITE, True, actor="pytest", reason="backfill needs dual-write")
     engine = spawn_cli_engine(redis_url, "--execute", "--rps", "500", "--batch", "50")
     engine_pids.append(engine.pid)
-    app = live_app(redis_url, demo=True)
+    app = live_app(redis_url, demo=True, clock=ScaledClock(speed),
+                   thresholds=scaled_thresholds({}, speed))
 
     async def scenario(pilot: Pilot) -> None:
         await wait_connected(pilot)
         await wait_until(pilot, lambda: app.state.engine_alive
                          and app.state.backfill.get("status") == "running", "the engine", 15)
+        await pilot.pause(1.5)  # a few refreshes on the scaled clock: days of demo time
+        assert app.state.engine_alive
         await pilot.press("q")
         await pilot.pause(0.2)
         assert isinstance(app.screen, ChoiceScreen) and app.is_running
