@@ -81,7 +81,7 @@ def test_readme_walkthrough_passes_every_phase_without_an_override(engine_pids):
                 await wait_until(pilot, lambda: isinstance(app.screen, BackfillForm), "form")
                 await pilot.press("space")  # execute (the focus starts there)
                 await pilot.press("tab")  # the reason follows the execute box
-                await type_text(pilot, "phase 4 campaign")
+                await type_text(pilot, "p4 run")
                 await pilot.press("enter")
                 await wait_until(pilot, lambda: engine_pid_from_audit(client), "the spawn")
                 engine_pids.append(engine_pid_from_audit(client))
@@ -94,12 +94,12 @@ def test_readme_walkthrough_passes_every_phase_without_an_override(engine_pids):
             manual = [i.id for i in phase(number).prerequisites + phase(number).validation
                       if i.manual]
             if manual:
-                await reason_enter(pilot, f"phase {number} reviewed")
+                await reason_enter(pilot, f"ok{number}")
                 await wait_until(pilot, lambda m=manual: all(
                     app.state.checklist.done(i) for i in m), "the items checked off")
             if number > 0:
                 await pilot.press("a")
-                await reason_enter(pilot, f"phase {number} apply")
+                await reason_enter(pilot, f"go{number}")
             await pilot.press("u")
             await until_pass(pilot, app, number)
             passed.append(number)
