@@ -418,18 +418,19 @@ def test_backfill_keys_pause_resume_and_stop_a_running_engine_with_audit(
         assert r.get(KEYS.control) is None and r.xlen(AUDIT_KEY) == before
         assert status() == "running"
 
-        for key, verb, control, want in (("P", "pause", "pause", "paused"),
-                                         ("r", "resume", "run", "running"),
-                                         ("s", "stop", "stop", "stopped")):
+        # pausing is the safe action: Enter with no reason pauses (defect 7)
+        for key, verb, control, want, reason in (("P", "pause", "pause", "paused", ""),
+                                                 ("r", "resume", "run", "running", "resume it"),
+                                                 ("s", "stop", "stop", "stopped", "stop it")):
             before = r.xlen(AUDIT_KEY)
             await pilot.press(key)
             assert pilot.app.screen.title_text == f"{verb.title()} the backfill?"
-            await confirm_with_reason(pilot, f"{verb} it")
+            await confirm_with_reason(pilot, reason)
             await wait_until(pilot, lambda w=want: status() == w, f"engine {want}", timeout=10)
             assert r.get(KEYS.control) == control
             entries = new_entries(r, before)
             assert [(e["action"], e["actor"], e["reason"], e["after"]) for e in entries] == [
-                (f"backfill.{verb}", ACTOR, f"{verb} it", control)]
+                (f"backfill.{verb}", ACTOR, reason, control)]
             await wait_refreshed(pilot)
             assert pilot.app.state.backfill["status"] == want
 

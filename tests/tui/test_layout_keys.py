@@ -288,6 +288,27 @@ def test_slash_filters_the_audit_log_to_matching_rows():
     run_pilot(app, scenario, size=(160, 48))
 
 
+def test_slash_filters_the_checklist_items_and_says_so():
+    app = fixed_app(mid_backfill_state())
+
+    async def scenario(pilot: Pilot) -> None:
+        await pilot.pause(0.3)
+        await pilot.press("c")
+        assert isinstance(app.screen, ChecklistScreen)
+        items = app.screen.query_one("#phase-items")
+        before = [items.get_option_at_index(i).id for i in range(items.option_count)]
+        await pilot.press("slash", *"traffic", "enter")
+        await pilot.pause(0.3)
+        after = [items.get_option_at_index(i).id for i in range(items.option_count)]
+        assert 0 < len(after) < len(before), (before, after)
+        assert all("traffic" in str(items.get_option_at_index(i).prompt).lower()
+                   or "traffic" in (items.get_option_at_index(i).id or "")
+                   for i in range(items.option_count))
+        assert "filter: traffic" in rendered_text(app.screen.query_one("#phase-steps").content)
+
+    run_pilot(app, scenario, size=(80, 24))
+
+
 def test_an_override_while_a_rollback_trigger_fires_asks_for_the_gates_name():
     """Defect 7: overriding a FAIL gate while a trigger fires was a one-key confirm."""
     state = mid_backfill_state()
