@@ -86,7 +86,7 @@ class ConfirmScreen(ModalScreen[str | None]):
             self.notify("a reason is required", severity="error")
             self.query_one("#reason", Input).focus()
             return
-        self.dismiss(reason or self.title_text)
+        self.dismiss(reason or "no reason given")
 
 
 class ChoiceScreen(ModalScreen[str | None]):

@@ -430,7 +430,7 @@ def test_backfill_keys_pause_resume_and_stop_a_running_engine_with_audit(
             assert r.get(KEYS.control) == control
             entries = new_entries(r, before)
             assert [(e["action"], e["actor"], e["reason"], e["after"]) for e in entries] == [
-                (f"backfill.{verb}", ACTOR, reason, control)]
+                (f"backfill.{verb}", ACTOR, reason or "no reason given", control)]
             await wait_refreshed(pilot)
             assert pilot.app.state.backfill["status"] == want
 
