@@ -309,6 +309,25 @@ def test_slash_filters_the_checklist_items_and_says_so():
     run_pilot(app, scenario, size=(80, 24))
 
 
+def test_the_palette_names_each_commands_key_and_that_key_does_it():
+    app = fixed_app(mid_backfill_state())
+
+    async def scenario(pilot: Pilot) -> None:
+        await pilot.pause(0.3)
+        ours = [c for c in app.get_system_commands(app.screen) if c.title.endswith("]")]
+        assert len(ours) == 13
+        bound: dict[str, str] = {}
+        for screen in (app.screen, ChecklistScreen()):
+            for key, binding in [*app._bindings, *screen._bindings]:
+                bound.setdefault(key, binding.action)
+        assert "Z" not in bound and len(bound) > 15
+        for command in ours:
+            key = command.title.rsplit("[", 1)[1].rstrip("]")
+            assert key in bound, f"{command.title}: [{key}] is bound to nothing"
+
+    run_pilot(app, scenario, size=(120, 40))
+
+
 def test_an_override_while_a_rollback_trigger_fires_asks_for_the_gates_name():
     """Defect 7: overriding a FAIL gate while a trigger fires was a one-key confirm."""
     state = mid_backfill_state()
