@@ -285,6 +285,9 @@ def _stop_replica_mid_run(redis_factory: Factory, *, jobs: int, limit: str, stop
     try:
         wait_state(r, lambda s: int(s.get("scanned", 0)) >= 4000, 60, "the run")
         os.kill(replica.proc.pid, signal.SIGSTOP)
+        running = read_state(r)
+        assert running["status"] == "running" and int(running["scanned"]) < jobs // 2, (
+            "the run must still have most of its work when the replica stops", running)
         t_end = time.monotonic() + stop_s
         while time.monotonic() < t_end:
             kinds.add(read_state(r).get("throttle_kind", ""))
@@ -308,8 +311,11 @@ def _stop_replica_mid_run(redis_factory: Factory, *, jobs: int, limit: str, stop
 
 def test_a_replica_stopped_for_3s_is_never_disconnected_and_the_run_throttles(
         redis_factory: Factory) -> None:
+    # capped at 15,000 keys/s: uncapped, the engine copies 60k jobs in about 1.5 s, before
+    # the stopped replica's lag can build
     resyncs, _code, kinds, log = _stop_replica_mid_run(
-        redis_factory, jobs=60_000, limit="8388608 2097152 2", stop_s=3.0)
+        redis_factory, jobs=60_000, limit="8388608 2097152 2", stop_s=3.0,
+        extra=("--rps", "15000"))
     assert resyncs == 0 and "output buffer limits" not in log
     assert "replica_lag" in kinds, kinds
 
@@ -418,3 +424,30 @@ def test_backfill_set_refuses_bad_values_and_no_engine_in_one_line(
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
     out = run_relayctl(server.url, "backfill", "set", "--rps", "10", "--reason", "x")
     assert out.returncode == 2 and "no backfill engine is running" in out.stderr
+
+
+def test_a_fast_writer_with_a_tight_replica_limit_is_sampled_every_batch_not_every_250ms():
+    """At 25 MB/s a 256 KiB lag limit fills in 10 ms: a quarter of it may pass unobserved,
+    so the next full sample is due in 2.6 ms; with no replica, or a slow writer, 250 ms."""
+    from relayctl.core.backfill.guards import (
+        SAMPLE_EVERY_S,
+        GuardLimits,
+        Guards,
+        Replica,
+        ServerSample,
+    )
+
+    def sample(at: float, offset: int, replicas: int = 1) -> ServerSample:
+        return ServerSample(at=at, run_id="r", full=True, master_offset=offset,
+                            replicas=[Replica("127.0.0.1:1", "online", offset, 0.0)] * replicas)
+
+    guards = Guards(GuardLimits(max_replica_lag_bytes=262_144))
+    guards.judge("0", sample(0.0, 0))
+    guards.judge("0", sample(0.25, 6_250_000))  # 25 MB/s
+    assert guards.sample_interval("0") == pytest.approx(262_144 / 4 / 25_000_000)
+    guards.judge("slow", sample(0.0, 0))
+    guards.judge("slow", sample(0.25, 25_000))  # 100 kB/s
+    assert guards.sample_interval("slow") == SAMPLE_EVERY_S
+    guards.judge("alone", sample(0.0, 0, replicas=0))
+    guards.judge("alone", sample(0.25, 6_250_000, replicas=0))
+    assert guards.sample_interval("alone") == SAMPLE_EVERY_S

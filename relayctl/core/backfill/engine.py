@@ -445,6 +445,8 @@ class Backfill:
         lanes, and the shards of lanes already done are still sampled by the others."""
         code = self._hold(lane, self.guards.judge(lane.name, sample) if sample is not None
                           else GO_VERDICT)
+        if sample is not None and sample.full:
+            lane.watch.clock.interval = self.guards.sample_interval(lane.name)
         if code is not None or not self.cluster:
             return code
         for other in self.lanes:

@@ -2,7 +2,8 @@
 --critical-load and --max-lag-millis, for Redis).
 
 Each lane's server is sampled with the batch's own round trip (a full INFO at most every
-SAMPLE_EVERY_S, `INFO server` otherwise, for the identity check). A sample is judged against
+SAMPLE_EVERY_S, sooner when a replica's lag limit could fill before then; `INFO server`
+otherwise, for the identity check). A sample is judged against
 the limits: go, throttle (pause and re-check) or stop.
 """
 
@@ -125,6 +126,19 @@ class Guards:
 
     def lag_limit(self) -> int:
         return self.limits.max_replica_lag_bytes or self.lag_limit_default
+
+    def sample_interval(self, lane: str) -> float:
+        """How long the lane may copy unobserved: SAMPLE_EVERY_S, or less when the server
+        writes fast enough that a quarter of the replica-lag limit would pass between two
+        samples (a tight replica buffer at full speed fills within 250 ms)."""
+        base = self.baselines.get(lane)
+        if base is None or not base.replicas or len(base.offsets) < 2:
+            return SAMPLE_EVERY_S
+        (t0, o0), (t1, o1) = base.offsets[0], base.offsets[-1]
+        rate = (o1 - o0) / (t1 - t0) if t1 > t0 else 0.0
+        if rate <= 0:
+            return SAMPLE_EVERY_S
+        return min(SAMPLE_EVERY_S, self.lag_limit() / 4 / rate)
 
     def judge(self, lane: str, sample: ServerSample) -> Verdict:
         """Stop beats throttle beats go; the first reason found in that order is reported."""

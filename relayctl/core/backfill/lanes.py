@@ -120,14 +120,16 @@ class Topology(Protocol):
 
 
 class SampleClock:
-    """A full INFO at most every SAMPLE_EVERY_S per lane; `INFO server` in between."""
+    """A full INFO at most every `interval` per lane (SAMPLE_EVERY_S, shorter while the
+    guards need it: see Guards.sample_interval); `INFO server` in between."""
 
     def __init__(self) -> None:
         self._last = 0.0
+        self.interval = SAMPLE_EVERY_S
 
     def due(self) -> bool:
         now = time.monotonic()
-        if now - self._last >= SAMPLE_EVERY_S:
+        if now - self._last >= self.interval:
             self._last = now
             return True
         return False
