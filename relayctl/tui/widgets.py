@@ -96,7 +96,7 @@ class HeaderBar(Static):
             t.append(" PAUSED ", style="bold black on yellow")
         else:
             t.append(" LIVE ", style="bold white on dark_green")
-        t.append(f" {interval:g}s ")
+        t.append(" " if compact else f" {interval:g}s ")  # at 80 columns the address wins
         if state.redis_updated:
             t.append(f"updated {fmt.clock(state.redis_updated)} ", style="dim")
         if read_only:
