@@ -641,10 +641,15 @@ class RelayApp(App[None]):
         seen = self.state.phase_number
         self._confirm(f"{'Re-open' if undo else 'Check off'} {what}?",
                       ", ".join(item_ids) + ". Recorded with your name and the time.",
-                      lambda reason: self._write("mark", lambda c: ", ".join(checklist_core.mark(
+                      lambda reason: self._write("mark", lambda c: _marked(checklist_core.mark(
                           c, item_ids, actor=self.actor, reason=reason, undo=undo,
-                          now=self.clock(), seen_phase=seen)) + (" re-opened" if undo else
-                                                                 " checked off")))
+                          now=self.clock(), seen_phase=seen), undo)))
+
+
+def _marked(done: list[str], undo: bool) -> str:
+    """The toast after a check-off: the item, or a count (twelve ids would cover the list)."""
+    what = done[0] if len(done) == 1 else f"{len(done)} items"
+    return f"{what} {'re-opened' if undo else 'checked off'}"
 
 
 def watch_spawned(client: redis.Redis, pid: int, timeout: float = 5.0) -> str:
