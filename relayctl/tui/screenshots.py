@@ -19,10 +19,10 @@ from relayctl.core.flags import set_flag
 from relayctl.core.keys import CHECKLIST_KEY, KeySchema
 from relayctl.tui.app import RelayApp
 
-SHOTS = ("dashboard-160x48.svg", "dashboard-80x24.svg", "checklist-160x48.svg",
-         "checklist-80x24.svg", "confirmation-160x48.svg", "help-160x48.svg",
-         "backfill-form-80x24.svg", "audit-zoom-160x48.svg", "dead-backfill-160x48.svg",
-         "disconnected-160x48.svg")
+SCREENS = ("dashboard", "checklist", "help", "confirmation", "audit-zoom", "dead-backfill",
+           "disconnected", "backfill-form")
+SIZES = ((160, 48), (80, 24))
+SHOTS = tuple(f"{name}-{w}x{h}.svg" for name in SCREENS for w, h in SIZES)
 
 
 def _history(client: object) -> None:
@@ -49,8 +49,15 @@ async def _shoot(outdir: Path) -> list[Path]:
     outdir.mkdir(parents=True, exist_ok=True)
     pids: list[int] = []
 
-    def save(app: RelayApp, name: str) -> None:
-        written.append(Path(app.save_screenshot(name, str(outdir))))
+    async def save(app: RelayApp, pilot: object, name: str) -> None:
+        """The screen at both sizes: 160x48, then 80x24 from the same state, then back."""
+        for i, (w, h) in enumerate(SIZES):
+            if i:
+                await pilot.resize_terminal(w, h)  # type: ignore[attr-defined]
+                await pilot.pause(0.6)  # type: ignore[attr-defined]
+            written.append(Path(app.save_screenshot(f"{name}-{w}x{h}.svg", str(outdir))))
+        await pilot.resize_terminal(*SIZES[0])  # type: ignore[attr-defined]
+        await pilot.pause(0.6)  # type: ignore[attr-defined]
 
     try:
         _history(client)
@@ -62,36 +69,37 @@ async def _shoot(outdir: Path) -> list[Path]:
         run_census(client, schema)
         client.hset(CHECKLIST_KEY, "phase", "4")  # staged: the walkthrough is at the backfill
         os.environ["RELAYCTL_BACKFILL_LEASE_MS"] = "1500"  # the killed engine goes DEAD soon
-        pids.append(spawn_engine(stack.url, BackfillOptions(execute=True, rps=150, batch=50),
+        pids.append(spawn_engine(stack.url, BackfillOptions(execute=True, rps=60, batch=20),
                                  actor="sre-alice", reason="phase 4 campaign", client=client))
         app = RelayApp(redis_url=stack.url, metrics_urls=[stack.metrics_url],
                        actor="sre-alice", refresh_s=0.5, links=[("redis", stack.url),
                                                                 ("metrics", stack.metrics_url)])
         async with app.run_test(size=(160, 48)) as pilot:
-            await _wait(pilot, lambda: app.state.engine_alive and app.state.rates.seconds)
+            await _wait(pilot, lambda: app.state.engine_alive and app.state.rates.seconds
+                        and int(app.state.backfill.get("scanned", 0) or 0) >= 200)
             await pilot.pause(4)
-            save(app, "dashboard-160x48.svg")
+            await save(app, pilot, "dashboard")
             await pilot.press("c")
             await pilot.pause(1.0)
-            save(app, "checklist-160x48.svg")
+            await save(app, pilot, "checklist")
             await pilot.press("escape", "question_mark")
             await pilot.pause(0.5)
-            save(app, "help-160x48.svg")
+            await save(app, pilot, "help")
             await pilot.press("escape", "f", "down", "enter")
             await pilot.pause(0.5)
-            save(app, "confirmation-160x48.svg")
+            await save(app, pilot, "confirmation")
             await pilot.press("escape", "8", "z")
             await pilot.pause(0.5)
-            save(app, "audit-zoom-160x48.svg")
+            await save(app, pilot, "audit-zoom")
             await pilot.press("escape")
             os.kill(pids[0], signal.SIGKILL)  # an engine that dies mid-run: DEAD, no rate
             await _wait(pilot, lambda: not app.state.engine_alive)
             await pilot.press("4")
             await pilot.pause(1.5)
-            save(app, "dead-backfill-160x48.svg")
+            await save(app, pilot, "dead-backfill")
             stack.redis.close()
             await pilot.pause(4)
-            save(app, "disconnected-160x48.svg")
+            await save(app, pilot, "disconnected")
     finally:
         os.environ.pop("RELAYCTL_BACKFILL_LEASE_MS", None)
         for pid in pids:
@@ -106,17 +114,13 @@ async def _shoot(outdir: Path) -> list[Path]:
         client = connect(stack.url)
         _history(client)
         run_census(client, schema)
-        small = RelayApp(redis_url=stack.url, metrics_urls=[stack.metrics_url],
-                         actor="sre-alice", refresh_s=0.5)
-        async with small.run_test(size=(80, 24)) as pilot:
-            await pilot.pause(3)
-            save(small, "dashboard-80x24.svg")
-            await pilot.press("c")
-            await pilot.pause(1)
-            save(small, "checklist-80x24.svg")
-            await pilot.press("escape", "b")
+        form = RelayApp(redis_url=stack.url, metrics_urls=[stack.metrics_url],
+                        actor="sre-alice", refresh_s=0.5)
+        async with form.run_test(size=SIZES[0]) as pilot:
+            await pilot.pause(2)
+            await pilot.press("b")
             await pilot.pause(0.5)
-            save(small, "backfill-form-80x24.svg")
+            await save(form, pilot, "backfill-form")
     finally:
         stack.close()
     return written
