@@ -366,3 +366,6 @@ def test_status_json_has_numbers_as_numbers_times_as_iso_and_no_lease_token(redi
     assert "token" not in state and isinstance(state["run_id"], str)
     overview = json.loads(relayctl(redis_url, "status", "--json").stdout)["backfill"]
     assert overview["scanned"] == state["scanned"] and overview["run_id"] == state["run_id"]
+    text = relayctl(redis_url, "backfill", "status").stdout
+    assert re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", text), text
+    assert not re.search(r"\b1\d{9}(\.\d+)?\b", text), f"a raw epoch in: {text}"
