@@ -18,7 +18,7 @@ from relayctl.core.backfill import BackfillOptions
 from relayctl.core.console import ConsoleState
 from relayctl.core.flags import word
 from relayctl.core.phases import PHASES, PROCEDURES, phase
-from relayctl.tui.widgets import SCROLL_KEYS, STATUS_STYLE, HeaderBar
+from relayctl.tui.widgets import SCROLL_KEYS, STATUS_STYLE, HeaderBar, Tick
 
 
 class ConfirmScreen(ModalScreen[str | None]):
@@ -187,7 +187,7 @@ class BackfillForm(ModalScreen[BackfillRequest | None]):
         # scrolls: at 80x24 the form is taller than the screen and Start must stay reachable
         with VerticalScroll(id="dialog"):
             yield Label("Start a backfill", id="dialog-title")
-            yield Checkbox("execute (unchecked = dry-run)", id="execute")
+            yield Tick("execute (unchecked = dry-run)", id="execute")
             yield Input(placeholder="reason (required, recorded in the audit log)", id="reason")
             yield Input(placeholder="workspaces, comma separated (empty = all)", id="workspaces")
             with Horizontal(classes="fields field-labels"):
@@ -199,7 +199,7 @@ class BackfillForm(ModalScreen[BackfillRequest | None]):
                 yield Input(placeholder="max keys (empty = all)", id="max-keys")
                 yield Input(placeholder="workers (cluster shards at once)", id="workers",
                             value="1")
-            yield Checkbox("resume the unfinished run", id="resume")
+            yield Tick("resume the unfinished run", id="resume")
             with Horizontal(id="dialog-buttons"):
                 yield Button("Cancel (Esc)", id="cancel")
                 yield Button("Start", id="confirm", variant="error")
@@ -208,11 +208,9 @@ class BackfillForm(ModalScreen[BackfillRequest | None]):
         self.query_one("#execute", Checkbox).focus()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
-        """Enter in the reason starts; in another field it moves on."""
-        if event.input.id == "reason":
-            self.on_button_pressed(Button.Pressed(self.query_one("#confirm", Button)))
-        else:
-            self.focus_next()
+        """Enter in any field starts, as in any form; without a reason it says so and puts
+        the cursor there."""
+        self.on_button_pressed(Button.Pressed(self.query_one("#confirm", Button)))
 
     def action_cancel(self) -> None:
         self.dismiss(None)
@@ -237,6 +235,7 @@ class BackfillForm(ModalScreen[BackfillRequest | None]):
         reason = self.query_one("#reason", Input).value.strip()
         if not reason:
             self.notify("a reason is required", severity="error")
+            self.query_one("#reason", Input).focus()
             return
         workspaces = tuple(w.strip() for w in
                            self.query_one("#workspaces", Input).value.split(",") if w.strip())

@@ -8,6 +8,7 @@ row cursor, Enter opens the row's full text, and their key columns never shrink 
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 from rich.console import Group, RenderableType
 from rich.progress_bar import ProgressBar
@@ -16,7 +17,8 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.widgets import DataTable, Static
+from textual.content import Content
+from textual.widgets import Checkbox, DataTable, Static
 
 from relayctl.core import formatting as fmt
 from relayctl.core.backfill.state import RunHealth, run_health
@@ -64,9 +66,21 @@ class HeaderBar(Static):
     """Badges: Redis (with the reconnect countdown), metrics, LIVE/PAUSED, updated stamp,
     READ-ONLY, phase; a source's error on a second line, never cut to a stub."""
 
+    _last: tuple[ConsoleState, dict[str, Any]] | None = None
+
+    def on_resize(self) -> None:
+        """Redraw for the new width at once: under a dialog no refresh reaches this header,
+        and a wide layout left on an 80-column terminal wraps."""
+        if self._last is not None:
+            state, options = self._last
+            self.show(state, **options)
+
     def show(self, state: ConsoleState, *, redis_display: str, tls: bool, paused: bool,
              interval: float, read_only: bool, retry_in: float | None = None,
              now: float = 0.0) -> None:
+        self._last = (state, {"redis_display": redis_display, "tls": tls, "paused": paused,
+                              "interval": interval, "read_only": read_only,
+                              "retry_in": retry_in, "now": now})
         compact = bool(self.size.width) and self.size.width < 120
         t = Text(no_wrap=True, overflow="ellipsis")
         if state.checklist.complete:
@@ -491,3 +505,13 @@ class AuditPanel(TablePanel):
             change = f"{e.before} -> {e.after}" if (e.before or e.after) else ""
             table.add_row(fmt.iso(e.ts), e.actor, e.action, e.target, change, e.reason)
         return table
+
+
+class Tick(Checkbox):
+    """A checkbox whose state reads without colour: ✓ when on, blank when off (Textual's
+    draws an X either way and only recolours it)."""
+
+    @property
+    def _button(self) -> Content:
+        self.BUTTON_INNER = "✓" if self.value else " "
+        return super()._button

@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 from textual.pilot import Pilot
-from textual.widgets import Checkbox
+from textual.widgets import Checkbox, Input
 from textual.widgets._footer import FooterKey
 
 from relayctl.core.gates import GateResult
@@ -29,6 +29,7 @@ from tests.tui.kit import (
     mid_backfill_state,
     rendered_text,
     run_pilot,
+    type_text,
     wait_connected,
 )
 
@@ -225,11 +226,62 @@ def test_the_backfill_form_reaches_its_reason_in_one_tab_after_execute():
         await pilot.pause(0.3)
         await pilot.press("b")
         assert isinstance(app.screen, BackfillForm)
+        execute = app.screen.query_one("#execute", Checkbox)
+        assert str(execute.render()).startswith("▐ ▌"), "off reads as an empty box"
         await pilot.press("space", "tab")
-        assert app.screen.query_one("#execute", Checkbox).value is True
+        assert execute.value is True
+        assert str(execute.render()).startswith("▐✓▌"), "on reads as a tick, not a colour"
         assert app.screen.focused is not None and app.screen.focused.id == "reason"
 
     run_pilot(app, scenario, size=(80, 24))
+
+
+def test_enter_in_a_tuning_field_starts_and_without_a_reason_puts_the_cursor_there():
+    """Enter in the rps field moved on to the next field instead of starting."""
+    state = mid_backfill_state()
+    state.backfill, state.engine_alive = {}, False
+    app = fixed_app(state)
+    got: list[object] = []
+
+    async def scenario(pilot: Pilot) -> None:
+        await pilot.pause(0.3)
+        app.push_screen(BackfillForm(), got.append)
+        await pilot.pause(0.2)
+        form = app.screen
+        await pilot.press("space", "tab", "tab", "tab")  # execute, reason, workspaces, rps
+        assert form.focused is not None and form.focused.id == "rps"
+        form.query_one("#rps", Input).value = "20"
+        await pilot.press("enter")
+        assert app.screen is form and got == []
+        assert form.focused is not None and form.focused.id == "reason"
+        assert any("reason is required" in str(n.message) for n in app._notifications)
+        await type_text(pilot, "slow run")
+        form.query_one("#rps", Input).focus()
+        await pilot.press("enter")
+        await pilot.pause(0.2)
+
+    run_pilot(app, scenario, size=(80, 24))
+    [request] = got
+    assert request.reason == "slow run" and request.options.rps == 20  # type: ignore[attr-defined]
+    assert request.options.execute  # type: ignore[attr-defined]
+
+
+def test_a_resize_under_a_dialog_redraws_the_header_for_the_new_width():
+    state = mid_backfill_state()
+    state.backfill, state.engine_alive = {}, False
+    app = fixed_app(state)
+
+    async def scenario(pilot: Pilot) -> None:
+        await pilot.pause(0.3)
+        header = app.screen.query_one("#header")
+        assert str(header.render()).startswith(" relayctl ")  # wide: the name first
+        await pilot.press("b")
+        assert isinstance(app.screen, BackfillForm)
+        await pilot.resize_terminal(80, 24)
+        await pilot.pause(0.3)
+        assert str(header.render()).startswith(" phase 4 ")  # compact: the phase first
+
+    run_pilot(app, scenario, size=(160, 48))
 
 
 def test_g_and_shift_g_scroll_the_focused_panel_and_pagedown_the_dashboard_at_80x24():
