@@ -154,6 +154,29 @@ def test_dry_run_writes_nothing_at_all_keyspace_digest_identical(redis_url, r):
     raw.close()
 
 
+def test_a_stop_acts_within_a_second_while_the_engine_waits_out_a_slow_rps(redis_url, r):
+    """At --rps 5 a batch of 500 is followed by a 100 s wait; the engine slept through it in
+    one call, deaf to stop, pause and its Redis going away (seen by hand in the demo)."""
+    seed(r, 3000)
+    dual_write(r)
+    engine = spawn(redis_url, "--execute", "--rps", "5", "--batch", "500", "--json")
+    try:
+        wait_for(lambda: int(read_state(r).get("scanned", 0)) >= 400, 20, "the first batch")
+        time.sleep(0.5)  # inside the schedule's wait now
+        t0 = time.monotonic()
+        stopped = relayctl(redis_url, "backfill", "stop", "--reason", "too slow")
+        assert stopped.returncode == 0, stopped.stderr
+        out, err = engine.communicate(timeout=20)
+        took = time.monotonic() - t0
+    finally:
+        if engine.poll() is None:
+            engine.kill()
+            engine.communicate()
+    assert engine.returncode == 3, err
+    assert json.loads(out)["status"] == "stopped"
+    assert took < 5, f"the stop took {took:.1f}s"
+
+
 def test_pause_resume_and_stop_from_other_processes_take_effect_and_show_in_state(
         redis_url, r):
     seed(r, 20_000)

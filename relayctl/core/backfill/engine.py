@@ -430,12 +430,27 @@ class Backfill:
                     if self.opt.max_latency_ms is not None:
                         self.throttle.latency(lane.name, throttle, batch.scan_ms,
                                               self.opt.max_latency_ms)
-                    wait = max(throttle, self.tally.pace())
-                    if wait > 0:
-                        self.sleep(wait)
+                    code = self._pace(throttle)
+                    if code is not None:
+                        return code
         finally:
             prefetch.close()
         return None
+
+    def _pace(self, throttle: float) -> int | None:
+        """Wait out the latency backoff and the --rps schedule in steps of SAMPLE_EVERY_S:
+        stop, pause, a retune and signals act within a step, not after the whole wait (at
+        --rps 5 with --batch 500 that is 100 s); the schedule is re-read after a retune."""
+        until = time.monotonic() + throttle
+        while True:
+            left = max(until - time.monotonic(), self.tally.pace())
+            if left <= 0:
+                return None
+            self.sleep(min(left, SAMPLE_EVERY_S))
+            if left > SAMPLE_EVERY_S:
+                code = self._interrupt()
+                if code is not None:
+                    return code
 
     def _guard(self, lane: Lane, sample: ServerSample | None) -> int | None:
         """Judge the lane's server before its next copy; hold while throttled; an exit code
