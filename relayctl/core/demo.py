@@ -122,7 +122,11 @@ def _estimated_memory(server: object) -> tuple[int, dict[int, tuple[int, int]]]:
         small = []
         for item in items:
             value = getattr(item, "value", item)
-            if not isinstance(value, bytes) and len(value) > BIG_VALUE:
+            try:
+                big = not isinstance(value, bytes) and len(value) > BIG_VALUE
+            except TypeError:  # a type without a length: sampled with the records
+                big = False
+            if big:
                 total += len(pickle.dumps(value)) + 96
             else:
                 small.append(value)
