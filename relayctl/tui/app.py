@@ -637,7 +637,7 @@ class RelayApp(App[None]):
         self._mark(item_ids, undo=False)
 
     def _mark(self, item_ids: list[str], undo: bool) -> None:
-        what = item_ids[0] if len(item_ids) == 1 else f"{len(item_ids)} items"
+        what = _items(item_ids)
         seen = self.state.phase_number
         self._confirm(f"{'Re-open' if undo else 'Check off'} {what}?",
                       ", ".join(item_ids) + ". Recorded with your name and the time.",
@@ -646,10 +646,13 @@ class RelayApp(App[None]):
                           now=self.clock(), seen_phase=seen), undo)))
 
 
+def _items(ids: list[str]) -> str:
+    """One item by its id, more by their count (twelve ids would cover the screen)."""
+    return ids[0] if len(ids) == 1 else f"{len(ids)} items"
+
+
 def _marked(done: list[str], undo: bool) -> str:
-    """The toast after a check-off: the item, or a count (twelve ids would cover the list)."""
-    what = done[0] if len(done) == 1 else f"{len(done)} items"
-    return f"{what} {'re-opened' if undo else 'checked off'}"
+    return f"{_items(done)} {'re-opened' if undo else 'checked off'}"
 
 
 def watch_spawned(client: redis.Redis, pid: int, timeout: float = 5.0) -> str:
